@@ -1,0 +1,1 @@
+"""Data: formats, validation, curation, chat rendering with loss masks, packing, statistics."""

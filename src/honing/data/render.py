@@ -1,0 +1,140 @@
+"""Chat rendering: a conversation -> token ids + a loss mask over exactly the assistant turns.
+
+Most chat templates have no ``{% generation %}`` markers, so the assistant spans are found by rendering
+prefixes of the conversation with the model's own template (which transformers renders in a Jinja
+sandbox):
+
+* ``render(messages[:i], add_generation_prompt=True)`` ends where assistant turn ``i``'s content begins;
+* ``render(messages[:i+1])`` ends after that turn's end-of-turn token (trailing whitespace excluded).
+
+The text is then cut at those boundaries and each segment is tokenized on its own. Tokenizing segments
+separately (rather than the whole string, then mapping offsets) makes the prompt tokens identical to
+what ``apply_chat_template(..., add_generation_prompt=True)`` gives at inference, and makes the mask
+exact: no token straddles a boundary. The end-of-turn token (``<|im_end|>``, ``<|eot_id|>``…) is inside
+the trained span, so the fine-tuned model learns to stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from honing.data.conversation import Conversation, Message, PreferencePair, RawText
+
+IGNORE_INDEX = -100
+
+
+class TemplateError(ValueError):
+    """The chat template cannot render this conversation in a prefix-consistent way."""
+
+
+@dataclass
+class RenderedExample:
+    """Token ids and the per-token loss mask (True = the model is trained to predict this token)."""
+
+    input_ids: list[int]
+    loss_mask: list[bool]
+    truncated: bool = False
+    full_length: int = 0  # length before truncation
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+    def labels(self) -> list[int]:
+        """Causal-LM labels (unshifted, as transformers expects): ignored where the mask is False."""
+        return [t if m else IGNORE_INDEX for t, m in zip(self.input_ids, self.loss_mask)]
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    if not messages:
+        return ""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    if not text:
+        return []
+    # Templates already contain BOS/special tokens as text; do not add them again.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def assistant_spans(tokenizer, messages: tuple[Message, ...] | list[Message]) -> tuple[str, list[tuple[int, int]]]:
+    """Render ``messages``; return the text and the character spans of trained assistant turns."""
+    dicts = [{"role": m.role, "content": m.content} for m in messages]
+    full = _render(tokenizer, dicts, add_generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    for i, msg in enumerate(messages):
+        if msg.role != "assistant" or msg.weight == 0:
+            continue
+        before = _render(tokenizer, dicts[:i], add_generation_prompt=True)
+        through = _render(tokenizer, dicts[: i + 1], add_generation_prompt=False).rstrip()
+        if not full.startswith(before) or not full.startswith(through) or len(through) < len(before):
+            raise TemplateError(
+                f"the chat template does not render assistant turn {i + 1} as a prefix of the whole "
+                "conversation, so its loss mask cannot be located; use a template with {% generation %} "
+                "markers or a prefix-consistent one"
+            )
+        spans.append((len(before), len(through)))
+    return full, spans
+
+
+def render_conversation(tokenizer, conversation: Conversation, max_length: int | None = None) -> RenderedExample:
+    """Token ids + loss mask for one conversation (assistant turns with weight 1 are trained)."""
+    text, spans = assistant_spans(tokenizer, conversation.messages)
+    ids: list[int] = []
+    mask: list[bool] = []
+    cursor = 0
+    for start, end in spans:
+        seg = _encode(tokenizer, text[cursor:start])
+        ids += seg
+        mask += [False] * len(seg)
+        seg = _encode(tokenizer, text[start:end])
+        ids += seg
+        mask += [True] * len(seg)
+        cursor = end
+    seg = _encode(tokenizer, text[cursor:])
+    ids += seg
+    mask += [False] * len(seg)
+    return _truncate(ids, mask, max_length)
+
+
+def render_prompt(tokenizer, messages: tuple[Message, ...] | list[Message]) -> list[int]:
+    """Token ids of a prompt ending with the assistant header, exactly as training saw it."""
+    dicts = [{"role": m.role, "content": m.content} for m in messages]
+    return _encode(tokenizer, _render(tokenizer, dicts, add_generation_prompt=True))
+
+
+def render_raw_text(tokenizer, item: RawText, max_length: int | None = None) -> RenderedExample:
+    """Continued pre-training: every token is trained, and an EOS marks the document's end."""
+    ids = _encode(tokenizer, item.text)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return _truncate(ids, [True] * len(ids), max_length)
+
+
+def render_preference(
+    tokenizer, pair: PreferencePair, max_length: int | None = None
+) -> tuple[RenderedExample, RenderedExample]:
+    """(chosen, rejected) renderings sharing the same prompt; only the reply is in each mask."""
+    chosen = Conversation(pair.prompt + (Message("assistant", pair.chosen),), line=pair.line)
+    rejected = Conversation(pair.prompt + (Message("assistant", pair.rejected),), line=pair.line)
+    return render_conversation(tokenizer, chosen, max_length), render_conversation(tokenizer, rejected, max_length)
+
+
+def render_example(tokenizer, example, max_length: int | None = None) -> RenderedExample:
+    """Render a Conversation or RawText (preference pairs have two renderings; see render_preference)."""
+    if isinstance(example, Conversation):
+        return render_conversation(tokenizer, example, max_length)
+    if isinstance(example, RawText):
+        return render_raw_text(tokenizer, example, max_length)
+    raise TypeError(f"cannot render {type(example).__name__} as a single sequence")
+
+
+def _truncate(ids: list[int], mask: list[bool], max_length: int | None) -> RenderedExample:
+    n = len(ids)
+    if max_length is not None and n > max_length:
+        return RenderedExample(ids[:max_length], mask[:max_length], truncated=True, full_length=n)
+    return RenderedExample(ids, mask, truncated=False, full_length=n)

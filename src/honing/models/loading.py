@@ -1,0 +1,93 @@
+"""Loading a resolved model and tokenizer, and loading fine-tuned run directories for inference."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from honing.errors import ModelError
+from honing.models.catalog import ResolvedModel, resolve_model
+
+# Used when a base model ships no chat template (rare for instruct models): ChatML, which the
+# embedded default also uses.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _dtype(dtype):
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype or torch.float32
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float16": torch.float16, "fp16": torch.float16}[str(dtype)]
+
+
+def load_tokenizer(model: str | os.PathLike | ResolvedModel):
+    from transformers import AutoTokenizer
+
+    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
+    tok = AutoTokenizer.from_pretrained(str(resolved.path))
+    if tok.chat_template is None:
+        tok.chat_template = CHATML_TEMPLATE
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str | None = None):
+    """Load (model, tokenizer, resolved) from any model reference. ``dtype`` defaults to float32."""
+    from transformers import AutoModelForCausalLM
+
+    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
+    try:
+        m = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=_dtype(dtype))
+    except ValueError as e:
+        raise ModelError(f"cannot load {resolved.path}: unsupported architecture ({e})") from e
+    except OSError as e:
+        raise ModelError(f"cannot load {resolved.path}: missing or corrupt weights ({e})") from e
+    if device:
+        m.to(device)
+    return m, load_tokenizer(resolved), resolved
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """A Honing run directory: has run.json and a trained adapter or full model."""
+    p = Path(path)
+    return p.is_dir() and (p / "run.json").is_file()
+
+
+def load_for_inference(reference: str | os.PathLike, dtype=None):
+    """Load a base model, a model directory, or a fine-tuned run directory for generation.
+
+    Run directory contract (written by honing.train): ``run.json`` with ``base_model.reference``;
+    the result in ``final/`` as either a PEFT adapter (``adapter_config.json``) or a full model
+    (``config.json``). Returns (model, tokenizer, description dict).
+    """
+    p = Path(reference)
+    if not is_run_dir(p):
+        m, tok, resolved = load_model(reference, dtype=dtype)
+        m.eval()
+        return m, tok, {"kind": "base", **resolved.identity()}
+    run = json.loads((p / "run.json").read_text())
+    final = p / "final"
+    if (final / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base, tok, resolved = load_model(run["base_model"]["reference"], dtype=dtype)
+        m = PeftModel.from_pretrained(base, str(final))
+        # The run's tokenizer (saved beside the adapter) wins: training may have set a template.
+        if (final / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(final))
+        m.eval()
+        return m, tok, {"kind": "adapter", "run_dir": str(p), "base_model": run["base_model"]}
+    if (final / "config.json").is_file():
+        m, tok, _ = load_model(str(final), dtype=dtype)
+        m.eval()
+        return m, tok, {"kind": "full", "run_dir": str(p), "base_model": run["base_model"]}
+    raise ModelError(f"{p} is a run directory without a finished model in {final} (did training complete?)")

@@ -1,0 +1,54 @@
+"""Shared fixtures. No network: HF_HUB_OFFLINE=1; the embedded model converts once into .cache/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HONING_CACHE_DIR", str(REPO / ".cache"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The embedded default model's real tokenizer (ChatML template)."""
+    from honing.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+def make_tiny_llama(vocab_size: int = 49152, seed: int = 0, hidden: int = 64, layers: int = 2):
+    """A seeded, random Llama-style model small enough to train in a test in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path, smol_tokenizer):
+    """A tiny random Llama saved as a HF directory with the real SmolLM2 tokenizer beside it."""
+    model = make_tiny_llama()
+    out = tmp_path / "tiny-llama"
+    model.save_pretrained(out)
+    smol_tokenizer.save_pretrained(out)
+    return out
