@@ -1,0 +1,120 @@
+"""`hone data ...`: check training data before spending compute on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Training data: validate files, list every problem, count tokens.", no_args_is_help=True)
+
+# Problems of one category shown before "... and N more" in the human output (--json lists them all).
+SHOWN_PER_CATEGORY = 50
+
+
+@app.command("validate")
+def validate_cmd(
+    file: Annotated[Path, typer.Argument(help="Training data: .jsonl, .json, .csv/.tsv or .parquet.")],
+    format: Annotated[str, typer.Option("--format", "-f",
+                                        help="auto, chat, completion, alpaca, sharegpt, preference or text.")] = "auto",
+    model: Annotated[str, typer.Option("--model", "-m",
+                                       help="Model whose tokenizer and chat template count the tokens (catalog "
+                                            "name, HF directory or .gguf); 'none' skips token counting.")]
+    = "smollm2-135m-instruct",
+    max_length: Annotated[int, typer.Option("--max-length", min=1, help="Tokens per example before truncation.")]
+    = 2048,
+    epochs: Annotated[int, typer.Option("--epochs", min=1,
+                                        help="Epochs, for the trained-token total and the time estimate.")] = 3,
+    eval_file: Annotated[Path | None, typer.Option("--eval", help="Eval file: checked too, and for prompts that "
+                                                                 "also appear in FILE (leakage).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """List every problem in FILE with its line number and category, then token statistics.
+
+    Exit status: 0 when there are no errors (warnings allowed), 1 when there are errors,
+    2 when the file cannot be read at all.
+    """
+    from honing.data.formats import container_of
+    from honing.data.validate import validate_file
+
+    container_of(file)  # unreadable file: a one-line error before loading any tokenizer
+    if eval_file is not None:
+        container_of(eval_file)
+    tokenizer = parameters = None
+    if model.lower() != "none":
+        from honing.data.stats import count_parameters
+        from honing.models import load_tokenizer, resolve_model
+
+        resolved = resolve_model(model)
+        tokenizer = load_tokenizer(resolved)
+        parameters = count_parameters(resolved.path)
+    report = validate_file(file, format=format, tokenizer=tokenizer, max_length=max_length, epochs=epochs,
+                           eval_path=eval_file, parameters=parameters)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        _print_report(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _print_report(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if report.problems:
+        table = Table(title=f"Problems in {report.path}", title_justify="left")
+        table.add_column(report.unit, justify="right")
+        table.add_column("severity")
+        table.add_column("category")
+        table.add_column("message", overflow="fold")
+        shown: dict[str, int] = {}
+        for p in report.problems:
+            shown[p.category] = shown.get(p.category, 0) + 1
+            if shown[p.category] > SHOWN_PER_CATEGORY:
+                continue
+            style = "red" if p.severity == "error" else "yellow"
+            where = ("" if p.file is None else f"{p.file}:") + ("-" if p.line is None else str(p.line))
+            table.add_row(where, f"[{style}]{p.severity}[/]", p.category, p.message)
+        for category, n in sorted(report.counts.items()):
+            if n > SHOWN_PER_CATEGORY:
+                table.add_row("", "", category, f"... and {n - SHOWN_PER_CATEGORY} more (see --json)")
+        console.print(table)
+
+    s = report.stats
+    stats = Table(title="Statistics", title_justify="left", show_header=False)
+    stats.add_column("what")
+    stats.add_column("value", justify="right")
+    stats.add_row("format", str(report.format or "-"))
+    stats.add_row("examples", f"{s['examples']} valid of {s['records']} records")
+    if "tokens_per_example" in s:
+        t, a = s["tokens_per_example"], s["trained_tokens_per_example"]
+        stats.add_row("tokens / example (min / median / p95 / max)",
+                      f"{t['min']} / {t['median']:.0f} / {t['p95']:.0f} / {t['max']}")
+        stats.add_row("trained (assistant) tokens / example (min / median / max)",
+                      f"{a['min']} / {a['median']:.0f} / {a['max']}")
+        stats.add_row(f"truncated at {s['max_length']} tokens", str(s["truncated_examples"]))
+        stats.add_row(f"trained tokens, {s['epochs']} epoch(s)", f"{s['trained_tokens_all_epochs']:,}")
+        stats.add_row(f"processed tokens, {s['epochs']} epoch(s)", f"{s['processed_tokens_all_epochs']:,}")
+        stats.add_row("estimated training time on this machine",
+                      f"{_duration(s['estimated_training_seconds'])} "
+                      f"(at ~{s['tokens_per_second_assumed']:.0f} tokens/s)")
+    if "eval_examples" in s:
+        stats.add_row("eval examples", str(s["eval_examples"]))
+    console.print(stats)
+    verdict = ("[green]OK[/]" if report.ok else f"[red]{report.error_count} error(s)[/]")
+    console.print(f"{verdict}, {report.warning_count} warning(s)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="data")

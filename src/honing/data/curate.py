@@ -1,0 +1,164 @@
+"""Curation: exact and normalized duplicates, answers that repeat, and train/eval leakage.
+
+Everything here keeps a fixed-size digest per example (16 bytes of BLAKE2b) rather than the text, so a
+whole file can be checked in one streaming pass with memory proportional to the number of examples, not
+their size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from honing.data.conversation import Conversation, Example, PreferencePair
+
+DIGEST_BYTES = 16
+_NOT_WORD = re.compile(r"[^\w\s]+")
+_SPACE = re.compile(r"\s+")
+
+
+def digest(text: str) -> bytes:
+    """A 16-byte fingerprint of ``text`` (surrogates are passed through so this never raises)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=DIGEST_BYTES).digest()
+
+
+def normalize(text: str) -> str:
+    """Case-folded, punctuation removed, whitespace collapsed: "Hello,  World!" -> "hello world"."""
+    return _SPACE.sub(" ", _NOT_WORD.sub(" ", text.casefold())).strip()
+
+
+def _fields(example: Example) -> list:
+    if isinstance(example, Conversation):
+        return [[m.role, m.content, m.weight] for m in example.messages]
+    if isinstance(example, PreferencePair):
+        return [[[m.role, m.content] for m in example.prompt], example.chosen, example.rejected]
+    return [example.text]
+
+
+def exact_key(example: Example) -> bytes:
+    """Fingerprint of the example's content (roles, texts, weights); ids and metadata do not count."""
+    return digest(example.kind + json.dumps(_fields(example), ensure_ascii=False))
+
+
+def normalized_key(example: Example) -> bytes:
+    """Fingerprint after :func:`normalize` on every text: catches copies differing only in case/spacing."""
+    def norm(v):
+        if isinstance(v, str):
+            return normalize(v)
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        return v
+
+    return digest(example.kind + json.dumps(norm(_fields(example)), ensure_ascii=False))
+
+
+def prompt_text(example: Example) -> str:
+    """What a model is asked: the messages before the last assistant turn (a preference pair's prompt; a
+    raw text's whole text), as one string."""
+    if isinstance(example, Conversation):
+        last = max((i for i, m in enumerate(example.messages) if m.role == "assistant"), default=len(example.messages))
+        return "\n".join(f"{m.role}: {m.content}" for m in example.messages[:last] if m.role != "system") or ""
+    if isinstance(example, PreferencePair):
+        return "\n".join(f"{m.role}: {m.content}" for m in example.prompt if m.role != "system")
+    return example.text
+
+
+def prompt_key(example: Example) -> bytes:
+    """Normalized fingerprint of :func:`prompt_text` (system prompts are left out: they are shared)."""
+    return digest(normalize(prompt_text(example)))
+
+
+def trained_answers(example: Example) -> list[str]:
+    """The texts the model is trained to produce (assistant turns with weight 1; a pair's chosen reply)."""
+    if isinstance(example, Conversation):
+        return [m.content for m in example.messages if m.role == "assistant" and m.weight == 1]
+    if isinstance(example, PreferencePair):
+        return [example.chosen]
+    return []
+
+
+@dataclass
+class DuplicateFinder:
+    """Remembers each example's exact and normalized fingerprint with the line it was first seen on."""
+
+    exact: dict[bytes, int] = field(default_factory=dict)
+    normalized: dict[bytes, int] = field(default_factory=dict)
+
+    def check(self, example: Example, line: int) -> tuple[str, int] | None:
+        """``("duplicate", first_line)``, ``("near_duplicate", first_line)`` or None; then remembers it."""
+        ek, nk = exact_key(example), normalized_key(example)
+        if ek in self.exact:
+            return "duplicate", self.exact[ek]
+        self.exact[ek] = line
+        if nk in self.normalized:
+            return "near_duplicate", self.normalized[nk]
+        self.normalized[nk] = line
+        return None
+
+
+@dataclass
+class RepeatedAnswers:
+    """Counts normalized trained answers; reports those given in at least ``min_count`` examples and at
+    least ``min_share`` of them (a model trained on one canned reply learns to give it to everything)."""
+
+    min_count: int = 3
+    min_share: float = 0.05
+    # digest -> [count, first line]; the text is kept only once an answer is seen twice.
+    counts: dict[bytes, list] = field(default_factory=dict)
+    previews: dict[bytes, str] = field(default_factory=dict)
+
+    def add(self, example: Example, line: int) -> None:
+        for answer in set(trained_answers(example)):
+            key = digest(normalize(answer))
+            entry = self.counts.get(key)
+            if entry is None:
+                self.counts[key] = [1, line]
+            else:
+                entry[0] += 1
+                if key not in self.previews:
+                    self.previews[key] = answer[:60]
+
+    def repeated(self, total_examples: int) -> list[tuple[int, int, str]]:
+        """``[(first_line, count, preview)]`` for answers over both thresholds, most frequent first."""
+        need = max(self.min_count, self.min_share * total_examples)
+        out = [(first, n, self.previews.get(k, "")) for k, (n, first) in self.counts.items() if n >= need]
+        return sorted(out, key=lambda r: (-r[1], r[0]))
+
+
+@dataclass
+class CurationSummary:
+    kept: int = 0
+    duplicates: int = 0
+    near_duplicates: int = 0
+    removed_lines: list[int] = field(default_factory=list)
+
+
+def dedupe(examples: Iterable[Example], summary: CurationSummary | None = None,
+           near: bool = True) -> Iterator[Example]:
+    """Drop exact duplicates (and, with ``near``, normalized duplicates), keeping the first occurrence.
+    Counts go into ``summary`` if one is given."""
+    finder = DuplicateFinder()
+    summary = summary if summary is not None else CurationSummary()
+    for n, ex in enumerate(examples, start=1):
+        hit = finder.check(ex, ex.line if ex.line is not None else n)
+        if hit is not None and (hit[0] == "duplicate" or near):
+            if hit[0] == "duplicate":
+                summary.duplicates += 1
+            else:
+                summary.near_duplicates += 1
+            if ex.line is not None:
+                summary.removed_lines.append(ex.line)
+            continue
+        summary.kept += 1
+        yield ex
+
+
+def find_leaks(train: Iterable[Example], eval_examples: Iterable[Example]) -> list[tuple[int | None, int | None]]:
+    """``[(eval_line, train_line)]`` for eval examples whose normalized prompt also appears in train."""
+    seen: dict[bytes, int | None] = {}
+    for ex in train:
+        seen.setdefault(prompt_key(ex), ex.line)
+    return [(ex.line, seen[k]) for ex in eval_examples if (k := prompt_key(ex)) in seen]
