@@ -1,0 +1,259 @@
+"""The typed run configuration: one schema for YAML recipes, ``--set key=value`` overrides, CLI flags and
+the HTTP API. Unknown keys and bad values raise :class:`~honing.errors.ConfigError` naming the key.
+
+Field descriptions are the documentation: ``hone train --help`` lists them (see :func:`describe_fields`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from honing.errors import ConfigError
+
+Auto = Literal["auto"]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors (a typo must never be silently ignored); assignments are re-validated.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Strict):
+    """Low-rank adapter settings (PEFT LoRA)."""
+
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank: the inner dimension of the low-rank update.")
+    alpha: float = Field(32, gt=0, description="LoRA alpha: the update is scaled by alpha/r (alpha/sqrt(r) with rslora).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input during training.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear",
+        description="Modules that get adapters: 'all-linear' (every linear layer except the output head) "
+        "or a list of module-name suffixes such as [q_proj, v_proj].",
+    )
+    use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha/sqrt(r) instead of alpha/r.")
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction); slower.")
+
+
+class TrainConfig(_Strict):
+    """Everything a fine-tuning run needs. ``auto`` values are resolved from the dataset size before
+    training starts (see :mod:`honing.train.auto`) and printed."""
+
+    # --- what to train
+    model: str = Field("smollm2-135m-instruct", description="Base model: catalog name, local HF directory or .gguf file.")
+    data: str = Field(..., description="Training examples (JSONL/CSV/Parquet: chat, prompt/completion, Alpaca, ...).")
+    eval_data: str | None = Field(
+        None, description="Held-out examples for eval loss; default: a seeded split of `data` (see eval_fraction)."
+    )
+    data_format: str = Field("auto", description="Format of the data files ('auto' detects it from the content).")
+    out: str = Field("runs/latest", description="Run directory: config, metrics, checkpoints and the result.")
+    method: Literal["lora", "full"] = Field("lora", description="lora: train a PEFT adapter; full: train every weight.")
+    objective: Literal["sft"] = Field("sft", description="Training objective: sft (supervised, assistant tokens only).")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (used when method is lora).")
+
+    # --- how long and how hard
+    epochs: int | Auto = Field("auto", description="Passes over the training data; auto: from dataset size.")
+    batch_size: int | Auto = Field(
+        "auto", description="Examples per optimizer step, across all processes and accumulation; auto: from dataset size."
+    )
+    micro_batch_size: int | Auto = Field(
+        "auto",
+        description="Examples per forward pass per process; gradient accumulation = "
+        "batch_size / (micro_batch_size x processes). auto: min(batch_size per process, 8).",
+    )
+    learning_rate: float | Auto = Field("auto", description="Peak learning rate; auto: by method and batch size.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, le=0.5, description="Fraction of steps spent warming the LR up from 0.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; null: no clipping.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    max_length: int = Field(1024, ge=8, description="Longest example in tokens; longer ones are truncated (warned).")
+
+    # --- numerics and speed
+    dtype: Literal["bf16", "fp32"] = Field(
+        "bf16", description="Compute dtype. bf16: bf16 base weights with fp32 LoRA weights (or autocast for full)."
+    )
+    packing: bool = Field(True, description="Pack several examples into one row (attention kept within each example).")
+    seed: int = Field(42, description="Seeds data order, the held-out split, adapter init and dropout.")
+
+    # --- validation and overfitting
+    eval_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Without eval_data: this fraction (at least 1, at most eval_max_examples) is held out."
+    )
+    eval_max_examples: int = Field(200, ge=1, description="Upper bound on the held-out split's size.")
+    eval_every: int | Auto = Field("auto", description="Eval loss every N optimizer steps; auto: ~8 times per run.")
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="Stop after this many evals without a new best eval loss; null: never stop early."
+    )
+
+    # --- checkpoints and results
+    save_every: int | Auto = Field("auto", description="Checkpoint every N steps; auto: at every eval.")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the last K checkpoints (the best one is always kept too).")
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="Stop with an error after this many consecutive steps with a NaN/inf loss or gradient."
+    )
+    merge: bool = Field(False, description="Also write merged/: the base model with the adapter folded in.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to <out>/tensorboard.")
+
+    @field_validator("epochs", "batch_size", "micro_batch_size", "eval_every", "save_every")
+    @classmethod
+    def _positive_or_auto(cls, v):
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError("must be a positive integer or 'auto'")
+        return v
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _lr(cls, v):
+        if v != "auto" and not (0 < float(v) < 1):
+            raise ValueError("must be in (0, 1) or 'auto'")
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _nonempty(cls, v):
+        if not str(v).strip():
+            raise ValueError("must name a data file")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        both_set = isinstance(self.batch_size, int) and isinstance(self.micro_batch_size, int)
+        if both_set and self.micro_batch_size > self.batch_size:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) cannot exceed batch_size ({self.batch_size})"
+            )
+        return self
+
+    def resolved_dict(self) -> dict:
+        """Plain JSON-able dict of every key (recorded in run.json)."""
+        return self.model_dump(mode="json")
+
+
+# Keys that may differ between a run and its resume (they do not change the numerics).
+RESUME_NEUTRAL_KEYS = {"merge", "tensorboard"}
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            close = _close_keys(key)
+            if close:
+                msg += f" (did you mean {close}?)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in e and e["type"] != "missing":
+            msg += f" (got {e['input']!r})"
+        parts.append(f"{key}: {msg}")
+    return f"invalid configuration ({source}): " + "; ".join(parts)
+
+
+def _all_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _all_keys(ann, prefix + name + ".")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _close_keys(key: str) -> str:
+    import difflib
+
+    matches = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.6)
+    return matches[0] if matches else ""
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"lora.r=8"`` -> (``"lora.r"``, 8). The value is parsed as YAML, so 8, 1e-4, true, null and
+    [q_proj, v_proj] get their natural types; anything else stays a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def load_recipe(path: str | os.PathLike) -> dict:
+    """Read a YAML recipe into a dict. Relative data/eval_data/out/model paths stay relative to the
+    working directory (the recipe is run from the project root, like a Makefile)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: a recipe must be a mapping of keys to values, got {type(loaded).__name__}")
+    return loaded
+
+
+def build_config(
+    recipe: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    values: dict | None = None,
+) -> TrainConfig:
+    """Recipe (YAML) <- ``values`` (e.g. CLI flags, dotted keys) <- ``--set`` overrides, then validate."""
+    raw: dict = load_recipe(recipe) if recipe else {}
+    source = str(recipe) if recipe else "command line"
+    for key, value in (values or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    for item in overrides or []:
+        _set_dotted(raw, *parse_override(item))
+    return validate_config(raw, source)
+
+
+def validate_config(raw: dict, source: str = "configuration") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def describe_fields(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every key, nested ones dotted: the schema's documentation."""
+    rows = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += describe_fields(ann, prefix + name + ".")
+            continue
+        if f.is_required():
+            default = "(required)"
+        else:
+            d = f.get_default(call_default_factory=True)
+            default = "null" if d is None else str(d).lower() if isinstance(d, bool) else str(d)
+        rows.append((prefix + name, default, f.description or ""))
+    return rows

@@ -1,0 +1,1 @@
+"""Exporting results: merged weights (merge.py), GGUF, Ollama Modelfile."""

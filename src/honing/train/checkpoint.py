@@ -1,0 +1,173 @@
+"""Atomic checkpoints: everything a bitwise-identical resume needs.
+
+``checkpoints/step-N/`` holds
+
+* ``trainable.safetensors``: the trainable parameters by their exact ``named_parameters()`` names;
+* ``optimizer.pt`` / ``scheduler.pt``: their ``state_dict()`` (tensors and plain values only, so they
+  load with ``torch.load(weights_only=True)``);
+* ``rng-rank{R}.pt``: each process's torch, Python and NumPy RNG states;
+* ``trainer_state.json``: global step, epoch, position in the epoch, seed, best eval loss, counters;
+* ``COMPLETE``: written last. A directory without it is never read.
+
+A save writes into ``checkpoints/.tmp-step-N`` and renames it into place, so ``kill -9`` at any moment
+leaves either the previous checkpoints or the new complete one; leftovers are removed on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+from honing.train.errors import TrainingError
+
+COMPLETE = "COMPLETE"
+# Test hook: seconds to sleep in the middle of a save (after the weights, before COMPLETE), so a test can
+# kill the process while a checkpoint is half written.
+SAVE_DELAY_ENV = "HONING_TEST_SAVE_DELAY"
+
+
+def trainable_state(model) -> dict:
+    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def assert_finite_weights(model) -> None:
+    import torch
+
+    for n, p in model.named_parameters():
+        if p.requires_grad and not torch.isfinite(p).all():
+            raise TrainingError(f"parameter {n} holds NaN/inf values; refusing to save it")
+
+
+def capture_rng() -> dict:
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+
+
+def restore_rng(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached"]))
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir() if d.name.startswith("step-") and (d / COMPLETE).is_file()]
+    return sorted(found, key=lambda d: int(d.name.split("-")[1]))
+
+
+def remove_partial_checkpoints(run_dir: Path) -> list[str]:
+    """Delete half-written saves (a kill during a save); return their names."""
+    root = run_dir / "checkpoints"
+    removed = []
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith(".tmp-") or (d.name.startswith("step-") and not (d / COMPLETE).is_file()):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+    return removed
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict, dist) -> Path | None:
+    """Write ``checkpoints/step-<step>`` atomically. Every process calls it (each saves its RNG);
+    rank 0 writes the rest. Returns the directory on rank 0."""
+    import torch
+    from safetensors.torch import save_file
+
+    root = run_dir / "checkpoints"
+    tmp = root / f".tmp-step-{step}"
+    final = root / f"step-{step}"
+    if dist.is_main:
+        assert_finite_weights(model)
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    torch.save(capture_rng(), tmp / f"rng-rank{dist.rank}.pt")
+    dist.barrier()
+    if not dist.is_main:
+        dist.barrier()
+        return None
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    delay = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
+    if delay:
+        time.sleep(delay)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+    _fsync_dir_files(tmp)
+    (tmp / COMPLETE).write_text(f"step {step}\n")
+    if final.exists():  # a save of the same step by an earlier, interrupted attempt
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    dist.barrier()
+    return final
+
+
+def _fsync_dir_files(d: Path) -> None:
+    for f in d.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, best_step: int | None) -> None:
+    """Keep the newest ``keep_last`` complete checkpoints and the best one."""
+    ckpts = complete_checkpoints(run_dir)
+    keep = {d.name for d in ckpts[-keep_last:]}
+    if best_step is not None:
+        keep.add(f"step-{best_step}")
+    for d in ckpts:
+        if d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def load_trainable(model, ckpt: Path) -> None:
+    """Copy a checkpoint's trainable tensors into ``model`` (names must match exactly)."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(ckpt / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in saved]
+    unknown = [n for n in saved if n not in params]
+    if missing or unknown:
+        raise TrainingError(
+            f"{ckpt} does not match this model (missing {missing[:3]}, unexpected {unknown[:3]}); "
+            "was the run's configuration changed?"
+        )
+    with torch.no_grad():
+        for n, t in saved.items():
+            params[n].copy_(t)
+
+
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int) -> dict:
+    """Restore everything from ``ckpt``; return its trainer state."""
+    import torch
+
+    load_trainable(model, ckpt)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng_file = ckpt / f"rng-rank{rank}.pt"
+    if not rng_file.is_file():
+        raise TrainingError(f"{ckpt} has no RNG state for process {rank}: resume with the same number of processes")
+    restore_rng(torch.load(rng_file, weights_only=True))
+    return json.loads((ckpt / "trainer_state.json").read_text())

@@ -1,0 +1,120 @@
+"""Chunked causal-LM cross-entropy: the vocabulary x tokens logits never exist in full.
+
+With a 49k-token vocabulary, full fp32 logits for a batch of 4 x 1,024 tokens take 0.8 GB, and the
+usual path keeps several copies (logits, the fp32 upcast, softmax, their gradients). Here:
+
+1. Labels are shifted (position t predicts token t+1) and only *trained* positions are kept, so prompt
+   tokens (-100) cost no lm_head matmul at all.
+2. The kept hidden states go through the lm_head ``chunk_tokens`` at a time; each chunk is wrapped in
+   ``torch.utils.checkpoint`` so its logits are freed after the forward and recomputed in the backward.
+   Peak logits memory: ``chunk_tokens x vocab x 4`` bytes (1,024 x 49,152 x 4 = 200 MB), whatever T is.
+3. Log-softmax runs in fp32 whatever the compute dtype (bf16 log-probabilities lose ~3 digits).
+
+Getting hidden states without the model computing logits: ``causal_lm_loss_sum`` calls the model's
+normal forward (so PEFT, DDP and autocast wrappers all see it) with ``logits_to_keep=1`` - the head runs
+on one position per row - and captures the decoder's output with a forward hook.
+"""
+
+from __future__ import annotations
+
+from honing.data.render import IGNORE_INDEX
+
+
+def _chunk_nll_sum(hidden, weight, bias, targets, softcap: float | None):
+    """Sum of -log p(target) for ``hidden`` [N, H] against ``weight`` [V, H]; fp32 scalar."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = F.linear(hidden, weight, bias).float()  # [N, V] - the only place logits exist
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def chunked_cross_entropy_sum(hidden, lm_head_weight, labels, chunk_tokens: int = 1024, lm_head_bias=None,
+                              softcap: float | None = None):
+    """(sum of next-token NLL over trained positions: fp32 0-dim tensor, number of trained positions: int).
+
+    hidden: [B, T, H] final hidden states (after the last norm), any float dtype.
+    lm_head_weight: [V, H] (bias: [V] or None). labels: [B, T] unshifted token ids, -100 = not trained.
+    chunk_tokens: trained positions per lm_head chunk (bounds logits memory to chunk_tokens x V).
+    softcap: Gemma-2 style final logit soft-capping (``config.final_logit_softcapping``), None = off.
+    Equal to ``F.cross_entropy(full_logits[:, :-1].float(), labels[:, 1:], reduction="sum")`` in value and
+    gradient (tests/test_losses.py).
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    hid = hidden.shape[-1]
+    targets = labels[:, 1:].reshape(-1)
+    keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
+    n = int(keep.numel())
+    if n == 0:
+        # Keep the graph connected (DDP, backward() on the result) at zero cost.
+        return hidden.sum() * 0.0, 0
+    h = hidden[:, :-1, :].reshape(-1, hid).index_select(0, keep)  # [n, H]
+    t = targets.index_select(0, keep)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for s in range(0, n, chunk_tokens):
+        hs, ts = h[s : s + chunk_tokens], t[s : s + chunk_tokens]
+        if torch.is_grad_enabled() and (hs.requires_grad or lm_head_weight.requires_grad):
+            part = checkpoint(_chunk_nll_sum, hs, lm_head_weight, lm_head_bias, ts, softcap, use_reentrant=False)
+        else:
+            part = _chunk_nll_sum(hs, lm_head_weight, lm_head_bias, ts, softcap)
+        total = total + part
+    return total, n
+
+
+def _unwrap(model):
+    """The transformers PreTrainedModel inside DDP / PEFT wrappers."""
+    inner = getattr(model, "module", model)  # DDP, FSDP1
+    get_base = getattr(inner, "get_base_model", None)  # PeftModel
+    return get_base() if callable(get_base) else inner
+
+
+def _plain_head(core):
+    """(lm_head module, decoder module) when the head is a plain Linear we can chunk, else None."""
+    import torch
+
+    head = core.get_output_embeddings() if hasattr(core, "get_output_embeddings") else None
+    decoder = core.get_decoder() if hasattr(core, "get_decoder") else None
+    if type(head) is not torch.nn.Linear or decoder is None or decoder is core:
+        return None  # e.g. a LoRA-wrapped lm_head: its adapter must run, so use the model's own logits
+    if getattr(core.config, "logit_scale", None) not in (None, 1, 1.0):
+        return None  # heads that rescale logits (Cohere) are not reproduced here
+    return head, decoder
+
+
+def causal_lm_loss_sum(model, inputs: dict, labels, chunk_tokens: int = 1024):
+    """(loss_sum: fp32 0-dim tensor with grad, n_trained: int) for one micro-batch.
+
+    model: a causal LM (plain, PEFT-wrapped or DDP-wrapped). inputs: the batch without labels
+    (``input_ids`` [B, T], ``position_ids``, optionally ``attention_mask``). labels: [B, T] unshifted,
+    -100 = not trained. The caller divides by the step's trained tokens.
+    Falls back to full logits (trained positions only) when the head cannot be chunked.
+    """
+    import torch.nn.functional as F
+
+    core = _unwrap(model)
+    found = _plain_head(core)
+    if found is None:
+        logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+        shift = labels[:, 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), shift.reshape(-1), ignore_index=IGNORE_INDEX,
+                               reduction="sum")
+        return loss, int((shift != IGNORE_INDEX).sum())
+    head, decoder = found
+    captured = {}
+
+    def grab(_module, _args, output):
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = decoder.register_forward_hook(grab)
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    softcap = getattr(core.config, "final_logit_softcapping", None)
+    return chunked_cross_entropy_sum(captured["hidden"], head.weight, labels, chunk_tokens, head.bias, softcap)

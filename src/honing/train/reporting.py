@@ -1,0 +1,174 @@
+"""What the user sees and what the run directory keeps: metrics.jsonl, TensorBoard, the progress bar,
+the loss-curve PNG and summary.md. Only rank 0 reports."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None):
+        self.path = run_dir / "metrics.jsonl"
+        self.rows: list[dict] = []
+        if self.path.is_file():
+            # On resume, forget what was logged after the checkpoint: those steps are replayed.
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by kill -9
+                if resume_step is not None and row.get("step", 0) <= resume_step:
+                    self.rows.append(row)
+            tmp = self.path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            os.replace(tmp, self.path)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=(resume_step or 0) + 1 if resume_step else None)
+            except ImportError:  # tensorboard is a declared dependency; don't fail a run over it
+                self.tb = None
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_loss_curve(rows: list[dict], out: Path) -> None:
+    """Train and eval loss against optimizer step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+
+
+def overfitting_warning(rows: list[dict], window: int = 2) -> str | None:
+    """Warn when eval loss rose ``window`` evals in a row while the train loss kept falling."""
+    evals = [r for r in rows if r.get("eval_loss") is not None]
+    if len(evals) < window + 1:
+        return None
+    last = evals[-(window + 1):]
+    rising = all(b["eval_loss"] > a["eval_loss"] for a, b in itertools.pairwise(last))
+    if not rising:
+        return None
+
+    def mean_train(lo: int, hi: int) -> float | None:
+        vals = [r["train_loss"] for r in rows if lo < r["step"] <= hi and r.get("train_loss") is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    first_seg = mean_train(last[0]["step"] - (last[1]["step"] - last[0]["step"]), last[0]["step"])
+    last_seg = mean_train(last[-2]["step"], last[-1]["step"])
+    if first_seg is None or last_seg is None or last_seg >= first_seg:
+        return None
+    return (
+        f"possible overfitting: eval loss rose for {window} evals in a row "
+        f"({last[0]['eval_loss']:.4f} -> {last[-1]['eval_loss']:.4f} at step {last[-1]['step']}) while train "
+        f"loss kept falling ({first_seg:.4f} -> {last_seg:.4f}); the best checkpoint is kept as the result"
+    )
+
+
+class Progress:
+    """A rich progress bar: step, loss, eval loss, tokens/s, ETA. Silent when disabled."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(
+            TextColumn("step"), MofNCompleteColumn(), BarColumn(),
+            TextColumn("loss {task.fields[loss]}  eval {task.fields[eval]}  {task.fields[tps]} tok/s  ETA"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=total, completed=start, loss="-", eval="-", tps="-")
+
+    def update(self, step: int, loss: float | None = None, eval_loss: float | None = None, tps: float | None = None):
+        if not self.enabled:
+            return
+        fields = {}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4f}"
+        if eval_loss is not None:
+            fields["eval"] = f"{eval_loss:.4f}"
+        if tps is not None:
+            fields["tps"] = f"{tps:,.0f}"
+        self.bar.update(self.task, completed=step, **fields)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def write_summary(run_dir: Path, run: dict, hp: dict, warnings: list[str]) -> str:
+    """summary.md: what was trained, on what, with what result. Returns the text (also printed)."""
+    best = run.get("best") or {}
+    ds = run.get("dataset", {})
+    lines = [
+        f"# Run {run_dir.name}",
+        "",
+        f"- status: **{run.get('status')}**",
+        f"- base model: {run['base_model'].get('reference')} ({run['base_model'].get('source')})",
+        f"- method: {run['method']}, objective: {run['objective']}",
+        (f"- train data: {ds.get('train', {}).get('path')} ({ds.get('train', {}).get('examples')} examples, "
+        f"{ds.get('train', {}).get('trained_tokens')} trained tokens)"),
+    ]
+    if ds.get("eval"):
+        lines.append(f"- eval data: {ds['eval'].get('path')} ({ds['eval'].get('examples')} examples)")
+    lines += [
+        (f"- hyperparameters: epochs={hp['epochs']} batch_size={hp['batch_size']} "
+        f"learning_rate={hp['learning_rate']:.3g} steps={run.get('steps_done')}/{hp['total_steps']}"),
+        f"- best eval loss: {best.get('eval_loss')} at step {best.get('step')}",
+        f"- final train loss: {run.get('final_train_loss')}",
+        f"- trained tokens/s: {run.get('tokens_per_s')}, peak memory (RSS): {run.get('peak_memory_mb')} MB",
+        f"- result: {run_dir / 'final'}" + (f", merged: {run_dir / 'merged'}" if run.get("merged") else ""),
+    ]
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
+    text = "\n".join(lines) + "\n"
+    tmp = run_dir / ".summary.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, run_dir / "summary.md")
+    return text
