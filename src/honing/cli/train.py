@@ -1,0 +1,70 @@
+"""`hone train`: fine-tune a model from a recipe and/or flags. Parsing and printing only; the work is
+honing.train.train."""
+
+from __future__ import annotations
+
+import typer
+
+FLAG_KEYS = ("model", "data", "eval_data", "method", "epochs", "out", "merge")
+
+
+def _epilog() -> str:
+    from rich.markup import escape
+
+    from honing.config import describe_fields
+
+    # Every key documented once, from the schema's field descriptions (escaped: they contain [..]).
+    lines = ["Configuration keys (in a recipe, or as --set key=value; nested keys are dotted):"]
+    for key, default, desc in describe_fields():
+        lines.append(escape(f"{key} (default: {default}): {desc}"))
+    return "\n\n".join(lines)
+
+
+def train_cmd(
+    recipe: str = typer.Argument(None, help="YAML recipe (see examples/recipes/). Flags and --set override it."),
+    set_: list[str] = typer.Option(  # noqa: B008
+        None, "--set", help="Override any configuration key: --set lora.r=8 (repeatable)."
+    ),
+    model: str = typer.Option(None, "--model", help="Same as --set model=... ."),
+    data: str = typer.Option(None, "--data", help="Same as --set data=... ."),
+    eval_data: str = typer.Option(None, "--eval-data", help="Same as --set eval_data=... ."),
+    method: str = typer.Option(None, "--method", help="Same as --set method=lora|full."),
+    epochs: str = typer.Option(None, "--epochs", help="Same as --set epochs=N|auto."),
+    out: str = typer.Option(None, "--out", help="Same as --set out=runs/NAME."),
+    merge: bool = typer.Option(None, "--merge", help="Same as --set merge=true."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest complete checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Fine-tune a base model on a dataset into a run directory (adapter or full model, metrics, checkpoints)."""
+    from rich.console import Console
+
+    from honing.config import build_config
+    from honing.train import train
+
+    console = Console(stderr=False, highlight=False)
+    if epochs is not None and epochs != "auto":
+        try:
+            epochs = int(epochs)
+        except ValueError:
+            from honing.errors import ConfigError
+
+            raise ConfigError(f"--epochs: expected a positive integer or 'auto', got {epochs!r}") from None
+    values = {"model": model, "data": data, "eval_data": eval_data, "method": method, "epochs": epochs,
+              "out": out, "merge": merge}
+    config = build_config(recipe, overrides=set_ or [], values=values)
+    console.print(f"[bold]hone train[/] -> {config.out}")
+    result = train(config, resume=resume, progress=not quiet, log=console.print)
+    console.print(
+        f"[bold green]{result.status}[/]: result in {result.final_dir}"
+        + (f", merged model in {result.merged_dir}" if result.merged_dir else "")
+    )
+    console.print(f"peak memory (RSS): {result.peak_memory_mb:.0f} MB; trained tokens/s: {result.tokens_per_s:,.1f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "train",
+        epilog=_epilog(),
+        help=(train_cmd.__doc__ or "")
+        + "\n\nExample: hone train --model smollm2-135m-instruct --data train.jsonl --method lora --out runs/demo",
+    )(train_cmd)
