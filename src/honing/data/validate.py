@@ -137,7 +137,7 @@ def validate_file(
                                f"same as line {first} apart from case, spacing or punctuation"))
         if isinstance(example, Conversation):
             n_conversations += 1
-            if example.messages[0].role != "system":
+            if not any(m.role == "system" for m in example.messages):
                 n_without_system += 1
                 if len(without_system) < MAX_PROBLEMS_PER_CATEGORY:
                     without_system.append(line)
@@ -170,7 +170,11 @@ def validate_file(
     for first, count, preview in answers.repeated(n_examples):
         report.add(Problem(first, "repeated_answer", f"the answer {preview!r} is trained in {count} examples "
                                                      f"(first at line {first})"))
-    if n_conversations and n_without_system == n_conversations:
+    # Only formats that can carry a system message are told to add one.
+    can_have_system = parser.format in ("chat", "sharegpt")
+    if not can_have_system:
+        pass
+    elif n_conversations and n_without_system == n_conversations:
         report.add(Problem(None, "no_system_message", f"none of the {n_conversations} conversations has a system "
                                                       "message (fine if you will not use one at inference)"))
     elif n_without_system:
