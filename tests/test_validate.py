@@ -266,3 +266,18 @@ def test_cli_exit_codes_for_clean_and_unreadable_files(tmp_path):
     (tmp_path / "data.xlsx").write_text("x")
     bad_ext = _hone("data", "validate", str(tmp_path / "data.xlsx"), "--model", "none")
     assert bad_ext.returncode == 2 and "unknown file type" in bad_ext.stderr
+
+
+def test_curate_drops_invalid_duplicate_near_duplicate_and_too_long(tmp_path, smol_tokenizer):
+    from honing.data.curate import curate_file
+    from honing.data.formats import load_examples
+
+    long_one = msgs(SYSTEM, {"role": "user", "content": "fruit " * 300}, A)
+    src = _write(tmp_path, [PAD[0], PAD[1], PAD[0], PAD[1].replace("Question number", "QUESTION  number"), '{"messages": []}', long_one, PAD[2]])
+    out = tmp_path / "clean.jsonl"
+    summary = curate_file(src, out, tokenizer=smol_tokenizer, max_length=200)
+    assert summary.as_dict() == {"kept": 3, "invalid": 1, "duplicates": 1, "near_duplicates": 1, "too_long": 1,
+                                 "removed_lines": [3, 4, 5, 6]}
+    assert load_examples(out) == load_examples(_write(tmp_path, [PAD[0], PAD[1], PAD[2]], "expected.jsonl"))
+    kept_near = curate_file(src, out, near=False)
+    assert (kept_near.kept, kept_near.near_duplicates, kept_near.too_long) == (5, 0, 0)  # no tokenizer: no length cut

@@ -59,6 +59,38 @@ def validate_cmd(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@app.command("curate")
+def curate_cmd(
+    file: Annotated[Path, typer.Argument(help="Training data to clean (any supported format and container).")],
+    out: Annotated[Path, typer.Argument(help="Where to write the clean examples (canonical JSONL).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="auto or a format name.")] = "auto",
+    model: Annotated[str, typer.Option("--model", "-m", help="Tokenizer for --max-length.")]
+    = "smollm2-135m-instruct",
+    max_length: Annotated[int | None, typer.Option("--max-length", min=1,
+                                                   help="Drop examples longer than this many tokens.")] = None,
+    keep_near: Annotated[bool, typer.Option("--keep-near-duplicates",
+                                            help="Only drop exact duplicates.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Write FILE's valid examples to OUT without duplicates (and over-long examples, with --max-length)."""
+    from honing.data.curate import curate_file
+    from honing.data.formats import container_of
+
+    container_of(file)
+    tokenizer = None
+    if max_length is not None:
+        from honing.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    summary = curate_file(file, out, format=format, tokenizer=tokenizer, max_length=max_length,
+                          near=not keep_near)
+    if as_json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print(f"kept {summary.kept} -> {out}; removed {summary.invalid} invalid, {summary.duplicates} duplicate, "
+              f"{summary.near_duplicates} near-duplicate, {summary.too_long} too long")
+
+
 def _print_report(report) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -130,14 +130,23 @@ class RepeatedAnswers:
 
 @dataclass
 class CurationSummary:
+    """What curation kept and removed (``removed_lines`` holds the line of every removed example)."""
+
     kept: int = 0
+    invalid: int = 0
     duplicates: int = 0
     near_duplicates: int = 0
+    too_long: int = 0
     removed_lines: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"kept": self.kept, "invalid": self.invalid, "duplicates": self.duplicates,
+                "near_duplicates": self.near_duplicates, "too_long": self.too_long,
+                "removed_lines": self.removed_lines}
 
 
 def dedupe(examples: Iterable[Example], summary: CurationSummary | None = None,
-           near: bool = True) -> Iterator[Example]:
+           near: bool = True, count_kept: bool = True) -> Iterator[Example]:
     """Drop exact duplicates (and, with ``near``, normalized duplicates), keeping the first occurrence.
     Counts go into ``summary`` if one is given."""
     finder = DuplicateFinder()
@@ -152,7 +161,7 @@ def dedupe(examples: Iterable[Example], summary: CurationSummary | None = None,
             if ex.line is not None:
                 summary.removed_lines.append(ex.line)
             continue
-        summary.kept += 1
+        summary.kept += count_kept
         yield ex
 
 
@@ -162,3 +171,42 @@ def find_leaks(train: Iterable[Example], eval_examples: Iterable[Example]) -> li
     for ex in train:
         seen.setdefault(prompt_key(ex), ex.line)
     return [(ex.line, seen[k]) for ex in eval_examples if (k := prompt_key(ex)) in seen]
+
+
+def curate_file(src, dst, format: str = "auto", tokenizer=None, max_length: int | None = None,
+                near: bool = True) -> CurationSummary:
+    """Write the clean examples of ``src`` to ``dst`` as canonical JSONL (atomically).
+
+    Removed: records with errors (see ``hone data validate`` for why), exact duplicates, normalized
+    duplicates (with ``near``), and, given a tokenizer and ``max_length``, examples longer than that.
+    """
+    from honing.data.formats import RecordParser, iter_records, write_jsonl
+    from honing.data.render import render_example, render_preference
+
+    summary = CurationSummary()
+
+    def valid() -> Iterator[Example]:
+        parser = RecordParser(format)
+        for line, value in iter_records(src):
+            example, problems = parser.parse(line, value)
+            if example is not None:
+                yield example
+            elif any(p.severity == "error" for p in problems):
+                summary.invalid += 1
+                summary.removed_lines.append(line)
+
+    def short_enough(examples: Iterable[Example]) -> Iterator[Example]:
+        for ex in examples:
+            if tokenizer is not None and max_length is not None:
+                rs = render_preference(tokenizer, ex) if isinstance(ex, PreferencePair) else (
+                    render_example(tokenizer, ex),)
+                if max(len(r) for r in rs) > max_length:
+                    summary.too_long += 1
+                    summary.removed_lines.append(ex.line)
+                    continue
+            summary.kept += 1
+            yield ex
+
+    write_jsonl(short_enough(dedupe(valid(), summary, near=near, count_kept=False)), dst)
+    summary.removed_lines.sort()
+    return summary
