@@ -108,7 +108,8 @@ def _print_report(report) -> None:
             if shown[p.category] > SHOWN_PER_CATEGORY:
                 continue
             style = "red" if p.severity == "error" else "yellow"
-            where = ("" if p.file is None else f"{p.file}:") + ("-" if p.line is None else str(p.line))
+            # problems of the --eval file are prefixed with its name; the JSON has the full path
+            where = ("" if p.file is None else f"{Path(p.file).name}:") + ("-" if p.line is None else str(p.line))
             table.add_row(where, f"[{style}]{p.severity}[/]", p.category, p.message)
         for category, n in sorted(report.counts.items()):
             if n > SHOWN_PER_CATEGORY:
