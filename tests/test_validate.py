@@ -89,6 +89,10 @@ CASES = [
     ("not_utf8", [PAD[0].encode(), b'{"messages": "\xff\xfe"}', *(p.encode() for p in PAD[1:])],
      [(2, "not_utf8")]),
     ("bom_is_stripped", [b"\xef\xbb\xbf" + PAD[0].encode(), *(p.encode() for p in PAD[1:])], []),
+    ("bom_inside_concatenated_file", [PAD[0], "\ufeff" + PAD[1], *PAD[2:]], []),
+    ("sharegpt_value_not_text", padded("sharegpt", '{"conversations": [{"from": "human", "value": 5}, '
+                                                   '{"from": "gpt", "value": "Hello there."}]}'),
+     [(1, "invalid_content")]),
     ("crlf_line_endings", b"\r\n".join(p.encode() for p in PAD) + b"\r\n", []),
     ("blank_lines", [PAD[0], "", "   ", *PAD[1:]], [(2, "blank_line"), (3, "blank_line")]),
     ("utf16_file", "\n".join(PAD).encode("utf-16"), [(1, "not_utf8"), (None, "too_few_examples")]),

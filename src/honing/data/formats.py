@@ -218,7 +218,8 @@ def _iter_jsonl(path) -> Iterator[tuple[int, Any]]:
             if isinstance(text, Problem):
                 yield line, text
                 continue
-            text = text.rstrip("\r\n")
+            # A BOM inside the file (files concatenated with `cat`) is as harmless as one at the start.
+            text = text.rstrip("\r\n").lstrip("\ufeff")
             if not text.strip():
                 yield line, Problem(line, "blank_line", "blank line skipped")
                 continue
@@ -459,7 +460,7 @@ class _Checker:
     def add(self, category: str, message: str) -> None:
         self.problems.append(Problem(self.line, category, message))
 
-    def text(self, value: Any, where: str, allow_empty: bool = False) -> str | None:
+    def text(self, value: Any, where: str, allow_empty: bool = False, category: str = "invalid_field") -> str | None:
         """A string field: returns it, or None after recording why it is not usable text."""
         if isinstance(value, list) and all(isinstance(p, dict) for p in value):
             # OpenAI content parts: [{"type": "text", "text": "..."}]; only text parts can be trained.
@@ -469,8 +470,7 @@ class _Checker:
                 self.add("invalid_content", f"{where}: only text content parts are supported")
                 return None
         if not isinstance(value, str):
-            self.add("invalid_content" if "message" in where else "invalid_field",
-                     f"{where} must be a string, not {_type_name(value)}")
+            self.add(category, f"{where} must be a string, not {_type_name(value)}")
             return None
         try:
             value.encode("utf-8")
@@ -581,7 +581,7 @@ def _chat_messages(c: _Checker, items: list, role_key: str, content_key: str, ro
         elif m[content_key] is None:
             c.add("missing_content", f"{at} has null {content_key!r} (tool calls are not supported)")
         else:
-            content = c.text(m[content_key], f"{at} {content_key}")
+            content = c.text(m[content_key], f"{at} {content_key}", category="invalid_content")
         weight = 1
         if "weight" in m:
             w = m["weight"]
