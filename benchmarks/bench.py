@@ -1,0 +1,362 @@
+"""Honing vs TRL SFTTrainer + PEFT on the same job, each side in its own subprocess.
+
+Same model, same examples in the same order, LoRA r=16 (alpha 32, dropout 0) on all linear layers,
+batch of 4 examples, max length 1,024, same learning rate and optimizer steps. Reported per side:
+
+* tokens/s: non-padding tokens of the steps (prompt + reply) / seconds of those steps; the first step
+  (allocator and kernel warm-up) is excluded on both sides;
+* peak RSS (``ru_maxrss`` of the child process, so each side's number is its own);
+* first and final training loss (step 1 is the base model's loss on batch 1: it should match on both
+  sides, which checks that they train on the same tokens).
+
+Data: synthetic single-turn chats (system + user -> assistant), lengths spread from 64 to ~1,024 tokens,
+generated from a fixed seed (benchmarks/README in docs/performance.md). Honing trains the assistant
+turn; TRL gets the same chats as prompt/completion records (completion-only loss), so both optimize the
+same tokens.
+
+Usage (CPU, ~10-15 min on 2 cores):
+    HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/bench.py --mode cpu
+GPU mode (random-weight Llama of a real shape, reports MFU; needs CUDA):
+    python benchmarks/bench.py --mode gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORDS = (  # noqa: SIM905 - a readable word list
+    "the a model answer customer order invoice shipping policy refund account update report quarterly "
+    "please thank you we will can should would data system service request ticket support team manager "
+    "review approve deadline schedule meeting summary draft contract clause liability payment terms net "
+    "thirty days warehouse inventory product release version feature bug fix deploy server database "
+    "query latency error retry timeout configuration setting user password reset access permission role "
+    "because however therefore although while after before during within across between about into over "
+    "and or but so if then when where which that this these those it its our your their is are was were "
+    "be been has have had do does did not no yes all any each every some many few more most less least"
+).split()
+
+
+def synth_chats(n: int, seed: int, max_tokens: int) -> list[dict]:
+    """Chat records with total lengths spread uniformly over [64, max_tokens] tokens (approx.)."""
+    rng = random.Random(seed)
+
+    def text(n_words: int) -> str:
+        out, sent = [], []
+        for _ in range(max(1, n_words)):
+            sent.append(rng.choice(WORDS))
+            if len(sent) >= rng.randint(6, 18):
+                out.append(" ".join(sent).capitalize() + ".")
+                sent = []
+        if sent:
+            out.append(" ".join(sent).capitalize() + ".")
+        return " ".join(out)
+
+    chats = []
+    for i in range(n):
+        total = rng.randint(64, max_tokens)
+        words = int(total / 1.25) - 20  # ~1.25 tokens per word here; ~20 template tokens
+        prompt_share = rng.uniform(0.2, 0.8)
+        chats.append({"messages": [
+            {"role": "system", "content": f"You are assistant number {i % 7} of the operations team."},
+            {"role": "user", "content": text(int(words * prompt_share))},
+            {"role": "assistant", "content": text(int(words * (1 - prompt_share)))},
+        ]})
+    return chats
+
+
+def peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+# ----------------------------------------------------------------------------------------- children
+
+
+def run_honing(job: dict) -> dict:
+    """The real product: honing.train.train with a config equivalent to the TRL side."""
+    from honing.config import TrainConfig
+    from honing.train import train
+
+    out = Path(job["workdir"]) / "honing-run"
+    config = TrainConfig(
+        model=job["model"], data=job["train_file"], eval_data=job["eval_file"], out=str(out), method="lora",
+        lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+        batch_size=4, micro_batch_size=job["micro_batch_size"], learning_rate=job["lr"], lr_scheduler="linear",
+        warmup_ratio=0.0, max_steps=job["steps"], max_length=job["max_length"], dtype=job["dtype"],
+        packing=True, seed=job["seed"], eval_every=10_000, save_every=10_000, tensorboard=False,
+    )
+    t0 = time.perf_counter()
+    train(config, log=lambda m: print("[honing]", m, flush=True))
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("train_loss") is not None and r.get("step", 0) >= 1]
+    # Non-padding tokens per step: the same order the loop used (honing.train.batching.step_indices).
+    from honing.models.loading import load_tokenizer
+    from honing.train.batching import step_indices
+    from honing.train.dataset import read_examples, render_set
+
+    tok = load_tokenizer(job["model"])
+    examples = read_examples(job["train_file"], "auto")
+    items = render_set(tok, examples, job["max_length"], job["train_file"], "-").items
+    step_tokens = [sum(len(items[i]) for i in step_indices(len(items), 4, job["seed"], s)[1])
+                   for s in range(len(rows))]
+    # The loop logs trained-token throughput per step; its duration is trained tokens / that rate.
+    seconds = []
+    prev = 0
+    for r in rows:
+        seconds.append((r["trained_tokens"] - prev) / r["tokens_per_s"])
+        prev = r["trained_tokens"]
+    return _summary("honing", step_tokens, seconds, [r["train_loss"] for r in rows], wall)
+
+
+def run_trl(job: dict) -> dict:
+    """TRL SFTTrainer + PEFT with its defaults, except what must match the Honing side."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from honing.models.catalog import resolve_model
+    from honing.train.batching import step_indices
+
+    chats = [json.loads(line) for line in Path(job["train_file"]).read_text().splitlines()]
+    # Same examples in the same order as Honing's steps; TRL then reads them sequentially.
+    order = [i for s in range(job["steps"]) for i in step_indices(len(chats), 4, job["seed"], s)[1]]
+    records = [{"prompt": chats[i]["messages"][:-1], "completion": chats[i]["messages"][-1:]} for i in order]
+    path = str(resolve_model(job["model"]).path)
+    dtype = torch.bfloat16 if job["dtype"] == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    args = SFTConfig(
+        output_dir=str(Path(job["workdir"]) / "trl-run"), per_device_train_batch_size=4,
+        gradient_accumulation_steps=1, max_steps=job["steps"], max_length=job["max_length"],
+        learning_rate=job["lr"], lr_scheduler_type="linear", warmup_steps=0, logging_steps=1,
+        save_strategy="no", report_to=[], bf16=dtype == torch.bfloat16, use_cpu=job["mode"] == "cpu",
+        seed=job["seed"], dataloader_num_workers=0, max_grad_norm=1.0,
+    )
+
+    class SequentialSFT(SFTTrainer):
+        def _get_train_sampler(self, *a, **k):
+            return SequentialSampler(self.train_dataset)
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.t)
+
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SequentialSFT(model=model, args=args, train_dataset=Dataset.from_list(records),
+                            processing_class=tok, peft_config=lora, callbacks=[Clock()])
+    lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
+    step_tokens = [sum(lengths[s * 4 : s * 4 + 4]) for s in range(job["steps"])]
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return _summary("trl", step_tokens, times, losses, wall)
+
+
+def _summary(side, step_tokens, seconds, losses, wall) -> dict:
+    timed = slice(1, None) if len(seconds) > 1 else slice(None)  # drop the warm-up step
+    tok, sec = sum(step_tokens[timed]), sum(seconds[timed])
+    return {"side": side, "tokens_per_s": tok / sec if sec else 0.0, "timed_tokens": tok, "timed_seconds": sec,
+            "steps": len(seconds), "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None, "losses": losses, "wall_s": wall,
+            "peak_rss_gb": peak_rss_gb()}
+
+
+# ----------------------------------------------------------------------------------------- driver
+
+
+def child(side: str, job_path: str) -> None:
+    job = json.loads(Path(job_path).read_text())
+    torch_threads = job.get("threads")
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    if side == "honing":
+        res = run_honing_gpu(job) if job["mode"] == "gpu" else run_honing(job)
+    else:
+        res = run_trl(job)
+    if job["mode"] == "gpu":
+        import torch
+
+        res["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+        # MFU: model FLOPs (6 x params per token, the usual convention, although LoRA skips the frozen
+        # weights' gradients) / H100 SXM dense bf16 peak.
+        res["mfu"] = res["tokens_per_s"] * 6 * job["n_params"] / job["peak_flops"]
+    Path(job["workdir"], f"{side}.json").write_text(json.dumps(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per side (first one untimed)")
+    ap.add_argument("--examples", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
+                    help="both sides; default fp32 on CPU (see docs/performance.md), bf16 on GPU")
+    ap.add_argument("--micro-batch-size", type=int, default=1, help="Honing: examples per packed forward")
+    ap.add_argument("--sides", default="honing,trl")
+    ap.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    ap.add_argument("--child", nargs=2, metavar=("SIDE", "JOB"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        return child(*a.child)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    workdir = tempfile.mkdtemp(prefix="honing-bench-")
+    chats = synth_chats(a.examples, seed=0, max_tokens=a.max_length)
+    train_file, eval_file = Path(workdir, "train.jsonl"), Path(workdir, "eval.jsonl")
+    train_file.write_text("".join(json.dumps(c) + "\n" for c in chats))
+    eval_file.write_text("".join(json.dumps(c) + "\n" for c in synth_chats(2, seed=1, max_tokens=128)))
+    job = {"mode": a.mode, "model": "smollm2-135m-instruct", "train_file": str(train_file),
+           "eval_file": str(eval_file), "workdir": workdir, "steps": a.steps, "max_length": a.max_length,
+           "dtype": a.dtype or ("fp32" if a.mode == "cpu" else "bf16"), "lr": 2e-4, "seed": 42,
+           "micro_batch_size": a.micro_batch_size}
+    if a.mode == "gpu":
+        job.update(gpu_model_dir(workdir))
+    job_path = Path(workdir, "job.json")
+    job_path.write_text(json.dumps(job))
+    results = {}
+    for side in a.sides.split(","):
+        print(f"== {side} ...", flush=True)
+        t0 = time.time()
+        subprocess.run([sys.executable, __file__, "--child", side, str(job_path)], check=True)
+        results[side] = json.loads(Path(workdir, f"{side}.json").read_text())
+        print(f"== {side} done in {time.time() - t0:.0f}s", flush=True)
+    report = {"job": job, "results": results, "host": host_info()}
+    if "honing" in results and "trl" in results:
+        h, t = results["honing"], results["trl"]
+        report["ratios"] = {"tokens_per_s": h["tokens_per_s"] / t["tokens_per_s"],
+                            "peak_rss": h["peak_rss_gb"] / t["peak_rss_gb"]}
+    print_table(report)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(a.json).with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, a.json)
+    print(f"wrote {a.json}")
+
+
+def host_info() -> dict:
+    import platform
+
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "torch": torch.__version__, "machine": platform.machine(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_avg_at_end": os.getloadavg()}
+
+
+def print_table(report: dict) -> None:
+    rows = report["results"]
+    cols = ["side", "tokens/s", "peak RSS GB", "first loss", "final loss", "steps"]
+    if report["job"]["mode"] == "gpu":
+        cols += ["peak GPU GB", "MFU"]
+    print("\n" + " | ".join(f"{c:>12}" for c in cols))
+    for r in rows.values():
+        vals = [r["side"], f"{r['tokens_per_s']:.1f}", f"{r['peak_rss_gb']:.2f}", f"{r['first_loss']:.4f}",
+                f"{r['final_loss']:.4f}", str(r["steps"])]
+        if report["job"]["mode"] == "gpu":
+            vals += [f"{r.get('peak_gpu_gb', 0):.2f}", f"{r.get('mfu', 0):.1%}"]
+        print(" | ".join(f"{v:>12}" for v in vals))
+    if "ratios" in report:
+        q = report["ratios"]
+        print(f"Honing/TRL: tokens/s x{q['tokens_per_s']:.2f}, peak RSS x{q['peak_rss']:.2f}")
+
+
+# ----------------------------------------------------------------------------------------- GPU mode
+
+
+def gpu_model_dir(workdir: str) -> dict:
+    """A random-weight Llama with Llama-3.2-1B's shape (bf16), saved with the SmolLM2 tokenizer (its ids
+    fit the vocabulary). MFU only depends on the shape, not the weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from honing.models.loading import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    cfg = LlamaConfig(vocab_size=max(len(tok), 49152), hidden_size=2048, intermediate_size=8192,
+                      num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                      max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=500000.0)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    out = Path(workdir, "llama-1b-shape")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    n = sum(p.numel() for p in model.parameters())
+    return {"model": str(out), "n_params": n, "peak_flops": 989e12}
+
+
+def run_honing_gpu(job: dict) -> dict:
+    """GPU: honing.train.train has no device placement yet, so this side runs Honing's own pieces
+    (packed rows + chunked loss over the PEFT model, bf16 base / fp32 LoRA) in a minimal loop on CUDA,
+    with the same order, batch, LR schedule and clipping as the product loop."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import get_scheduler
+
+    from honing.models.loading import load_model, load_tokenizer
+    from honing.train.batching import step_indices
+    from honing.train.dataset import read_examples, render_set
+    from honing.train.losses import causal_lm_loss_sum
+    from honing.train.packing import collate_packed
+
+    tok = load_tokenizer(job["model"])
+    items = render_set(tok, read_examples(job["train_file"], "auto"), job["max_length"], job["train_file"], "-").items
+    model, _, _ = load_model(job["model"], dtype=torch.bfloat16 if job["dtype"] == "bf16" else torch.float32)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                                             task_type="CAUSAL_LM")).cuda()
+    model.config.use_cache = False
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=job["lr"], fused=True)
+    sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=job["steps"])
+    step_tokens, seconds, losses = [], [], []
+    t_start = time.perf_counter()
+    for s in range(job["steps"]):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        idx = step_indices(len(items), 4, job["seed"], s)[1]
+        mbs = [idx[i : i + job["micro_batch_size"]] for i in range(0, len(idx), job["micro_batch_size"])]
+        n_total = sum(sum(items[i].loss_mask[1:]) for i in idx)
+        loss_sum = torch.zeros((), device="cuda")
+        for mb in mbs:
+            batch = {k: v.cuda(non_blocking=True) for k, v in collate_packed([items[i] for i in mb]).items()}
+            labels = batch.pop("labels")
+            part, _ = causal_lm_loss_sum(model, batch, labels)
+            (part / n_total).backward()
+            loss_sum += part.detach()  # stays on the GPU: no host sync inside the step
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - t0)
+        step_tokens.append(sum(len(items[i]) for i in idx))
+        losses.append(float(loss_sum) / n_total)
+    return _summary("honing", step_tokens, seconds, losses, time.perf_counter() - t_start)
+
+
+if __name__ == "__main__":
+    main()
