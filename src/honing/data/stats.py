@@ -12,12 +12,14 @@ import numpy as np
 
 from honing.data.render import RenderedExample
 
-# Trained tokens per second of the embedded default model (SmolLM2-135M, ~135M parameters) on the
-# development machine's CPU (2 cores, native bf16): bf16 weights, frozen base + LoRA r=16 on every linear
-# layer, one 1024-token row, forward + backward + AdamW step, median of 5 steps after 2 warm-up steps.
-# Measured with the script in docs/data.md ("Training-time estimate"). The trainer may supply a better
-# figure from real runs; GPUs are one to two orders of magnitude faster.
-TRAIN_TOKENS_PER_SECOND = 500.0
+# Tokens per second (forward + backward + AdamW step) of the embedded default model (SmolLM2-135M) on the
+# development machine's CPU (2-core AMD EPYC, AVX2/FMA only: no avx512_bf16 and no AMX), fp32 weights,
+# frozen base + LoRA r=16 on every linear layer, one 256-token row, torch.set_num_threads(1): measured
+# 67-68 tokens/s (3.8 s/step) while the machine was shared (load average ~3.4), with the command in
+# docs/data.md ("Training-time estimate"). Same run in bf16: 3.4 tokens/s (this CPU emulates bf16 matmuls),
+# and 2 threads under that load: 21.6 tokens/s, so fp32 is the figure to use here. The trainer's own
+# measured throughput is the better number once a run exists; GPUs are orders of magnitude faster.
+TRAIN_TOKENS_PER_SECOND = 68.0
 # Parameter count the figure above was measured with; other models scale it by their parameter count
 # (training compute is about 6 x parameters x tokens).
 REFERENCE_PARAMETERS = 134_515_008
