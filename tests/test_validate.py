@@ -270,6 +270,8 @@ def test_cli_exit_codes_for_clean_and_unreadable_files(tmp_path):
     (tmp_path / "data.xlsx").write_text("x")
     bad_ext = _hone("data", "validate", str(tmp_path / "data.xlsx"), "--model", "none")
     assert bad_ext.returncode == 2 and "unknown file type" in bad_ext.stderr
+    bad_format = _hone("data", "validate", str(clean), "--model", "none", "--format", "openai")
+    assert bad_format.returncode == 2 and "unknown format 'openai'" in bad_format.stderr
 
 
 def test_curate_drops_invalid_duplicate_near_duplicate_and_too_long(tmp_path, smol_tokenizer):
@@ -285,3 +287,26 @@ def test_curate_drops_invalid_duplicate_near_duplicate_and_too_long(tmp_path, sm
     assert load_examples(out) == load_examples(_write(tmp_path, [PAD[0], PAD[1], PAD[2]], "expected.jsonl"))
     kept_near = curate_file(src, out, near=False)
     assert (kept_near.kept, kept_near.near_duplicates, kept_near.too_long) == (5, 0, 0)  # no tokenizer: no length cut
+
+
+def test_parameter_count_from_safetensors_headers(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from honing.data.stats import count_parameters
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert count_parameters(tiny_llama_dir) == model.num_parameters()
+    assert count_parameters(tiny_llama_dir.parent) is None  # no weights there
+
+
+def test_cli_curate_writes_clean_file_and_reports_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from honing.cli import app
+
+    src = _write(tmp_path, [PAD[0], PAD[0], "not json", PAD[1]])
+    out = tmp_path / "clean.jsonl"
+    result = CliRunner().invoke(app, ["data", "curate", str(src), str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["removed_lines"] == [2, 3]
+    assert out.read_text().count("\n") == 2
