@@ -1,0 +1,214 @@
+"""The training loop on a tiny seeded Llama: golden losses, the run-directory contract, adapter/merge
+equivalences, batch x accumulation invariance, early stopping with the best checkpoint, non-finite steps."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from train_helpers import build_tiny_model_dir, write_arithmetic_chat
+
+from honing.train import TrainingError, build_config, train
+
+# First five train losses of the tiny model (seed 0) on 24 arithmetic chats, batch 4, lr 5e-3, fp32,
+# packing on. Recorded from this implementation; packing off / bf16 agree to ~2e-4.
+GOLDEN_FIRST5 = [10.790419, 10.650657, 10.592707, 10.495976, 10.513921]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    build_tiny_model_dir(d / "tiny")
+    write_arithmetic_chat(d / "train.jsonl", 24)
+    write_arithmetic_chat(d / "eval_wrong.jsonl", 8, seed=5, offset=13)
+    return d
+
+
+def _config(workdir, out, **kw):
+    values = {"model": str(workdir / "tiny"), "data": str(workdir / "train.jsonl"), "out": str(workdir / out),
+              "batch_size": 4, "dtype": "fp32", "tensorboard": False, "seed": 0}
+    values.update(kw)
+    return build_config(values=values)
+
+
+def _quiet(_msg):
+    pass
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.fixture(scope="module")
+def finished_run(workdir):
+    cfg = _config(workdir, "run", max_steps=5, learning_rate=5e-3, eval_every=5, merge=True, tensorboard=True)
+    return train(cfg, log=_quiet)
+
+
+def test_golden_first_five_losses(finished_run):
+    assert finished_run.train_losses[:5] == pytest.approx(GOLDEN_FIRST5, abs=2e-4)
+    assert finished_run.train_losses[4] < finished_run.train_losses[0] - 0.2
+
+
+def test_first_loss_equals_plain_transformers_loss(finished_run, workdir):
+    """Step 1's loss (before any update) is the base model's token-averaged cross-entropy on the
+    assistant tokens of the first batch, as transformers itself computes it."""
+    from transformers import AutoModelForCausalLM
+
+    from honing.data.render import render_conversation
+    from honing.models import load_tokenizer
+    from honing.train.batching import step_indices
+    from honing.train.dataset import held_out_split, read_examples
+
+    tok = load_tokenizer(str(workdir / "tiny"))
+    examples = read_examples(workdir / "train.jsonl")
+    train_idx, _ = held_out_split(len(examples), 0.1, 200, seed=0)
+    _, first = step_indices(len(train_idx), 4, seed=0, step=0)
+    model = AutoModelForCausalLM.from_pretrained(workdir / "tiny")
+    total = tokens = 0.0
+    for i in first:
+        r = render_conversation(tok, examples[train_idx[i]])
+        labels = torch.tensor([r.labels()])
+        with torch.no_grad():
+            mean = model(input_ids=torch.tensor([r.input_ids]), labels=labels).loss
+        n = int((labels[:, 1:] != -100).sum())
+        total, tokens = total + float(mean) * n, tokens + n
+    assert finished_run.train_losses[0] == pytest.approx(total / tokens, abs=1e-5)
+
+
+def test_run_directory_contract(finished_run):
+    run_dir = finished_run.run_dir
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "completed"
+    assert run["base_model"]["reference"].endswith("tiny")
+    assert run["method"] == "lora" and run["objective"] == "sft"
+    assert set(run["versions"]) >= {"python", "torch", "transformers", "peft", "honing"}
+    train_src = run["dataset"]["train"]
+    assert len(train_src["sha256"]) == 64 and train_src["examples"] + run["dataset"]["eval"]["examples"] == 24
+    assert train_src["trained_tokens"] > 0
+    assert run["best"]["step"] == 5 and math.isfinite(run["best"]["eval_loss"])
+    assert run["peak_memory_mb"] > 0 and run["tokens_per_s"] > 0
+    assert run["config"]["lora"]["r"] == 16
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert {"train_loss", "lr", "grad_norm", "tokens_per_s", "trained_tokens", "epoch"} <= set(rows[1])
+    assert "eval_loss" in rows[0] and "eval_loss" in rows[5]
+    assert (run_dir / "loss_curve.png").stat().st_size > 1000
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "summary.md").read_text().startswith("# Run")
+    for ckpt in (run_dir / "checkpoints").iterdir():
+        assert (ckpt / "COMPLETE").is_file(), ckpt
+    assert (run_dir / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_adapter_loads_with_plain_peft_and_merge_matches(finished_run, workdir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 520, 3400, 905, 28, 17, 2]])
+    base = AutoModelForCausalLM.from_pretrained(workdir / "tiny")
+    base_logits = _logits(base, ids)
+    tuned = PeftModel.from_pretrained(base, str(finished_run.run_dir / "final"))
+    tuned_logits = _logits(tuned, ids)
+    assert (tuned_logits - base_logits).abs().max() > 1e-3, "the adapter changed nothing"
+    with tuned.disable_adapter():
+        torch.testing.assert_close(_logits(tuned, ids), base_logits, rtol=0, atol=0)
+    merged = AutoModelForCausalLM.from_pretrained(finished_run.merged_dir)
+    torch.testing.assert_close(_logits(merged, ids), tuned_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_times_accumulation_invariance(workdir):
+    """batch 4 x accumulation 1 == batch 1 x accumulation 4: same losses and the same adapter."""
+    from safetensors.torch import load_file
+
+    kw = {"max_steps": 3, "learning_rate": 5e-3, "eval_fraction": 0, "lora": {"dropout": 0.0}}
+    a = train(_config(workdir, "acc1", micro_batch_size=4, **kw), log=_quiet)
+    b = train(_config(workdir, "acc4", micro_batch_size=1, **kw), log=_quiet)
+    assert json.loads((b.run_dir / "run.json").read_text())["hyperparameters"]["grad_accumulation"] == 4
+    assert b.train_losses == pytest.approx(a.train_losses, abs=1e-5)
+    wa = load_file(str(a.final_dir / "adapter_model.safetensors"))
+    wb = load_file(str(b.final_dir / "adapter_model.safetensors"))
+    for k in wa:
+        # Adam divides by sqrt(v): near-zero gradients amplify float reordering noise; a real difference
+        # in the gradient would move weights by ~lr = 5e-3.
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=5e-5)
+
+
+def test_early_stopping_keeps_the_best_checkpoint(workdir):
+    """Eval answers contradict the training answers and the LR is too high: eval loss gets worse, the
+    run stops after `patience` evals and its result is the best step's weights, not the last."""
+    from safetensors.torch import load_file
+
+    cfg = _config(workdir, "early", eval_data=str(workdir / "eval_wrong.jsonl"), max_steps=12,
+                  learning_rate=0.05, eval_every=1, early_stopping_patience=2)
+    r = train(cfg, log=_quiet)
+    assert r.status == "early_stopped"
+    assert r.steps == r.best_step + 2 < 12
+    run = json.loads((r.run_dir / "run.json").read_text())
+    assert run["status"] == "early_stopped" and run["best"]["step"] == r.best_step
+    assert min(loss for step, loss in r.eval_losses if step > 0) == r.best_eval_loss
+    best = load_file(str(r.run_dir / "checkpoints" / f"step-{r.best_step}" / "trainable.safetensors"))
+    final = load_file(str(r.final_dir / "adapter_model.safetensors"))
+    # PEFT drops the adapter name from saved keys: "...lora_A.default.weight" -> "...lora_A.weight".
+    for name, tensor in best.items():
+        torch.testing.assert_close(final[name.replace(".default", "")], tensor, rtol=0, atol=0)
+
+
+def _nan_on_calls(monkeypatch, bad_calls):
+    from honing.train import objectives
+
+    real = objectives.token_cross_entropy_sum
+    calls = {"n": 0}
+
+    def flaky(model, batch):
+        calls["n"] += 1
+        loss_sum, n = real(model, batch)
+        return (loss_sum * float("nan") if calls["n"] in bad_calls else loss_sum), n
+
+    monkeypatch.setattr(objectives, "token_cross_entropy_sum", flaky)
+
+
+def test_a_nonfinite_step_is_skipped_and_logged(workdir, monkeypatch):
+    _nan_on_calls(monkeypatch, {2})
+    messages = []
+    r = train(_config(workdir, "nan1", max_steps=4, eval_fraction=0), log=messages.append)
+    assert r.status == "completed" and r.steps == 4
+    assert math.isnan(r.train_losses[1]) and all(math.isfinite(x) for x in r.train_losses[2:])
+    assert any("non-finite" in m and "step 2" in m for m in messages)
+    run = json.loads((r.run_dir / "run.json").read_text())
+    assert run["nonfinite_steps"] == 1
+
+
+def test_repeated_nonfinite_steps_stop_the_run(workdir, monkeypatch):
+    _nan_on_calls(monkeypatch, set(range(2, 100)))
+    with pytest.raises(TrainingError, match="3 consecutive steps"):
+        train(_config(workdir, "nan3", max_steps=8, eval_fraction=0, save_every=1), log=_quiet)
+    run_dir = workdir / "nan3"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert not (run_dir / "final").exists()
+
+
+def test_a_nonfinite_weight_is_never_saved(workdir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from honing.train.checkpoint import save_checkpoint
+    from honing.train.distributed import DistContext
+
+    model = AutoModelForCausalLM.from_pretrained(workdir / "tiny")
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    with torch.no_grad():
+        model.model.norm.weight[3] = float("inf")
+    with pytest.raises(TrainingError, match="model.norm.weight"):
+        save_checkpoint(tmp_path, 1, model, opt, sched, {"step": 1}, DistContext())
+    assert not list((tmp_path / "checkpoints").glob("step-*"))
+
+
+def test_existing_run_is_not_overwritten(finished_run, workdir):
+    from honing.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--resume"):
+        train(_config(workdir, "run", max_steps=1), log=_quiet)
