@@ -92,6 +92,7 @@ def test_run_directory_contract(finished_run):
     assert run["best"]["step"] == 5 and math.isfinite(run["best"]["eval_loss"])
     assert run["peak_memory_mb"] > 0 and run["tokens_per_s"] > 0
     assert run["config"]["lora"]["r"] == 16
+    assert run["dtype"] == "fp32"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
     assert {"train_loss", "lr", "grad_norm", "tokens_per_s", "trained_tokens", "epoch"} <= set(rows[1])
@@ -212,3 +213,33 @@ def test_existing_run_is_not_overwritten(finished_run, workdir):
 
     with pytest.raises(ConfigError, match="--resume"):
         train(_config(workdir, "run", max_steps=1), log=_quiet)
+
+
+@pytest.mark.parametrize(("requested", "fast", "method", "expected"), [
+    ("auto", False, "lora", ("fp32", torch.float32, None)),  # AVX2-only CPU: bf16 is emulated, slow
+    ("auto", True, "lora", ("bf16", torch.bfloat16, None)),  # bf16 base, fp32 adapter weights
+    ("auto", True, "full", ("bf16", torch.float32, torch.bfloat16)),  # fp32 master weights + autocast
+    ("bf16", False, "lora", ("bf16", torch.bfloat16, None)),  # an explicit choice is obeyed
+    ("fp32", True, "full", ("fp32", torch.float32, None)),
+])
+def test_dtype_auto_follows_the_measured_bf16_speed(monkeypatch, requested, fast, method, expected):
+    import honing.precision
+    from honing.train.loop import _compute_dtypes
+
+    monkeypatch.setattr(honing.precision, "bf16_is_fast", lambda device="cpu": fast)
+    cfg = build_config(values={"data": "x.jsonl", "dtype": requested, "method": method})
+    assert _compute_dtypes(cfg) == expected
+
+
+def test_default_dtype_is_auto():
+    assert build_config(values={"data": "x.jsonl"}).dtype == "auto"
+
+
+def test_bad_data_line_is_named(workdir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    good = (workdir / "train.jsonl").read_text().splitlines()
+    bad.write_text("\n".join(good[:3] + ['{"messages": [{"role": "user"}]}'] + good[3:]) + "\n")
+    from honing.errors import DataError
+
+    with pytest.raises(DataError, match=r"bad.jsonl:4"):
+        train(_config(workdir, "bad", data=str(bad), max_steps=1), log=_quiet)

@@ -3,51 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from honing.data.conversation import Conversation, Message, PreferencePair, RawText
+from honing.data.conversation import Conversation, PreferencePair, RawText
 from honing.data.render import RenderedExample, TemplateError, render_example
 from honing.errors import DataError
 
 
 def read_examples(path: str | Path, data_format: str = "auto") -> list:
-    """All examples of a data file, each with its ``.line``.
+    """All examples of a data file (every format ``honing.data.formats`` reads), each with its ``.line``.
 
-    Uses the data engineer's ``honing.data.formats.read_examples`` when it exists (every format); until
-    then, a minimal reader of OpenAI chat JSONL (``{"messages": [...]}``).
+    The first bad record raises the data module's ``DataError`` naming ``path:line`` and what is wrong.
     """
+    from honing.data.formats import load_examples
+
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
-    try:
-        from honing.data.formats import read_examples as _read
-    except ImportError:
-        return _read_openai_chat_jsonl(p)
-    return list(_read(p, format=data_format))
-
-
-def _read_openai_chat_jsonl(p: Path) -> list[Conversation]:
-    out = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                msgs = tuple(
-                    Message(m["role"], m["content"], int(m.get("weight", 1))) for m in obj["messages"]
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise DataError(f"{p} line {n}: not an OpenAI chat example ({type(e).__name__}: {e})") from e
-            if not any(m.role == "assistant" for m in msgs):
-                raise DataError(f"{p} line {n}: no assistant message to train on")
-            out.append(Conversation(msgs, line=n))
-    if not out:
+    examples = load_examples(p, format=data_format)
+    if not examples:
         raise DataError(f"{p}: no examples")
-    return out
+    return examples
 
 
 def file_sha256(path: str | Path) -> str:

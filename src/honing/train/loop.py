@@ -102,19 +102,24 @@ def seed_everything(seed: int) -> None:
 
 
 def _compute_dtypes(config: TrainConfig):
-    """(dtype to load the base weights in, autocast dtype or None).
+    """(resolved dtype name "bf16"|"fp32", dtype to load the base weights in, autocast dtype or None).
 
+    ``auto`` measures whether bf16 matmuls are faster than fp32 here (``honing.precision``): on CPUs
+    without bf16 units (AVX2-only) bf16 is emulated and dozens of times slower, so auto means fp32 there.
     LoRA + bf16: frozen base weights in bf16 (half the memory, native bf16 matmuls) while PEFT keeps the
     adapter weights - the only ones the optimizer updates - in fp32. Full + bf16: fp32 master weights
     with bf16 autocast, because AdamW updates are lost in bf16's 8-bit mantissa.
     """
     import torch
 
-    if config.dtype == "fp32":
-        return torch.float32, None
+    from honing.precision import auto_dtype
+
+    resolved = auto_dtype(config.dtype, "cpu")
+    if resolved != torch.bfloat16:
+        return "fp32", torch.float32, None
     if config.method == "lora":
-        return torch.bfloat16, None
-    return torch.float32, torch.bfloat16
+        return "bf16", torch.bfloat16, None
+    return "bf16", torch.float32, torch.bfloat16
 
 
 def _attach_lora(model, config: TrainConfig):
@@ -222,7 +227,8 @@ def train(
 
     # Seed before anything random is created (LoRA init, dropout) so runs are reproducible.
     seed_everything(config.seed)
-    load_dtype, autocast_dtype = _compute_dtypes(config)
+    dtype_name, load_dtype, autocast_dtype = _compute_dtypes(config)
+    say(f"compute dtype: {dtype_name}" + (" (auto: measured on this machine)" if config.dtype == "auto" else ""))
     model, tokenizer, resolved = load_model(config.model, dtype=load_dtype)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -271,7 +277,7 @@ def train(
 
     run_info = {
         "base_model": resolved.identity(), "method": config.method, "objective": config.objective,
-        "config": config.resolved_dict(), "hyperparameters": hp.as_dict(), "versions": library_versions(),
+        "config": config.resolved_dict(), "dtype": dtype_name, "hyperparameters": hp.as_dict(), "versions": library_versions(),
         "dataset": {"train": train_set.source, "eval": eval_set.source if eval_set else None},
         "world_size": dist.world_size, "status": "running", "best": None, "started": t_start,
     }
