@@ -310,3 +310,20 @@ def test_cli_curate_writes_clean_file_and_reports_json(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["removed_lines"] == [2, 3]
     assert out.read_text().count("\n") == 2
+
+
+def test_a_label_set_is_recognised_and_its_short_answers_are_not_warned(tmp_path):
+    # 3 labels x 4 examples: short, repeated answers by design (classification), so no warnings.
+    lines = [msgs(SYSTEM, {"role": "user", "content": f"item number {i}"},
+                  {"role": "assistant", "content": ("yes", "no", "n/a")[i % 3]}) for i in range(12)]
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = validate_file(path)
+    assert report.lines() == []
+    assert report.stats["answer_labels"] == 3
+    # One answer given only once breaks the pattern: the short answers are flagged again.
+    lines.append(msgs(SYSTEM, {"role": "user", "content": "odd one"}, {"role": "assistant", "content": "ok"}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = validate_file(path)
+    assert report.stats["answer_labels"] is None
+    assert "short_answer" in {c for _, c in report.lines()}

@@ -122,6 +122,8 @@ def _print_report(report) -> None:
     stats.add_column("value", justify="right")
     stats.add_row("format", str(report.format or "-"))
     stats.add_row("examples", f"{s['examples']} valid of {s['records']} records")
+    if s.get("answer_labels"):
+        stats.add_row("answers", f"{s['answer_labels']} distinct labels (a classification task)")
     if "tokens_per_example" in s:
         t, a = s["tokens_per_example"], s["trained_tokens_per_example"]
         stats.add_row("tokens / example (min / median / p95 / max)",

@@ -12,7 +12,7 @@ converted into one of three shapes:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -74,7 +74,7 @@ class RawText:
         return "text"
 
 
-Example = Union[Conversation, PreferencePair, RawText]
+Example = Conversation | PreferencePair | RawText
 
 
 def chat(*turns: tuple[str, str], line: int | None = None) -> Conversation:

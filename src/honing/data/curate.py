@@ -121,6 +121,18 @@ class RepeatedAnswers:
                 if key not in self.previews:
                     self.previews[key] = answer[:60]
 
+    def label_set_size(self, total_examples: int, max_labels: int = 50) -> int | None:
+        """How many labels, when the answers look drawn from a small label set (a classification task).
+
+        That is: 2..``max_labels`` distinct answers, every one given at least twice, at least three
+        examples per label on average. Such answers are short and repeat by design, so the
+        short/repeated-answer warnings would be noise. None otherwise.
+        """
+        n = len(self.counts)
+        if not 2 <= n <= max_labels or total_examples < 3 * n:
+            return None
+        return n if all(count >= 2 for count, _ in self.counts.values()) else None
+
     def repeated(self, total_examples: int) -> list[tuple[int, int, str]]:
         """``[(first_line, count, preview)]`` for answers over both thresholds, most frequent first."""
         need = max(self.min_count, self.min_share * total_examples)

@@ -167,7 +167,12 @@ def validate_file(
     if n_examples < min_examples:
         report.add(Problem(None, "too_few_examples", f"{n_examples} valid example(s); fine-tuning needs at "
                                                      f"least {min_examples}"))
-    for first, count, preview in answers.repeated(n_examples):
+    labels = answers.label_set_size(n_examples)
+    if labels is not None:
+        # A classification task: one-word answers from a fixed set are the point, not a smell.
+        report.problems = [p for p in report.problems if p.category != "short_answer"]
+        report.counts.pop("short_answer", None)
+    for first, count, preview in ([] if labels is not None else answers.repeated(n_examples)):
         report.add(Problem(first, "repeated_answer", f"the answer {preview!r} is trained in {count} examples "
                                                      f"(first at line {first})"))
     # Only formats that can carry a system message are told to add one.
@@ -182,7 +187,8 @@ def validate_file(
             report.add(Problem(line, "no_system_message", "no system message, unlike other conversations"))
 
     report.format = parser.format
-    report.stats = {"records": records, "examples": n_examples, "examples_by_kind": dict(kinds)}
+    report.stats = {"records": records, "examples": n_examples, "examples_by_kind": dict(kinds),
+                    "answer_labels": labels}
     if tokens is not None:
         report.stats.update(tokens.summary(epochs, parameters, tokens_per_second))
     if eval_path is not None:
