@@ -371,7 +371,9 @@ def train(
                    "train_loss": train_loss if math.isfinite(train_loss) else None, "lr": lr,
                    "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
                    "tokens_per_s": round(global_tokens / dt, 1) if dt > 0 else None,
-                   "trained_tokens": state["trained_tokens"]}
+                   "trained_tokens": state["trained_tokens"],
+                   # The data file lines of this step's examples: the data order, auditable after a resume.
+                   "lines": [train_set.lines[i] for i in indices]}
 
             last = state["step"] == hp.total_steps
             new_best = stop_early = False
