@@ -150,8 +150,11 @@ def _token_nll_sum(model, sequences: list[list[int]], masks: list[list[bool]], b
     import torch
     import torch.nn.functional as F
 
-    decoder = getattr(model, model.base_model_prefix)
-    head = model.get_output_embeddings()
+    # A PEFT model injects its adapters into the wrapped model's layers, so the unwrapped model computes
+    # the adapted outputs (and honours ``disable_adapter()``).
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(core, core.base_model_prefix)
+    head = core.get_output_embeddings()
     lengths = [len(s) for s in sequences]
     order = sorted(range(len(sequences)), key=lambda i: -lengths[i])
     total, count = 0.0, 0
