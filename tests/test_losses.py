@@ -45,6 +45,18 @@ def test_chunked_equals_full_value_and_gradients(chunk, softcap):
     torch.testing.assert_close(gw, gw_want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("checkpoint_chunks", [True, False])
+def test_checkpointing_on_or_off_gives_the_same_gradients(checkpoint_chunks):
+    hidden, weight, labels = case(seed=6)
+    want, _ = reference(hidden, weight, labels)
+    g_want = torch.autograd.grad(want, (hidden, weight))
+    got, _ = chunked_cross_entropy_sum(hidden, weight, labels, chunk_tokens=9, checkpoint_chunks=checkpoint_chunks)
+    g_got = torch.autograd.grad(got, (hidden, weight))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_untrained_positions_get_no_gradient_and_cost_nothing():
     hidden, weight, labels = case(seed=1)
     labels[:, :] = IGNORE_INDEX
