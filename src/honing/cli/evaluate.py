@@ -1,0 +1,53 @@
+"""`hone eval`: the fine-tuned model against zero-shot, few-shot and RAG on the base model, with a report."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+
+def eval_cmd(
+    model: str = typer.Option(..., "--model", help="A training run directory (fine-tuned vs baselines), or a base "
+                              "model reference (baselines only)."),
+    data: str = typer.Option(..., "--data", help="Evaluation examples (chat JSONL or any format `hone data` reads); "
+                             "the final assistant turn of each is the reference answer."),
+    baselines: str = typer.Option("zero-shot,few-shot,rag", "--baselines",
+                                  help="Comma-separated baselines run on the base model (empty: none)."),
+    docs: str = typer.Option(None, "--docs", help="Folder of .txt/.md documents for the RAG baseline "
+                             "(default: retrieve over the training answers)."),
+    train_data: str = typer.Option(None, "--train-data", help="Training examples for few-shot and RAG "
+                                   "(default: the run's training data from run.json)."),
+    metric: str = typer.Option("auto", "--metric", help="auto, classification, json or text."),
+    schema: str = typer.Option(None, "--schema", help="JSON schema file: adds schema conformance (json task)."),
+    out: str = typer.Option(None, "--out", help="Report folder (default RUN_DIR/eval, or ./hone-eval)."),
+    max_examples: int = typer.Option(None, "--max-examples", min=1, help="Evaluate only the first N examples."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1,
+                                       help="Longest answer (default: from the reference lengths)."),
+    k_shots: int = typer.Option(3, "--k-shots", min=1, help="Training examples per few-shot prompt."),
+    forgetting: bool = typer.Option(True, "--forgetting/--no-forgetting",
+                                    help="Check general text perplexity and general QA before/after."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (measured: bf16 only where it is fast), fp32, bf16."),
+    as_json: bool = typer.Option(False, "--json", help="Print every number as JSON on stdout."),
+) -> None:
+    """Evaluate a fine-tuned run against the cheaper options (prompting, retrieval) and write a report."""
+    from honing.evaluate import evaluate
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    result = evaluate(
+        model, data, train_path=train_data, baselines=[b for b in baselines.split(",") if b.strip()],
+        docs_dir=docs, metric=metric, schema=schema, out_dir=out, max_examples=max_examples,
+        max_new_tokens=max_new_tokens, k_shots=k_shots, forgetting=forgetting, dtype=dtype, progress=progress,
+    )
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.summary_table())
+        print(f"report: {result.report_html}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)

@@ -1,0 +1,331 @@
+"""``evaluate()``: the fine-tuned model against the cheaper options, on the same examples.
+
+Flow: read eval items -> detect the task -> load the model once (for an adapter run the base model is
+the same weights with the adapter disabled) -> for each baseline build its prompts and decode greedily
+with the base model -> decode the zero-shot prompts with the fine-tuned model -> score every approach
+-> paired bootstrap of the differences -> reference-answer loss -> forgetting -> report files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from honing.errors import ConfigError, DataError
+from honing.evaluate import baselines as B
+from honing.evaluate.bootstrap import Interval, mean_ci, paired_difference_ci
+from honing.evaluate.dataset import EvalItem, read_eval_items
+from honing.evaluate.generation import auto_max_new_tokens, generate, reference_loss
+from honing.evaluate.metrics import TASKS, TaskScores, detect_task, score
+
+FINE_TUNED = "fine-tuned"
+RAG_K = 3
+
+
+@dataclass
+class ApproachResult:
+    """One approach (a baseline on the base model, or the fine-tuned model) on every eval example."""
+
+    name: str
+    model: str  # "base" or "fine-tuned"
+    scores: TaskScores
+    predictions: list[str]
+    prompt_tokens: list[int]
+    seconds: float
+    primary_ci: Interval
+
+    @property
+    def primary_value(self) -> float:
+        return self.scores.summary[self.scores.primary]
+
+    @property
+    def mean_prompt_tokens(self) -> float:
+        return sum(self.prompt_tokens) / max(1, len(self.prompt_tokens))
+
+    @property
+    def latency_per_example(self) -> float:
+        """Seconds per example of batched decoding (throughput, not single-query latency)."""
+        return self.seconds / max(1, len(self.predictions))
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "model": self.model, **self.scores.to_dict(),
+            "primary_value": self.primary_value, "primary_ci": self.primary_ci.to_dict(),
+            "mean_prompt_tokens": self.mean_prompt_tokens, "latency_per_example_s": self.latency_per_example,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class EvalResult:
+    model_ref: str
+    eval_path: str
+    task: str
+    primary: str
+    n_examples: int
+    approaches: list[ApproachResult]
+    comparisons: list[dict]  # best approach vs each other: {"a", "b", "difference": Interval dict}
+    winner: str
+    verdict: str
+    reference_loss: dict  # model -> {"loss", "perplexity", "tokens"}
+    forgetting: dict | None
+    items: list[EvalItem] = field(repr=False, default_factory=list)
+    loss_curve: list[dict] = field(repr=False, default_factory=list)
+    settings: dict = field(default_factory=dict)
+    out_dir: Path | None = None
+
+    @property
+    def report_html(self) -> Path | None:
+        return self.out_dir / "report.html" if self.out_dir else None
+
+    @property
+    def report_md(self) -> Path | None:
+        return self.out_dir / "report.md" if self.out_dir else None
+
+    @property
+    def eval_json(self) -> Path | None:
+        return self.out_dir / "eval.json" if self.out_dir else None
+
+    def approach(self, name: str) -> ApproachResult:
+        return next(a for a in self.approaches if a.name == name)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model_ref, "eval_data": self.eval_path, "examples": self.n_examples,
+            "task": self.task, "primary_metric": self.primary,
+            "approaches": {a.name: a.to_dict() for a in self.approaches},
+            "comparisons": self.comparisons, "winner": self.winner, "verdict": self.verdict,
+            "reference_loss": self.reference_loss, "forgetting": self.forgetting, "settings": self.settings,
+            "files": {k: str(v) for k, v in
+                      (("report_html", self.report_html), ("report_md", self.report_md), ("eval_json", self.eval_json))
+                      if v is not None},
+        }
+
+    def summary_table(self) -> str:
+        """The comparison as plain text: one row per approach, then the verdict."""
+        head = f"{'approach':<12} {self.primary + ' [95% CI]':<26} {'prompt tok':>10} {'s/example':>10}"
+        rows = [head, "-" * len(head)]
+        for a in self.approaches:
+            ci = a.primary_ci
+            rows.append(f"{a.name:<12} {f'{a.primary_value:.3f} [{ci.low:.3f}, {ci.high:.3f}]':<26} "
+                        f"{a.mean_prompt_tokens:>10.0f} {a.latency_per_example:>10.3f}")
+        rows.append("")
+        rows.append(self.verdict)
+        if self.forgetting:
+            f = self.forgetting
+            rows.append(f"forgetting: general-text perplexity {f['before']['perplexity']:.2f} -> "
+                        f"{f['after']['perplexity']:.2f}, general QA {f['before']['qa_accuracy']:.0%} -> "
+                        f"{f['after']['qa_accuracy']:.0%}" + (" [FLAGGED: " + "; ".join(f["reasons"]) + "]"
+                                                              if f["flagged"] else " (no drop beyond thresholds)"))
+        return "\n".join(rows)
+
+
+def _points(x: float, primary: str) -> str:
+    return f"{x * 100:+.1f} points" if primary != "loss" else f"{x:+.3f}"
+
+
+def compare(approaches: Sequence[ApproachResult], primary: str, seed: int = 0) -> tuple[str, list[dict], str]:
+    """The winner (highest primary metric), its paired-bootstrap differences to every other approach,
+    and a one-line verdict that does not oversell: a difference whose 95% CI includes 0 is a tie."""
+    best = max(approaches, key=lambda a: a.primary_value)
+    comparisons = []
+    for other in approaches:
+        if other is best:
+            continue
+        ci = paired_difference_ci(best.scores.per_example[primary], other.scores.per_example[primary], seed=seed)
+        comparisons.append({"a": best.name, "b": other.name, "difference": ci.to_dict(),
+                            "significant": ci.excludes_zero})
+    if not comparisons:
+        return best.name, [], f"only one approach evaluated: {best.name} {primary} {best.primary_value:.3f}"
+    runner_up = max((a for a in approaches if a is not best), key=lambda a: a.primary_value)
+    c = next(c for c in comparisons if c["b"] == runner_up.name)
+    d = c["difference"]
+    span = f"95% CI {_points(d['low'], primary)} to {_points(d['high'], primary)}"
+    if c["significant"]:
+        verdict = (f"{best.name} wins: {primary} {best.primary_value:.3f} vs {runner_up.name} "
+                   f"{runner_up.primary_value:.3f} ({_points(d['estimate'], primary)}, {span}).")
+    else:
+        verdict = (f"no clear winner: {best.name} {primary} {best.primary_value:.3f} vs {runner_up.name} "
+                   f"{runner_up.primary_value:.3f} ({_points(d['estimate'], primary)}, {span} includes 0).")
+    return best.name, comparisons, verdict
+
+
+def _read_loss_curve(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by an interrupted run
+    return rows
+
+
+def _run_info(model_ref: str) -> dict | None:
+    from honing.models.loading import is_run_dir
+
+    if not is_run_dir(model_ref):
+        return None
+    try:
+        return json.loads((Path(model_ref) / "run.json").read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{model_ref}/run.json is not valid JSON ({e})") from e
+
+
+def _load_models(model_ref: str, run: dict | None, dtype):
+    """(base_context, fine_tuned_model_or_None, tokenizer). ``base_context()`` is a context manager
+    yielding the base model: for an adapter run, the same weights with the adapter switched off."""
+    from honing.models.loading import load_for_inference, load_model
+
+    if run is None:
+        m, tok, _ = load_model(model_ref, dtype=dtype)
+        m.eval()
+        return (lambda: contextlib.nullcontext(m)), None, tok
+    ft, tok, info = load_for_inference(model_ref, dtype=dtype)
+    if info["kind"] == "adapter":
+        @contextlib.contextmanager
+        def base_ctx():
+            with ft.disable_adapter():
+                yield ft
+        return base_ctx, ft, tok
+    base, _, _ = load_model(run["base_model"]["reference"], dtype=dtype)
+    base.eval()
+    return (lambda: contextlib.nullcontext(base)), ft, tok
+
+
+def evaluate(
+    model_ref: str | Path,
+    eval_path: str | Path,
+    *,
+    train_path: str | Path | None = None,
+    baselines: Sequence[str] = B.BASELINES,
+    docs_dir: str | Path | None = None,
+    metric: str = "auto",
+    schema: dict | str | Path | None = None,
+    out_dir: str | Path | None = None,
+    max_examples: int | None = None,
+    max_new_tokens: int | None = None,
+    k_shots: int = 3,
+    forgetting: bool = True,
+    dtype: str = "auto",
+    progress: Callable[[str], None] | None = None,
+    write_report: bool = True,
+) -> EvalResult:
+    """Evaluate a fine-tuned run directory (or a base model: baselines only) on ``eval_path``.
+
+    Writes eval.json, report.md and report.html into ``out_dir`` (default ``RUN_DIR/eval``, or
+    ``./hone-eval`` for a base model). ``schema`` (dict or path of a JSON schema) adds schema
+    conformance for JSON tasks. Returns the numbers as an :class:`EvalResult`.
+    """
+    from honing.precision import auto_dtype
+
+    say = progress or (lambda _msg: None)
+    model_ref = str(model_ref)
+    baselines = B.check_baselines(baselines)
+    if metric != "auto" and metric not in TASKS:
+        raise ConfigError(f"--metric {metric}: choose auto, {', '.join(TASKS)}")
+    if k_shots < 1:
+        raise ConfigError(f"k_shots must be >= 1, got {k_shots}")
+    if isinstance(schema, (str, Path)):
+        try:
+            schema = json.loads(Path(schema).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--schema {schema}: cannot read a JSON schema ({e})") from e
+
+    items = read_eval_items(eval_path)
+    if max_examples:
+        items = items[:max_examples]
+    references = [it.reference for it in items]
+    task = detect_task(references) if metric == "auto" else metric
+    labels = sorted(set(references)) if task == "classification" else None
+
+    run = _run_info(model_ref)
+    if train_path is None and run is not None:
+        candidate = ((run.get("dataset") or {}).get("train") or {}).get("path")
+        train_path = candidate if candidate and Path(candidate).is_file() else None
+    pool: list[EvalItem] = read_eval_items(train_path) if train_path else []
+    if "few-shot" in baselines and not pool:
+        raise DataError("the few-shot baseline needs training examples: pass --train-data, or drop few-shot "
+                        "from --baselines")
+    if "rag" in baselines and not pool and docs_dir is None:
+        raise DataError("the RAG baseline needs --docs DIR or training examples (--train-data)")
+
+    torch_dtype = auto_dtype(dtype)
+    say(f"loading {model_ref} ({str(torch_dtype).replace('torch.', '')})")
+    base_ctx, fine_tuned, tok = _load_models(model_ref, run, torch_dtype)
+    new_tokens = max_new_tokens or auto_max_new_tokens(tok, references + [p.reference for p in pool[:500]])
+
+    def run_approach(name: str, model_label: str, model, prompts) -> ApproachResult:
+        say(f"{name}: generating {len(prompts)} answers (max {new_tokens} new tokens)")
+        g = generate(model, tok, prompts, new_tokens)
+        s = score(g.texts, references, task, schema=schema, labels=labels)
+        ci = mean_ci(s.per_example[s.primary])
+        say(f"{name}: {s.primary} {s.summary[s.primary]:.3f} in {g.seconds:.1f}s")
+        return ApproachResult(name, model_label, s, g.texts, g.prompt_tokens, g.seconds, ci)
+
+    approaches: list[ApproachResult] = []
+    ref_loss: dict = {}
+    ability = {}
+    with base_ctx() as base:
+        for name in baselines:
+            t = time.perf_counter()
+            if name == "zero-shot":
+                prompts = B.zero_shot_prompts(items)
+            elif name == "few-shot":
+                prompts = B.few_shot_prompts(items, pool, k_shots)
+            else:
+                chunks = B.document_chunks(docs_dir) if docs_dir else B.training_chunks(pool)
+                prompts = B.rag_prompts(items, chunks, RAG_K)
+            retrieval_s = time.perf_counter() - t
+            result = run_approach(name, "base", base, prompts)
+            result.seconds += retrieval_s  # selecting shots / chunks is part of the approach's cost
+            approaches.append(result)
+        rl = reference_loss(base, tok, items)
+        ref_loss["base"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens}
+        if fine_tuned is not None and forgetting:
+            from honing.evaluate.forgetting import general_ability
+
+            say("forgetting: general text and questions, base model")
+            ability["base"] = general_ability(base, tok)
+    if fine_tuned is not None:
+        approaches.append(run_approach(FINE_TUNED, "fine-tuned", fine_tuned, B.zero_shot_prompts(items)))
+        rl = reference_loss(fine_tuned, tok, items)
+        ref_loss["fine-tuned"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens}
+        if forgetting:
+            from honing.evaluate.forgetting import general_ability
+
+            say("forgetting: general text and questions, fine-tuned model")
+            ability["fine-tuned"] = general_ability(fine_tuned, tok)
+    if not approaches:
+        raise ConfigError("nothing to evaluate: no baselines and no fine-tuned model (pass a run directory)")
+
+    primary = approaches[0].scores.primary
+    winner, comparisons, verdict = compare(approaches, primary)
+    forgetting_report = None
+    if len(ability) == 2:
+        from honing.evaluate.forgetting import forgetting_verdict
+
+        forgetting_report = forgetting_verdict(ability["base"], ability["fine-tuned"])
+    result = EvalResult(
+        model_ref=model_ref, eval_path=str(eval_path), task=task, primary=primary, n_examples=len(items),
+        approaches=approaches, comparisons=comparisons, winner=winner, verdict=verdict,
+        reference_loss=ref_loss, forgetting=forgetting_report, items=items,
+        loss_curve=_read_loss_curve(Path(model_ref)) if run is not None else [],
+        settings={"max_new_tokens": new_tokens, "k_shots": k_shots, "rag_k": RAG_K, "dtype": str(torch_dtype),
+                  "train_data": str(train_path) if train_path else None,
+                  "docs": str(docs_dir) if docs_dir else None, "bootstrap_resamples": 1000, "confidence": 0.95},
+    )
+    if write_report:
+        from honing.evaluate.report import write_reports
+
+        if out_dir is None:
+            out_dir = Path(model_ref) / "eval" if run is not None else Path("hone-eval")
+        result.out_dir = Path(out_dir)
+        write_reports(result, result.out_dir)
+        say(f"report: {result.report_html}")
+    return result
