@@ -34,6 +34,11 @@ class LoraConfig(_Strict):
         description="Modules that get adapters: 'all-linear' (every linear layer except the output head) "
         "or a list of module-name suffixes such as [q_proj, v_proj].",
     )
+    top_layers: int | None = Field(
+        None, ge=1,
+        description="Adapters only on the last N transformer layers (null: every layer). The backward pass then "
+        "stops at the first adapted layer, so a step costs much less on CPU.",
+    )
     use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha/sqrt(r) instead of alpha/r.")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction); slower.")
 
@@ -86,7 +91,10 @@ class TrainConfig(_Strict):
     eval_fraction: float = Field(
         0.1, ge=0, lt=1, description="Without eval_data: this fraction (at least 1, at most eval_max_examples) is held out."
     )
-    eval_max_examples: int = Field(200, ge=1, description="Upper bound on the held-out split's size.")
+    eval_max_examples: int = Field(
+        200, ge=1, description="At most this many eval examples (a seeded subset of eval_data, or the held-out "
+        "split's size) are used for eval loss, which bounds the cost of each eval."
+    )
     eval_every: int | Auto = Field("auto", description="Eval loss every N optimizer steps; auto: ~8 times per run.")
     early_stopping_patience: int | None = Field(
         3, ge=1, description="Stop after this many evals without a new best eval loss; null: never stop early."
@@ -101,19 +109,30 @@ class TrainConfig(_Strict):
     merge: bool = Field(False, description="Also write merged/: the base model with the adapter folded in.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files to <out>/tensorboard.")
 
-    @field_validator("epochs", "batch_size", "micro_batch_size", "eval_every", "save_every")
+    # "before" validators: one clear message instead of pydantic's one-per-union-member.
+    @field_validator("epochs", "batch_size", "micro_batch_size", "eval_every", "save_every", mode="before")
     @classmethod
     def _positive_or_auto(cls, v):
-        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        if v == "auto":
+            return v
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError("must be a positive integer or 'auto'")
         return v
 
-    @field_validator("learning_rate")
+    @field_validator("learning_rate", mode="before")
     @classmethod
     def _lr(cls, v):
-        if v != "auto" and not (0 < float(v) < 1):
-            raise ValueError("must be in (0, 1) or 'auto'")
-        return v
+        if v == "auto":
+            return v
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = float("nan")
+        if isinstance(v, bool) or not (0 < f < 1):
+            raise ValueError("must be a number in (0, 1) or 'auto'")
+        return f
 
     @field_validator("data")
     @classmethod
@@ -127,7 +146,7 @@ class TrainConfig(_Strict):
         both_set = isinstance(self.batch_size, int) and isinstance(self.micro_batch_size, int)
         if both_set and self.micro_batch_size > self.batch_size:
             raise ValueError(
-                f"micro_batch_size ({self.micro_batch_size}) cannot exceed batch_size ({self.batch_size})"
+                f"micro_batch_size: {self.micro_batch_size} cannot exceed batch_size ({self.batch_size})"
             )
         return self
 
@@ -141,10 +160,10 @@ RESUME_NEUTRAL_KEYS = {"merge", "tensorboard"}
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    parts = []
+    by_key: dict[str, list[str]] = {}
     for e in err.errors():
-        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        key = _key_of(e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
             close = _close_keys(key)
@@ -152,10 +171,29 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
                 msg += f" (did you mean {close}?)"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        elif "input" in e and e["type"] != "missing":
+        elif "input" in e and e["loc"]:
             msg += f" (got {e['input']!r})"
-        parts.append(f"{key}: {msg}")
+        by_key.setdefault(key, []).append(msg)
+    # One entry per key (a union field fails once per member); cross-key checks name their keys themselves.
+    parts = [f"{key}: {' or '.join(msgs)}" if key else "; ".join(msgs) for key, msgs in by_key.items()]
     return f"invalid configuration ({source}): " + "; ".join(parts)
+
+
+def _key_of(loc: tuple) -> str:
+    """The configuration key of an error location: pydantic appends union members (``int``,
+    ``literal['auto']``) and list indices to the path; keep only the schema's own field names (and an
+    unknown key itself)."""
+    model: type[BaseModel] | None = TrainConfig
+    parts = []
+    for item in loc:
+        if model is None or not isinstance(item, str):
+            break
+        parts.append(item)
+        if item not in model.model_fields:
+            break  # an unknown key
+        ann = model.model_fields[item].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return ".".join(parts)
 
 
 def _all_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:

@@ -126,11 +126,23 @@ def _attach_lora(model, config: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
     lc = config.lora
+    layers = None
+    if lc.top_layers is not None:
+        n_layers = getattr(model.config, "num_hidden_layers", None)
+        if n_layers is None:
+            raise ConfigError("lora.top_layers: this model's config does not say how many layers it has")
+        if lc.top_layers > n_layers:
+            raise ConfigError(f"lora.top_layers: {lc.top_layers} exceeds the model's {n_layers} layers")
+        layers = list(range(n_layers - lc.top_layers, n_layers))
+    targets = lc.target_modules
+    if layers is not None and targets == "all-linear":
+        targets = _linear_module_names(model)  # PEFT takes layers_to_transform only with explicit names
     peft_config = LoraConfig(
+        layers_to_transform=layers,
         r=lc.r,
         lora_alpha=lc.alpha,
         lora_dropout=lc.dropout,
-        target_modules=lc.target_modules,
+        target_modules=targets,
         use_rslora=lc.use_rslora,
         use_dora=lc.use_dora,
         task_type="CAUSAL_LM",
@@ -140,6 +152,16 @@ def _attach_lora(model, config: TrainConfig):
         return get_peft_model(model, peft_config)
     except ValueError as e:
         raise ConfigError(f"lora.target_modules: {e}") from e
+
+
+def _linear_module_names(model) -> list[str]:
+    """Leaf names of the Linear layers (q_proj, down_proj, ...), the output head excluded: what PEFT's
+    'all-linear' means."""
+    import torch
+
+    head = model.get_output_embeddings()
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    return sorted(names)
 
 
 def _prepare_run_dir(config: TrainConfig, resume: bool, dist: DistContext) -> tuple[Path, Path | None]:
@@ -180,6 +202,13 @@ def _load_datasets(config: TrainConfig, tokenizer, log):
     if config.eval_data:
         eval_examples = read_examples(config.eval_data, config.data_format)
         eval_path, eval_sha, split = config.eval_data, file_sha256(config.eval_data), None
+        if len(eval_examples) > config.eval_max_examples:
+            # Eval loss runs every eval_every steps: a seeded subset bounds its cost on big eval files.
+            _, keep = held_out_split(len(eval_examples), 1.0, config.eval_max_examples, config.seed)
+            split = {"subset_of": config.eval_data, "examples": len(eval_examples), "seed": config.seed}
+            eval_examples = [eval_examples[i] for i in keep]
+            log(f"eval loss on a seeded subset of {len(eval_examples)} of the {split['examples']} eval examples "
+                "(eval_max_examples)")
     else:
         tr_idx, ev_idx = held_out_split(
             len(train_examples), config.eval_fraction, config.eval_max_examples, config.seed
