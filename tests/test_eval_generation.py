@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import make_tiny_llama
+from eval_helpers import one_torch_thread  # noqa: F401
 
 from honing.data.conversation import Conversation, Message
 from honing.data.render import render_conversation

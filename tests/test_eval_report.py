@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_helpers import animal_split, make_run_dir, write_docs
+from eval_helpers import animal_split, make_run_dir, one_torch_thread, write_docs  # noqa: F401
 
 from honing.errors import ConfigError, DataError
 from honing.evaluate import evaluate
@@ -103,7 +103,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, tiny_llama_dir):
 
 
 def _hone(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # tiny model: see one_torch_thread
     exe = [str(HONE)] if HONE.exists() else [sys.executable, "-c", "from honing.cli import main; main()"]
     return subprocess.run([*exe, *args], check=False, capture_output=True, text=True, env=env, timeout=300)
 

@@ -20,6 +20,8 @@ from honing.data.render import render_conversation, render_prompt
 # units busy on CPU, small enough that the KV cache of a 135M model stays well under a GiB.
 BATCH_TOKENS = 8192
 MAX_BATCH = 64
+# Scored positions per output-head call when computing losses (bounds the logits memory).
+LOGITS_CHUNK = 1024
 
 
 @dataclass
@@ -176,8 +178,10 @@ def _token_nll_sum(model, sequences: list[list[int]], masks: list[list[bool]], b
             targets = ids[:, 1:][pred_positions]  # (N,)
             if targets.numel() == 0:
                 continue
-            logits = head(h).float()  # (N, V)
-            total += float(F.cross_entropy(logits, targets, reduction="sum"))
+            # Chunks of positions: a (chunk, vocab) fp32 logits block stays ~200 MB for a 49k vocab.
+            for start in range(0, targets.numel(), LOGITS_CHUNK):
+                logits = head(h[start: start + LOGITS_CHUNK]).float()  # (chunk, V)
+                total += float(F.cross_entropy(logits, targets[start: start + LOGITS_CHUNK], reduction="sum"))
             count += int(targets.numel())
     return total, count
 
