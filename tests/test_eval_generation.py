@@ -88,3 +88,21 @@ def test_auto_max_new_tokens_from_reference_lengths(smol_tokenizer):
     assert auto_max_new_tokens(smol_tokenizer, ["os", "os", "os"]) == 11
     long = auto_max_new_tokens(smol_tokenizer, ["word " * 100])
     assert long > 150
+
+
+def test_shared_prefix_cache_gives_the_same_answers_as_the_plain_path(smol_tokenizer):
+    from honing.evaluate.generation import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[1], [2]]) == 0
+    model = make_tiny_llama().eval()
+    system = Message("system", "You classify short questions into one of ten categories, briefly and exactly.")
+    prompts = [(system, Message("user", t)) for t in ("hi", "what is two plus two?", "name a colour " * 5, "ok")]
+    from honing.data.render import render_prompt
+    from honing.evaluate.generation import MIN_SHARED_PREFIX
+
+    assert shared_prefix_length([render_prompt(smol_tokenizer, p) for p in prompts]) > MIN_SHARED_PREFIX + 10
+    shared = generate(model, smol_tokenizer, prompts, max_new_tokens=6, batch_tokens=120)  # several batches
+    plain = generate(model, smol_tokenizer, prompts, max_new_tokens=6, share_prefix=False)
+    assert shared.texts == plain.texts
+    assert shared.new_tokens == plain.new_tokens and shared.prompt_tokens == plain.prompt_tokens

@@ -22,6 +22,8 @@ BATCH_TOKENS = 8192
 MAX_BATCH = 64
 # Scored positions per output-head call when computing losses (bounds the logits memory).
 LOGITS_CHUNK = 1024
+# Below this many shared prompt tokens, computing a shared prefix cache is not worth a copy per batch.
+MIN_SHARED_PREFIX = 8
 
 
 @dataclass
@@ -81,6 +83,27 @@ def _batches(order: list[int], lengths: list[int], budget: int, max_batch: int):
         yield batch
 
 
+def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix every sequence starts with (e.g. a shared system prompt)."""
+    if not ids:
+        return 0
+    first, n = ids[0], min(len(x) for x in ids)
+    for x in ids[1:]:
+        k = 0
+        while k < n and x[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+def _prefix_cache(model, prefix: list[int], device):
+    """The KV cache of ``prefix`` (batch 1), computed once and copied into every batch."""
+    import torch
+
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
+    return out.past_key_values
+
+
 def generate(
     model,
     tokenizer,
@@ -88,13 +111,28 @@ def generate(
     max_new_tokens: int,
     batch_tokens: int = BATCH_TOKENS,
     max_batch: int = MAX_BATCH,
+    share_prefix: bool = True,
 ) -> Generations:
-    """Greedy completions of ``prompts`` (each a list of messages ending before the assistant turn)."""
+    """Greedy completions of ``prompts`` (each a list of messages ending before the assistant turn).
+
+    With ``share_prefix``, the token prefix all prompts share (typically the system prompt: most of a
+    short classification prompt) is run through the model once; each batch starts from a copy of its
+    KV cache. A row is then laid out as ``[shared prefix | left padding | own suffix]``: the padding is
+    masked out and position ids come from the attention mask's running sum, so every row sees exactly
+    the positions it would see unpadded (tested equal to the plain path).
+    """
+    import copy
+
     import torch
 
     start = time.perf_counter()
     ids = [render_prompt(tokenizer, list(p)) for p in prompts]
     lengths = [len(x) for x in ids]
+    # Keep at least one token per prompt outside the prefix: generate needs a non-empty input.
+    shared = min(shared_prefix_length(ids), min(lengths, default=1) - 1) if share_prefix and len(ids) > 1 else 0
+    if shared < MIN_SHARED_PREFIX:
+        shared = 0
+    suffix_lengths = [n - shared for n in lengths]
     # Longest first: the first batch hits peak memory early, and similar lengths share a batch.
     order = sorted(range(len(ids)), key=lambda i: -lengths[i])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -103,13 +141,21 @@ def generate(
     new_counts: list[int] = [0] * len(ids)
     device = next(model.parameters()).device
     with torch.inference_mode():
+        prefix_cache = _prefix_cache(model, ids[0][:shared], device) if shared else None
         for batch in _batches(order, lengths, batch_tokens, max_batch):
-            width = max(lengths[i] for i in batch)
+            width = shared + max(suffix_lengths[i] for i in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
+            input_ids[:, :shared] = torch.tensor(ids[batch[0]][:shared])
+            attention[:, :shared] = 1
             for row, i in enumerate(batch):
-                input_ids[row, width - lengths[i]:] = torch.tensor(ids[i])
-                attention[row, width - lengths[i]:] = 1
+                input_ids[row, width - suffix_lengths[i]:] = torch.tensor(ids[i][shared:])
+                attention[row, width - suffix_lengths[i]:] = 1
+            extra = {}
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(batch))
+                extra["past_key_values"] = cache
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
@@ -122,6 +168,7 @@ def generate(
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                **extra,
             )
             for row, i in enumerate(batch):
                 new = out[row, width:].tolist()
