@@ -42,6 +42,9 @@ def test_evaluate_writes_a_complete_self_contained_report(animal_run, tmp_path):
     assert result.reference_loss["base"]["loss"] != result.reference_loss["fine-tuned"]["loss"]
     assert result.forgetting is not None and set(result.forgetting) >= {"before", "after", "flagged", "reasons"}
     assert any("report" in m for m in seen)
+    side_by_side = result.samples(3)
+    assert 1 <= len(side_by_side) <= 3
+    assert all(s["base"] != s["fine-tuned"] and s["reference"] in ("bird", "fish", "mammal") for s in side_by_side)
 
     files = {p.name for p in result.out_dir.iterdir()}
     assert {"eval.json", "report.md", "report.html"} <= files
@@ -74,6 +77,7 @@ def test_zero_initialized_adapter_answers_exactly_like_the_base_model(tmp_path, 
     # Identical per-example scores: the paired difference is exactly 0, so the verdict calls no winner.
     assert result.comparisons[0]["difference"]["low"] == result.comparisons[0]["difference"]["high"] == 0.0
     assert result.verdict.startswith("no clear winner")
+    assert result.samples() == []  # no example where the two differ
     assert result.out_dir is None
 
 

@@ -29,6 +29,8 @@ def eval_cmd(
     forgetting: bool = typer.Option(True, "--forgetting/--no-forgetting",
                                     help="Check general text perplexity and general QA before/after."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (measured: bf16 only where it is fast), fp32, bf16."),
+    threads: str = typer.Option("auto", "--threads", help="CPU threads: auto (measured: 1 when the cores are "
+                                "busy, else torch's default) or a number."),
     as_json: bool = typer.Option(False, "--json", help="Print every number as JSON on stdout."),
 ) -> None:
     """Evaluate a fine-tuned run against the cheaper options (prompting, retrieval) and write a report."""
@@ -40,7 +42,8 @@ def eval_cmd(
     result = evaluate(
         model, data, train_path=train_data, baselines=[b for b in baselines.split(",") if b.strip()],
         docs_dir=docs, metric=metric, schema=schema, out_dir=out, max_examples=max_examples,
-        max_new_tokens=max_new_tokens, k_shots=k_shots, forgetting=forgetting, dtype=dtype, progress=progress,
+        max_new_tokens=max_new_tokens, k_shots=k_shots, forgetting=forgetting, dtype=dtype, threads=threads,
+        progress=progress,
     )
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))

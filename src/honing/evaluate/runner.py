@@ -93,6 +93,22 @@ class EvalResult:
     def approach(self, name: str) -> ApproachResult:
         return next(a for a in self.approaches if a.name == name)
 
+    def samples(self, n: int = 5) -> list[dict]:
+        """Up to ``n`` examples where the base model (zero-shot) and the fine-tuned model answer
+        differently: ``{"prompt", "reference", "base", "fine-tuned"}`` (empty without both)."""
+        names = {a.name for a in self.approaches}
+        if not {"zero-shot", FINE_TUNED} <= names:
+            return []
+        base, ft = self.approach("zero-shot"), self.approach(FINE_TUNED)
+        out = []
+        for i, item in enumerate(self.items):
+            if base.predictions[i] != ft.predictions[i]:
+                out.append({"prompt": item.query, "reference": item.reference,
+                            "base": base.predictions[i], FINE_TUNED: ft.predictions[i]})
+                if len(out) >= n:
+                    break
+        return out
+
     def to_dict(self) -> dict:
         return {
             "model": self.model_ref, "eval_data": self.eval_path, "examples": self.n_examples,
@@ -213,6 +229,7 @@ def evaluate(
     k_shots: int = 3,
     forgetting: bool = True,
     dtype: str = "auto",
+    threads: int | str = "auto",
     progress: Callable[[str], None] | None = None,
     write_report: bool = True,
 ) -> EvalResult:
@@ -220,8 +237,10 @@ def evaluate(
 
     Writes eval.json, report.md and report.html into ``out_dir`` (default ``RUN_DIR/eval``, or
     ``./hone-eval`` for a base model). ``schema`` (dict or path of a JSON schema) adds schema
-    conformance for JSON tasks. Returns the numbers as an :class:`EvalResult`.
+    conformance for JSON tasks. ``threads="auto"`` measures whether 1 thread beats torch's default
+    right now (it does on a busy machine; see ``honing.evaluate.threads``). Returns an :class:`EvalResult`.
     """
+    from honing.evaluate.threads import fastest_thread_count, torch_threads
     from honing.precision import auto_dtype
 
     say = progress or (lambda _msg: None)
@@ -255,77 +274,84 @@ def evaluate(
     if "rag" in baselines and not pool and docs_dir is None:
         raise DataError("the RAG baseline needs --docs DIR or training examples (--train-data)")
 
-    torch_dtype = auto_dtype(dtype)
-    say(f"loading {model_ref} ({str(torch_dtype).replace('torch.', '')})")
-    base_ctx, fine_tuned, tok = _load_models(model_ref, run, torch_dtype)
-    new_tokens = max_new_tokens or auto_max_new_tokens(tok, references + [p.reference for p in pool[:500]])
+    if threads == "auto":
+        n_threads = fastest_thread_count()
+    elif str(threads).isdigit() and int(threads) >= 1:
+        n_threads = int(threads)
+    else:
+        raise ConfigError(f"--threads {threads}: use auto or a positive number")
+    with torch_threads(n_threads):
+        torch_dtype = auto_dtype(dtype)
+        say(f"loading {model_ref} ({str(torch_dtype).replace('torch.', '')}, {n_threads} thread(s))")
+        base_ctx, fine_tuned, tok = _load_models(model_ref, run, torch_dtype)
+        new_tokens = max_new_tokens or auto_max_new_tokens(tok, references + [p.reference for p in pool[:500]])
 
-    def run_approach(name: str, model_label: str, model, prompts) -> ApproachResult:
-        say(f"{name}: generating {len(prompts)} answers (max {new_tokens} new tokens)")
-        g = generate(model, tok, prompts, new_tokens)
-        s = score(g.texts, references, task, schema=schema, labels=labels)
-        ci = mean_ci(s.per_example[s.primary])
-        say(f"{name}: {s.primary} {s.summary[s.primary]:.3f} in {g.seconds:.1f}s")
-        return ApproachResult(name, model_label, s, g.texts, g.prompt_tokens, g.seconds, ci)
+        def run_approach(name: str, model_label: str, model, prompts) -> ApproachResult:
+            say(f"{name}: generating {len(prompts)} answers (max {new_tokens} new tokens)")
+            g = generate(model, tok, prompts, new_tokens)
+            s = score(g.texts, references, task, schema=schema, labels=labels)
+            ci = mean_ci(s.per_example[s.primary])
+            say(f"{name}: {s.primary} {s.summary[s.primary]:.3f} in {g.seconds:.1f}s")
+            return ApproachResult(name, model_label, s, g.texts, g.prompt_tokens, g.seconds, ci)
 
-    approaches: list[ApproachResult] = []
-    ref_loss: dict = {}
-    ability = {}
-    with base_ctx() as base:
-        for name in baselines:
-            t = time.perf_counter()
-            if name == "zero-shot":
-                prompts = B.zero_shot_prompts(items)
-            elif name == "few-shot":
-                prompts = B.few_shot_prompts(items, pool, k_shots)
-            else:
-                chunks = B.document_chunks(docs_dir) if docs_dir else B.training_chunks(pool)
-                prompts = B.rag_prompts(items, chunks, RAG_K)
-            retrieval_s = time.perf_counter() - t
-            result = run_approach(name, "base", base, prompts)
-            result.seconds += retrieval_s  # selecting shots / chunks is part of the approach's cost
-            approaches.append(result)
-        rl = reference_loss(base, tok, items)
-        ref_loss["base"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens}
-        if fine_tuned is not None and forgetting:
-            from honing.evaluate.forgetting import general_ability
+        approaches: list[ApproachResult] = []
+        ref_loss: dict = {}
+        ability = {}
+        with base_ctx() as base:
+            for name in baselines:
+                t = time.perf_counter()
+                if name == "zero-shot":
+                    prompts = B.zero_shot_prompts(items)
+                elif name == "few-shot":
+                    prompts = B.few_shot_prompts(items, pool, k_shots)
+                else:
+                    chunks = B.document_chunks(docs_dir) if docs_dir else B.training_chunks(pool)
+                    prompts = B.rag_prompts(items, chunks, RAG_K)
+                retrieval_s = time.perf_counter() - t
+                result = run_approach(name, "base", base, prompts)
+                result.seconds += retrieval_s  # selecting shots / chunks is part of the approach's cost
+                approaches.append(result)
+            rl = reference_loss(base, tok, items)
+            ref_loss["base"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens}
+            if fine_tuned is not None and forgetting:
+                from honing.evaluate.forgetting import general_ability
 
-            say("forgetting: general text and questions, base model")
-            ability["base"] = general_ability(base, tok)
-    if fine_tuned is not None:
-        approaches.append(run_approach(FINE_TUNED, "fine-tuned", fine_tuned, B.zero_shot_prompts(items)))
-        rl = reference_loss(fine_tuned, tok, items)
-        ref_loss["fine-tuned"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens}
-        if forgetting:
-            from honing.evaluate.forgetting import general_ability
+                say("forgetting: general text and questions, base model")
+                ability["base"] = general_ability(base, tok)
+        if fine_tuned is not None:
+            approaches.append(run_approach(FINE_TUNED, "fine-tuned", fine_tuned, B.zero_shot_prompts(items)))
+            rl = reference_loss(fine_tuned, tok, items)
+            ref_loss["fine-tuned"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens}
+            if forgetting:
+                from honing.evaluate.forgetting import general_ability
 
-            say("forgetting: general text and questions, fine-tuned model")
-            ability["fine-tuned"] = general_ability(fine_tuned, tok)
-    if not approaches:
-        raise ConfigError("nothing to evaluate: no baselines and no fine-tuned model (pass a run directory)")
+                say("forgetting: general text and questions, fine-tuned model")
+                ability["fine-tuned"] = general_ability(fine_tuned, tok)
+        if not approaches:
+            raise ConfigError("nothing to evaluate: no baselines and no fine-tuned model (pass a run directory)")
 
-    primary = approaches[0].scores.primary
-    winner, comparisons, verdict = compare(approaches, primary)
-    forgetting_report = None
-    if len(ability) == 2:
-        from honing.evaluate.forgetting import forgetting_verdict
+        primary = approaches[0].scores.primary
+        winner, comparisons, verdict = compare(approaches, primary)
+        forgetting_report = None
+        if len(ability) == 2:
+            from honing.evaluate.forgetting import forgetting_verdict
 
-        forgetting_report = forgetting_verdict(ability["base"], ability["fine-tuned"])
-    result = EvalResult(
-        model_ref=model_ref, eval_path=str(eval_path), task=task, primary=primary, n_examples=len(items),
-        approaches=approaches, comparisons=comparisons, winner=winner, verdict=verdict,
-        reference_loss=ref_loss, forgetting=forgetting_report, items=items,
-        loss_curve=_read_loss_curve(Path(model_ref)) if run is not None else [],
-        settings={"max_new_tokens": new_tokens, "k_shots": k_shots, "rag_k": RAG_K, "dtype": str(torch_dtype),
-                  "train_data": str(train_path) if train_path else None,
-                  "docs": str(docs_dir) if docs_dir else None, "bootstrap_resamples": 1000, "confidence": 0.95},
-    )
-    if write_report:
-        from honing.evaluate.report import write_reports
+            forgetting_report = forgetting_verdict(ability["base"], ability["fine-tuned"])
+        result = EvalResult(
+            model_ref=model_ref, eval_path=str(eval_path), task=task, primary=primary, n_examples=len(items),
+            approaches=approaches, comparisons=comparisons, winner=winner, verdict=verdict,
+            reference_loss=ref_loss, forgetting=forgetting_report, items=items,
+            loss_curve=_read_loss_curve(Path(model_ref)) if run is not None else [],
+            settings={"max_new_tokens": new_tokens, "k_shots": k_shots, "rag_k": RAG_K, "dtype": str(torch_dtype), "threads": n_threads,
+                      "train_data": str(train_path) if train_path else None,
+                      "docs": str(docs_dir) if docs_dir else None, "bootstrap_resamples": 1000, "confidence": 0.95},
+        )
+        if write_report:
+            from honing.evaluate.report import write_reports
 
-        if out_dir is None:
-            out_dir = Path(model_ref) / "eval" if run is not None else Path("hone-eval")
-        result.out_dir = Path(out_dir)
-        write_reports(result, result.out_dir)
-        say(f"report: {result.report_html}")
-    return result
+            if out_dir is None:
+                out_dir = Path(model_ref) / "eval" if run is not None else Path("hone-eval")
+            result.out_dir = Path(out_dir)
+            write_reports(result, result.out_dir)
+            say(f"report: {result.report_html}")
+        return result
