@@ -119,3 +119,16 @@ def test_shipped_general_resources_and_answer_matching():
     assert answer_contained("The capital of France is Paris.", "Paris") == 1.0
     assert answer_contained("It is 120.", "12") == 0.0  # whole words only
     assert answer_contained("Carbon dioxide, mostly.", "carbon dioxide") == 1.0
+
+
+def test_thread_choice_is_one_or_the_default_and_restores_the_count():
+    import torch
+
+    from honing.evaluate.threads import fastest_thread_count, torch_threads
+
+    with torch_threads(2):  # (this module's autouse fixture set 1)
+        assert fastest_thread_count(reps=3) in {1, 2}
+        assert torch.get_num_threads() == 2
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2

@@ -14,7 +14,7 @@ import statistics
 import time
 
 
-def fastest_thread_count(reps: int = 9) -> int:
+def fastest_thread_count(reps: int = 15) -> int:
     """1 or torch's current thread count, whichever runs a decode-sized matmul faster right now.
     More threads are kept unless one thread is clearly (>20 %) faster."""
     import torch
@@ -24,19 +24,21 @@ def fastest_thread_count(reps: int = 9) -> int:
     if current <= 1:
         return 1
     x, w = torch.randn(64, 576), torch.randn(1536, 576)  # a batch-64 decode step, SmolLM2-135M MLP shape
-    timings = {}
+    samples: dict[int, list[float]] = {current: [], 1: []}
     try:
-        for n in (current, 1):
+        for n in samples:  # warm up both settings (the first call picks kernels)
             torch.set_num_threads(n)
-            F.linear(x, w)  # warm up
-            samples = []
-            for _ in range(reps):
+            F.linear(x, w)
+        # Interleaved, so both settings see the same (changing) load from other processes.
+        for _ in range(reps):
+            for n, times in samples.items():
+                torch.set_num_threads(n)
                 t = time.perf_counter()
                 F.linear(x, w)
-                samples.append(time.perf_counter() - t)
-            timings[n] = statistics.median(samples)
+                times.append(time.perf_counter() - t)
     finally:
         torch.set_num_threads(current)
+    timings = {n: statistics.median(v) for n, v in samples.items()}
     return 1 if timings[1] < 0.8 * timings[current] else current
 
 
