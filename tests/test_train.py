@@ -243,3 +243,55 @@ def test_bad_data_line_is_named(workdir, tmp_path):
 
     with pytest.raises(DataError, match=r"bad.jsonl:4"):
         train(_config(workdir, "bad", data=str(bad), max_steps=1), log=_quiet)
+
+
+def test_top_layers_puts_adapters_on_the_last_layers_only(workdir):
+    from safetensors.torch import load_file
+
+    r = train(_config(workdir, "top1", max_steps=2, eval_fraction=0, **{"lora.top_layers": 1}), log=_quiet)
+    keys = load_file(str(r.final_dir / "adapter_model.safetensors")).keys()
+    assert keys and all(".layers.1." in k for k in keys)  # the tiny model has layers 0 and 1
+    # every linear kind of the layer is adapted, as with 'all-linear'
+    assert {k.split(".layers.1.")[1].split(".lora")[0] for k in keys} == {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+    from honing.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lora.top_layers: 5 exceeds the model's 2 layers"):
+        train(_config(workdir, "top5", max_steps=1, **{"lora.top_layers": 5}), log=_quiet)
+
+
+def test_overfitting_warning_needs_rising_eval_and_falling_train():
+    from honing.train.reporting import overfitting_warning
+
+    def rows(train_losses, evals):
+        out = [{"step": s + 1, "train_loss": x} for s, x in enumerate(train_losses)]
+        for step, e in evals.items():
+            out[step - 1]["eval_loss"] = e
+        return out
+
+    falling = [3.0 - 0.1 * i for i in range(12)]
+    warn = overfitting_warning(rows(falling, {4: 1.0, 8: 1.1, 12: 1.2}))
+    assert warn and "eval loss rose" in warn and "1.0000 -> 1.2000" in warn
+    assert overfitting_warning(rows(falling, {4: 1.0, 8: 0.9, 12: 1.2})) is None  # not rising twice
+    assert overfitting_warning(rows([1.0] * 12, {4: 1.0, 8: 1.1, 12: 1.2})) is None  # train not falling
+
+
+def test_the_overfitting_warning_reaches_the_log_and_summary(workdir, monkeypatch):
+    """The wiring: the loop asks overfitting_warning after every logged row and reports a warning once.
+    (The rule itself is tested above; provoking real overfitting in a tiny model takes too long.)"""
+    from honing.train import loop
+
+    seen = []
+
+    def fake(rows):
+        seen.append(len(rows))
+        return "possible overfitting: eval loss rose" if len(rows) >= 3 else None
+
+    monkeypatch.setattr(loop, "overfitting_warning", fake)
+    messages = []
+    r = train(_config(workdir, "overfit", max_steps=4, eval_every=2), log=messages.append)
+    assert seen == [2, 3, 4, 5]  # rows: the step-0 eval, then one per step
+    assert r.warnings.count("possible overfitting: eval loss rose") == 1
+    assert sum(m.startswith("warning: possible overfitting") for m in messages) == 1
+    assert "possible overfitting" in (r.run_dir / "summary.md").read_text()

@@ -43,13 +43,17 @@ def chat_cmd(
     system: str = typer.Option(None, "--system", help="A system message to put first."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest reply, in tokens."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 or bf16."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 only where it is fast here), fp32 or bf16."),
 ) -> None:
     """Chat with a base model or a fine-tuned run (same chat template as training)."""
     from honing.data.conversation import Message
+    from honing.errors import ConfigError
     from honing.models.loading import load_for_inference
+    from honing.precision import auto_dtype
 
-    m, tok, info = load_for_inference(model, dtype=dtype)
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"--dtype: expected auto, fp32 or bf16, got {dtype!r}")
+    m, tok, info = load_for_inference(model, dtype=auto_dtype(dtype))
     history: list[Message] = [Message("system", system)] if system else []
     if prompt is not None:
         stream_reply(m, tok, [*history, Message("user", prompt)], max_new_tokens, temperature)
