@@ -23,6 +23,7 @@ GPU mode (random-weight Llama of a real shape, reports MFU; needs CUDA):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -95,9 +96,22 @@ def run_honing(job: dict) -> dict:
         warmup_ratio=0.0, max_steps=job["steps"], max_length=job["max_length"], dtype=job["dtype"],
         packing=True, seed=job["seed"], eval_every=10_000, save_every=10_000, tensorboard=False,
     )
+    # CPU seconds per step: the loop logs one metrics row per step (row 0 = the base model's eval), so
+    # the process CPU time between consecutive rows is one step's (the last also holds a 2-example eval).
+    from honing.train import loop
+
+    cpu_marks: list[float] = []
+
+    class TimedMetricsLog(loop.MetricsLog):
+        def log(self, row: dict) -> None:
+            cpu_marks.append(time.process_time())
+            super().log(row)
+
+    loop.MetricsLog = TimedMetricsLog
     t0 = time.perf_counter()
     train(config, log=lambda m: print("[honing]", m, flush=True))
     wall = time.perf_counter() - t0
+    cpu_seconds = [b - a for a, b in itertools.pairwise(cpu_marks)]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("train_loss") is not None and r.get("step", 0) >= 1]
     # Non-padding tokens per step: the same order the loop used (honing.train.batching.step_indices).
@@ -116,7 +130,7 @@ def run_honing(job: dict) -> dict:
     for r in rows:
         seconds.append((r["trained_tokens"] - prev) / r["tokens_per_s"])
         prev = r["trained_tokens"]
-    return _summary("honing", step_tokens, seconds, [r["train_loss"] for r in rows], wall)
+    return _summary("honing", step_tokens, seconds, [r["train_loss"] for r in rows], wall, cpu_seconds)
 
 
 def run_trl(job: dict) -> dict:
@@ -152,17 +166,19 @@ def run_trl(job: dict) -> dict:
             return SequentialSampler(self.train_dataset)
 
     times: list[float] = []
+    cpu_times: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *a, **k):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *a, **k):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
+            cpu_times.append(time.process_time() - self.c)
 
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SequentialSFT(model=model, args=args, train_dataset=Dataset.from_list(records),
@@ -173,13 +189,16 @@ def run_trl(job: dict) -> dict:
     trainer.train()
     wall = time.perf_counter() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return _summary("trl", step_tokens, times, losses, wall)
+    return _summary("trl", step_tokens, times, losses, wall, cpu_times)
 
 
-def _summary(side, step_tokens, seconds, losses, wall) -> dict:
+def _summary(side, step_tokens, seconds, losses, wall, cpu_seconds=None) -> dict:
     timed = slice(1, None) if len(seconds) > 1 else slice(None)  # drop the warm-up step
     tok, sec = sum(step_tokens[timed]), sum(seconds[timed])
+    cpu = sum(cpu_seconds[timed]) if cpu_seconds else 0.0
     return {"side": side, "tokens_per_s": tok / sec if sec else 0.0, "timed_tokens": tok, "timed_seconds": sec,
+            "tokens_per_cpu_s": tok / cpu if cpu else None, "timed_cpu_seconds": cpu,
+            "step_seconds": seconds, "step_cpu_seconds": cpu_seconds, "step_tokens": step_tokens,
             "steps": len(seconds), "first_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None, "losses": losses, "wall_s": wall,
             "peak_rss_gb": peak_rss_gb()}
@@ -219,6 +238,9 @@ def main() -> None:
                     help="both sides; default fp32 on CPU (see docs/performance.md), bf16 on GPU")
     ap.add_argument("--micro-batch-size", type=int, default=1, help="Honing: examples per packed forward")
     ap.add_argument("--sides", default="honing,trl")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads per side (0 = torch's default). On a machine shared with other jobs, "
+                         "1 avoids OpenMP threads waiting on descheduled siblings; compare tokens/CPU-s then")
     ap.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     ap.add_argument("--child", nargs=2, metavar=("SIDE", "JOB"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -233,7 +255,7 @@ def main() -> None:
     job = {"mode": a.mode, "model": "smollm2-135m-instruct", "train_file": str(train_file),
            "eval_file": str(eval_file), "workdir": workdir, "steps": a.steps, "max_length": a.max_length,
            "dtype": a.dtype or ("fp32" if a.mode == "cpu" else "bf16"), "lr": 2e-4, "seed": 42,
-           "micro_batch_size": a.micro_batch_size}
+           "micro_batch_size": a.micro_batch_size, "threads": a.threads}
     if a.mode == "gpu":
         job.update(gpu_model_dir(workdir))
     job_path = Path(workdir, "job.json")
@@ -250,6 +272,8 @@ def main() -> None:
         h, t = results["honing"], results["trl"]
         report["ratios"] = {"tokens_per_s": h["tokens_per_s"] / t["tokens_per_s"],
                             "peak_rss": h["peak_rss_gb"] / t["peak_rss_gb"]}
+        if h.get("tokens_per_cpu_s") and t.get("tokens_per_cpu_s"):
+            report["ratios"]["tokens_per_cpu_s"] = h["tokens_per_cpu_s"] / t["tokens_per_cpu_s"]
     print_table(report)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(a.json).with_suffix(".tmp")
@@ -270,19 +294,22 @@ def host_info() -> dict:
 
 def print_table(report: dict) -> None:
     rows = report["results"]
-    cols = ["side", "tokens/s", "peak RSS GB", "first loss", "final loss", "steps"]
+    cols = ["side", "tokens/s", "tokens/CPU-s", "peak RSS GB", "first loss", "final loss", "steps"]
     if report["job"]["mode"] == "gpu":
         cols += ["peak GPU GB", "MFU"]
     print("\n" + " | ".join(f"{c:>12}" for c in cols))
     for r in rows.values():
-        vals = [r["side"], f"{r['tokens_per_s']:.1f}", f"{r['peak_rss_gb']:.2f}", f"{r['first_loss']:.4f}",
+        cpu = r.get("tokens_per_cpu_s")
+        vals = [r["side"], f"{r['tokens_per_s']:.1f}", f"{cpu:.1f}" if cpu else "-", f"{r['peak_rss_gb']:.2f}",
+                f"{r['first_loss']:.4f}",
                 f"{r['final_loss']:.4f}", str(r["steps"])]
         if report["job"]["mode"] == "gpu":
             vals += [f"{r.get('peak_gpu_gb', 0):.2f}", f"{r.get('mfu', 0):.1%}"]
         print(" | ".join(f"{v:>12}" for v in vals))
     if "ratios" in report:
         q = report["ratios"]
-        print(f"Honing/TRL: tokens/s x{q['tokens_per_s']:.2f}, peak RSS x{q['peak_rss']:.2f}")
+        cpu = f", tokens/CPU-s x{q['tokens_per_cpu_s']:.2f}" if "tokens_per_cpu_s" in q else ""
+        print(f"Honing/TRL: tokens/s x{q['tokens_per_s']:.2f}{cpu}, peak RSS x{q['peak_rss']:.2f}")
 
 
 # ----------------------------------------------------------------------------------------- GPU mode
