@@ -90,7 +90,8 @@ class Hyperparameters:
             f"epochs={self.epochs}{mark('epochs')}  batch_size={self.batch_size}{mark('batch_size')}  "
             f"micro_batch_size={self.micro_batch_size}{mark('micro_batch_size')} x "
             f"accumulation={self.grad_accumulation}  learning_rate={self.learning_rate:.3g}"
-            f"{mark('learning_rate')}  steps={self.total_steps} ({self.steps_per_epoch}/epoch)  "
+            f"{mark('learning_rate')}  steps={self.total_steps} ({self.steps_per_epoch}/epoch"
+            f"{'; max_steps ends the run first' if self.total_steps < self.epochs * self.steps_per_epoch else ''})  "
             f"eval_every={self.eval_every}{mark('eval_every')}  save_every={self.save_every}{mark('save_every')}"
         )
 
