@@ -24,8 +24,8 @@ from honing.errors import ConfigError, DataError
 from honing.evaluate.dataset import EvalItem
 
 BASELINES = ("zero-shot", "few-shot", "rag")
-CHUNK_WORDS = 80
-CHUNK_OVERLAP = 20
+CHUNK_WORDS = 50
+CHUNK_OVERLAP = 10
 DOC_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
 
 

@@ -23,7 +23,7 @@ from honing.evaluate.generation import auto_max_new_tokens, generate, reference_
 from honing.evaluate.metrics import TASKS, TaskScores, detect_task, score
 
 FINE_TUNED = "fine-tuned"
-RAG_K = 3
+RAG_K = 2
 
 
 @dataclass
