@@ -141,9 +141,10 @@ def render_markdown(result, samples: list[dict]) -> str:
             lines.append(f"- {c['a']} - {c['b']}: {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
                          + ("" if c["significant"] else " (not significant)"))
     if result.reference_loss:
-        lines += ["", "Loss on the reference answers (nats/token):", ""]
+        lines += ["", "Loss on the reference answers (nats/token; first examples only, see `examples`):", ""]
         for k, v in result.reference_loss.items():
-            lines.append(f"- {k}: loss {v['loss']:.4f}, perplexity {v['perplexity']:.2f} ({v['tokens']} tokens)")
+            lines.append(f"- {k}: loss {v['loss']:.4f}, perplexity {v['perplexity']:.2f} "
+                         f"({v['tokens']} tokens of {v['examples']} examples)")
     if result.forgetting:
         f = result.forgetting
         lines += ["", "## Forgetting", "",
@@ -207,7 +208,7 @@ def render_html(result, samples: list[dict]) -> str:
         parts.append("<h2>Loss on the reference answers</h2><ul>")
         for k, v in result.reference_loss.items():
             parts.append(f"<li>{e(k)}: {v['loss']:.4f} nats/token, perplexity {v['perplexity']:.2f} "
-                         f"({v['tokens']} tokens)</li>")
+                         f"({v['tokens']} tokens of {v['examples']} examples)</li>")
         parts.append("</ul>")
     if result.forgetting:
         f = result.forgetting

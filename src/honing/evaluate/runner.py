@@ -24,6 +24,9 @@ from honing.evaluate.metrics import TASKS, TaskScores, detect_task, score
 
 FINE_TUNED = "fine-tuned"
 RAG_K = 2
+# Reference-answer loss is a full forward pass per example (no shared prefix): on a 2-core CPU 240
+# examples of the demo cost ~2 minutes per model, so it is measured on the first examples only.
+LOSS_MAX_EXAMPLES = 100
 
 
 @dataclass
@@ -311,8 +314,9 @@ def evaluate(
                 result = run_approach(name, "base", base, prompts)
                 result.seconds += retrieval_s  # selecting shots / chunks is part of the approach's cost
                 approaches.append(result)
-            rl = reference_loss(base, tok, items)
-            ref_loss["base"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens}
+            rl = reference_loss(base, tok, items[:LOSS_MAX_EXAMPLES])
+            ref_loss["base"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens,
+                                "examples": min(len(items), LOSS_MAX_EXAMPLES)}
             if fine_tuned is not None and forgetting:
                 from honing.evaluate.forgetting import general_ability
 
@@ -320,8 +324,9 @@ def evaluate(
                 ability["base"] = general_ability(base, tok)
         if fine_tuned is not None:
             approaches.append(run_approach(FINE_TUNED, "fine-tuned", fine_tuned, B.zero_shot_prompts(items)))
-            rl = reference_loss(fine_tuned, tok, items)
-            ref_loss["fine-tuned"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens}
+            rl = reference_loss(fine_tuned, tok, items[:LOSS_MAX_EXAMPLES])
+            ref_loss["fine-tuned"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens,
+                                      "examples": min(len(items), LOSS_MAX_EXAMPLES)}
             if forgetting:
                 from honing.evaluate.forgetting import general_ability
 
