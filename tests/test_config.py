@@ -38,7 +38,7 @@ def test_every_shipped_recipe_parses_and_points_at_real_files(recipe):
 
 def test_demo_recipe_is_the_fast_lora_setup():
     cfg = build_config(ROOT / "examples" / "recipes" / "docstring_module_lora.yaml")
-    assert cfg.method == "lora" and cfg.packing and cfg.dtype == "auto"
+    assert cfg.method == "lora" and cfg.dtype == "auto"
     assert cfg.max_steps is not None and cfg.lora.top_layers is not None
 
 
