@@ -58,7 +58,8 @@ def train_cmd(
         f"[bold green]{result.status}[/]: result in {result.final_dir}"
         + (f", merged model in {result.merged_dir}" if result.merged_dir else "")
     )
-    console.print(f"peak memory (RSS): {result.peak_memory_mb:.0f} MB; trained tokens/s: {result.tokens_per_s:,.1f}")
+    console.print(f"peak memory (RSS): {result.peak_memory_mb:.0f} MB; trained tokens/s: {result.tokens_per_s:,.1f} "
+                  f"(all example tokens/s: {result.input_tokens_per_s:,.1f})")
 
 
 def register(app: typer.Typer) -> None:

@@ -63,7 +63,8 @@ class RunResult:
     steps: int  # optimizer steps done
     train_losses: list[float] = field(default_factory=list)  # one per step (NaN for skipped steps)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss); step 0 = base model
-    tokens_per_s: float = 0.0  # trained (not padding) tokens per second of training
+    tokens_per_s: float = 0.0  # trained (loss-bearing) tokens per second of training
+    input_tokens_per_s: float = 0.0  # all example tokens (prompt + answer, no padding) per second
     peak_memory_mb: float = 0.0  # RSS high-water mark of this process
     merged_dir: Path | None = None
     hyperparameters: dict = field(default_factory=dict)
@@ -349,7 +350,8 @@ def train(
             epoch, indices = step_indices(len(train_set), hp.batch_size, config.seed, step)
             mine = micro_batches(indices, hp.grad_accumulation, hp.micro_batch_size, dist.rank, dist.world_size)
             local_tokens = sum(objective.trained_tokens(train_set.items[i]) for mb in mine for i in mb)
-            (global_tokens,) = dist.all_reduce_sum([local_tokens])
+            local_inputs = sum(len(train_set.items[i]) for mb in mine for i in mb)
+            global_tokens, global_inputs = dist.all_reduce_sum([local_tokens, local_inputs])
             # DDP averages gradients over processes; scaling by world_size turns that into a sum, so the
             # gradient is sum over all trained tokens / global_tokens.
             scale = dist.world_size / max(global_tokens, 1)
@@ -394,6 +396,7 @@ def train(
             state["epoch"] = epoch
             state["step_in_epoch"] = step % hp.steps_per_epoch + 1
             state["trained_tokens"] += int(global_tokens)
+            state["input_tokens"] = state.get("input_tokens", 0) + int(global_inputs)
             dt = time.perf_counter() - t0
             state["train_seconds"] += dt
             row = {"step": step + 1, "epoch": round(epoch + state["step_in_epoch"] / hp.steps_per_epoch, 4),
@@ -453,6 +456,8 @@ def train(
     if state["best_step"] is not None and state["best_step"] != state["step"]:
         load_trainable(core, run_dir / "checkpoints" / f"step-{state['best_step']}")
     tokens_per_s = round(state["trained_tokens"] / state["train_seconds"], 1) if state["train_seconds"] else 0.0
+    # All tokens through the model (prompts too): the throughput to compare with other trainers.
+    input_tokens_per_s = round(state.get("input_tokens", 0) / state["train_seconds"], 1) if state["train_seconds"] else 0.0
     if dist.is_main:
         _save_final(core, tokenizer, final_dir, config.method)
         if config.merge and config.method == "lora":
@@ -468,7 +473,8 @@ def train(
             status=status, steps_done=state["step"],
             best={"step": state["best_step"], "eval_loss": state["best_eval_loss"]},
             final_train_loss=next((r["train_loss"] for r in reversed(rows) if r.get("train_loss") is not None), None),
-            peak_memory_mb=peak_memory_mb(), tokens_per_s=tokens_per_s, merged=merged_dir is not None,
+            peak_memory_mb=peak_memory_mb(), tokens_per_s=tokens_per_s, input_tokens_per_s=input_tokens_per_s,
+            merged=merged_dir is not None,
             nonfinite_steps=state["nonfinite_total"], warnings=warnings, finished=time.time(),
             wall_seconds=round(time.time() - t_start, 1),
         )
@@ -486,7 +492,8 @@ def train(
         train_losses=[r["train_loss"] if r.get("train_loss") is not None else float("nan")
                       for r in rows if "train_loss" in r],
         eval_losses=[(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None],
-        tokens_per_s=tokens_per_s, peak_memory_mb=peak_memory_mb(), merged_dir=merged_dir,
+        tokens_per_s=tokens_per_s, input_tokens_per_s=input_tokens_per_s, peak_memory_mb=peak_memory_mb(),
+        merged_dir=merged_dir,
         hyperparameters=hp.as_dict(), warnings=warnings,
     )
 

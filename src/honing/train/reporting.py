@@ -162,7 +162,8 @@ def write_summary(run_dir: Path, run: dict, hp: dict, warnings: list[str]) -> st
         f"learning_rate={hp['learning_rate']:.3g} steps={run.get('steps_done')}/{hp['total_steps']}"),
         f"- best eval loss: {best.get('eval_loss')} at step {best.get('step')}",
         f"- final train loss: {run.get('final_train_loss')}",
-        f"- trained tokens/s: {run.get('tokens_per_s')}, peak memory (RSS): {run.get('peak_memory_mb')} MB",
+        (f"- trained tokens/s: {run.get('tokens_per_s')} (all example tokens/s: {run.get('input_tokens_per_s')}), "
+         f"peak memory (RSS): {run.get('peak_memory_mb')} MB"),
         f"- result: {run_dir / 'final'}" + (f", merged: {run_dir / 'merged'}" if run.get("merged") else ""),
     ]
     if warnings:
