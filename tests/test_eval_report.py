@@ -63,7 +63,8 @@ def test_evaluate_writes_a_complete_self_contained_report(animal_run, tmp_path):
     md = result.report_md.read_text()
     assert result.verdict in md and "Forgetting" in md
     table = result.summary_table()
-    for name in ("zero-shot", "few-shot", "rag", "fine-tuned", "forgetting:"):
+    assert data["fine_tuned_vs_zero_shot"]["b"] == "zero-shot"
+    for name in ("zero-shot", "few-shot", "rag", "fine-tuned", "forgetting:", "fine-tuned vs zero-shot:"):
         assert name in table
 
 
@@ -78,6 +79,9 @@ def test_zero_initialized_adapter_answers_exactly_like_the_base_model(tmp_path, 
     assert result.comparisons[0]["difference"]["low"] == result.comparisons[0]["difference"]["high"] == 0.0
     assert result.verdict.startswith("no clear winner")
     assert result.samples() == []  # no example where the two differ
+    vs = result.fine_tuned_vs_zero_shot()
+    assert vs["difference"]["estimate"] == 0.0 and not vs["significant"]
+    assert "not significant" in result.summary_table()
     assert result.out_dir is None
 
 

@@ -117,12 +117,23 @@ class EvalResult:
             "model": self.model_ref, "eval_data": self.eval_path, "examples": self.n_examples,
             "task": self.task, "primary_metric": self.primary,
             "approaches": {a.name: a.to_dict() for a in self.approaches},
-            "comparisons": self.comparisons, "winner": self.winner, "verdict": self.verdict,
+            "comparisons": self.comparisons, "fine_tuned_vs_zero_shot": self.fine_tuned_vs_zero_shot(),
+            "winner": self.winner, "verdict": self.verdict,
             "reference_loss": self.reference_loss, "forgetting": self.forgetting, "settings": self.settings,
             "files": {k: str(v) for k, v in
                       (("report_html", self.report_html), ("report_md", self.report_md), ("eval_json", self.eval_json))
                       if v is not None},
         }
+
+    def fine_tuned_vs_zero_shot(self) -> dict | None:
+        """Paired-bootstrap difference fine-tuned minus zero-shot (the question fine-tuning must answer
+        first), whatever the overall winner; None unless both were evaluated."""
+        names = {a.name for a in self.approaches}
+        if not {"zero-shot", FINE_TUNED} <= names:
+            return None
+        ft, zs = self.approach(FINE_TUNED), self.approach("zero-shot")
+        ci = paired_difference_ci(ft.scores.per_example[self.primary], zs.scores.per_example[self.primary])
+        return {"a": FINE_TUNED, "b": "zero-shot", "difference": ci.to_dict(), "significant": ci.excludes_zero}
 
     def summary_table(self) -> str:
         """The comparison as plain text: one row per approach, then the verdict."""
@@ -134,6 +145,12 @@ class EvalResult:
                         f"{a.mean_prompt_tokens:>10.0f} {a.latency_per_example:>10.3f}")
         rows.append("")
         rows.append(self.verdict)
+        vs = self.fine_tuned_vs_zero_shot()
+        if vs is not None:
+            d = vs["difference"]
+            rows.append(f"fine-tuned vs zero-shot: {_points(d['estimate'], self.primary)} (95% CI "
+                        f"{_points(d['low'], self.primary)} to {_points(d['high'], self.primary)}"
+                        + (")" if vs["significant"] else ", not significant)"))
         if self.forgetting:
             f = self.forgetting
             rows.append(f"forgetting: general-text perplexity {f['before']['perplexity']:.2f} -> "
