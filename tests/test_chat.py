@@ -95,3 +95,13 @@ def test_bad_input_exits_2_with_one_line(trained):
     done = _hone("train", "--model", str(d / "tiny"), "--data", str(d / "nope.jsonl"), "--out", str(d / "x"),
                  check=False)
     assert done.returncode == 2 and "nope.jsonl" in done.stdout + done.stderr
+
+
+def test_train_with_eval_data_ends_with_the_evaluation(trained):
+    # `hone train --eval-data` evaluates the result as `hone eval` does: fine-tuned vs zero-shot base.
+    d, done = trained
+    assert "zero-shot" in done.stdout and "fine-tuned" in done.stdout
+    assert (d / "run" / "eval" / "report.html").is_file()
+    numbers = json.loads((d / "run" / "eval" / "eval.json").read_text())
+    assert set(numbers["approaches"]) == {"zero-shot", "fine-tuned"}
+    assert numbers["examples"] == 6 and numbers["fine_tuned_vs_zero_shot"] is not None

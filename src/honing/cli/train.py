@@ -34,6 +34,13 @@ def train_cmd(
     merge: bool = typer.Option(None, "--merge", help="Same as --set merge=true."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest complete checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    evaluate_after: bool = typer.Option(
+        True, "--eval/--no-eval",
+        help="With an eval file (eval_data): evaluate the result when training ends, as `hone eval` does "
+             "(fine-tuned vs the base model zero-shot; report in RUN_DIR/eval/).",
+    ),
+    eval_baselines: str = typer.Option(
+        "zero-shot", "--eval-baselines", help="Baselines of that evaluation: any of zero-shot,few-shot,rag."),
 ) -> None:
     """Fine-tune a base model on a dataset into a run directory (adapter or full model, metrics, checkpoints)."""
     from rich.console import Console
@@ -60,6 +67,8 @@ def train_cmd(
     )
     console.print(f"peak memory (RSS): {result.peak_memory_mb:.0f} MB; trained tokens/s: {result.tokens_per_s:,.1f} "
                   f"(all example tokens/s: {result.input_tokens_per_s:,.1f})")
+    if evaluate_after and config.eval_data and _is_main_process():
+        _evaluate_run(console, result.run_dir, config.eval_data, eval_baselines)
 
 
 def register(app: typer.Typer) -> None:
@@ -69,3 +78,22 @@ def register(app: typer.Typer) -> None:
         help=(train_cmd.__doc__ or "")
         + "\n\nExample: hone train --model smollm2-135m-instruct --data train.jsonl --method lora --out runs/demo",
     )(train_cmd)
+
+
+def _is_main_process() -> bool:
+    import os
+
+    # Under torchrun every rank runs this command; rank 0 alone evaluates (the others have exited the loop).
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _evaluate_run(console, run_dir, eval_path: str, baselines: str) -> None:
+    """The end-of-training evaluation: the library's ``evaluate``, printed as ``hone eval`` prints it."""
+    from honing.evaluate import evaluate
+
+    console.rule("[bold]evaluation")
+    wanted = tuple(b.strip() for b in baselines.split(",") if b.strip())
+    result = evaluate(run_dir, eval_path, baselines=wanted, progress=console.print)
+    console.print(result.summary_table())
+    console.print(f"report: {result.report_html}")
+
