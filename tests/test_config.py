@@ -135,3 +135,13 @@ def test_resolved_hyperparameters_mark_what_was_auto():
     assert "(auto)" in hp.describe()
     with pytest.raises(ConfigError, match="multiple of micro_batch_size"):
         resolve_hyperparameters(build_config(values={"data": "d", "batch_size": 6, "micro_batch_size": 4}), 100)
+
+
+def test_auto_micro_batch_fits_a_token_budget_per_forward_on_cpu():
+    from honing.train.auto import auto_micro_batch_size
+
+    assert auto_micro_batch_size(8, 1) == 8  # no length known: the largest divisor up to 8
+    assert auto_micro_batch_size(8, 1, mean_tokens=90) == 4  # 512 // 90 = 5 -> divisor 4
+    assert auto_micro_batch_size(4, 1, mean_tokens=511) == 1  # long examples: one per forward
+    assert auto_micro_batch_size(4, 1, mean_tokens=511, on_gpu=True) == 4
+    assert auto_micro_batch_size(12, 2, mean_tokens=100) == 3  # per process 6, at most 5 -> 3

@@ -58,10 +58,23 @@ def auto_learning_rate(method: str, batch_size: int) -> float:
     return float(min(hi, max(lo, lr)))
 
 
-def auto_micro_batch_size(batch_size: int, world_size: int) -> int:
-    """The largest divisor of the per-process batch that is at most 8 (so accumulation is exact)."""
+# On CPU, tokens one forward pass should hold. Several examples in one forward (packed or padded) make
+# sdpa compute every T x T attention block of the row and keep it for the backward: with ~500-token
+# examples one example per forward is 1.9x faster and needs 0.37x the memory of four
+# (docs/performance.md, "Levers"); with ~90-token examples, batching 8 is ~2x faster than one at a
+# time (per-op overhead dominates). A token budget per forward serves both.
+CPU_TOKENS_PER_FORWARD = 512
+
+
+def auto_micro_batch_size(batch_size: int, world_size: int, mean_tokens: float | None = None,
+                          on_gpu: bool = False) -> int:
+    """The largest divisor of the per-process batch that is at most 8 (so accumulation is exact); on
+    CPU, also at most ``CPU_TOKENS_PER_FORWARD / mean_tokens`` (at least 1)."""
     per_rank = max(1, batch_size // world_size)
-    return max(d for d in range(1, min(per_rank, MAX_MICRO_BATCH) + 1) if per_rank % d == 0)
+    cap = MAX_MICRO_BATCH
+    if not on_gpu and mean_tokens:
+        cap = max(1, min(cap, int(CPU_TOKENS_PER_FORWARD // mean_tokens)))
+    return max(d for d in range(1, min(per_rank, cap) + 1) if per_rank % d == 0)
 
 
 @dataclass(frozen=True)
@@ -96,8 +109,10 @@ class Hyperparameters:
         )
 
 
-def resolve_hyperparameters(config, n_train: int, world_size: int = 1) -> Hyperparameters:
-    """Turn the config's ``auto`` values into numbers for ``n_train`` examples on ``world_size`` processes."""
+def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_tokens: float | None = None,
+                            on_gpu: bool = False) -> Hyperparameters:
+    """Turn the config's ``auto`` values into numbers for ``n_train`` examples on ``world_size`` processes
+    (``mean_tokens``: the training examples' mean length, for the CPU micro-batch budget)."""
     from honing.errors import ConfigError
 
     chosen = []
@@ -111,7 +126,7 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1) -> Hyperp
         batch = max(batch, world_size)
     micro = config.micro_batch_size
     if micro == "auto":
-        micro, _ = auto_micro_batch_size(batch, world_size), chosen.append("micro_batch_size")
+        micro, _ = auto_micro_batch_size(batch, world_size, mean_tokens, on_gpu), chosen.append("micro_batch_size")
     if batch % (micro * world_size):
         raise ConfigError(
             f"batch_size ({batch}) must be a multiple of micro_batch_size ({micro}) x processes ({world_size})"

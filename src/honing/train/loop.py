@@ -266,7 +266,9 @@ def train(
     warnings = list(train_set.warnings) + (list(eval_set.warnings) if eval_set else [])
     for w in warnings:
         say(f"warning: {w}")
-    hp = resolve_hyperparameters(config, len(train_set), dist.world_size)
+    mean_tokens = sum(len(item.input_ids) for item in train_set.items) / max(1, len(train_set))
+    hp = resolve_hyperparameters(config, len(train_set), dist.world_size, mean_tokens,
+                                 on_gpu=next(model.parameters()).is_cuda)
     say(f"training {len(train_set)} examples ({train_set.source['trained_tokens']} trained tokens), "
         f"eval {len(eval_set) if eval_set else 0}; {hp.describe()}")
 
