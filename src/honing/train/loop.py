@@ -249,6 +249,7 @@ def train(
     from honing.models.loading import load_model
 
     dist = setup_distributed()
+    release_heap = _heap_releaser()
     say = (log or print) if dist.is_main else (lambda _msg: None)
     t_start = time.time()
     run_dir, ckpt = _prepare_run_dir(config, resume, dist)
@@ -392,6 +393,7 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state["nonfinite_consecutive"] = 0
+            release_heap()  # the step's freed activations go back to the OS: peak RSS stops creeping up
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             state["step"] = step + 1
@@ -512,3 +514,25 @@ def _save_final(core, tokenizer, final_dir: Path, method: str) -> None:
     if final_dir.exists():
         shutil.rmtree(final_dir)
     os.rename(tmp, final_dir)
+
+
+def _heap_releaser() -> Callable[[], None]:
+    """glibc only: a function that returns freed heap pages to the OS (``malloc_trim(0)``), called once
+    per optimizer step. Without it, fragmented freed activations make peak RSS grow step after step
+    (3.1 -> 4.2 GB over two identical steps of SmolLM2-135M; flat at 3.13 GB with it, at no measured speed
+    cost: docs/performance.md). HONING_MALLOC_MMAP_THRESHOLD=<bytes> also serves allocations of at least
+    that size with mmap (2.3 GB peak in the benchmark, ~30% slower)."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return lambda: None
+    threshold = int(os.environ.get("HONING_MALLOC_MMAP_THRESHOLD", "0"))
+    if threshold > 0:
+        libc.mallopt(-3, threshold)  # -3 = M_MMAP_THRESHOLD (malloc.h)
+    return lambda: trim(0)
+
