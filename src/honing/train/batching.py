@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import random
 
-from honing.data.render import IGNORE_INDEX, RenderedExample
-
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
     """The example order of one epoch (seeded; independent of any global RNG)."""
@@ -43,32 +41,10 @@ def micro_batches(indices: list[int], accumulation: int, micro_batch_size: int, 
     return out
 
 
-def pad_collate(items: list[RenderedExample], pad_id: int) -> dict:
-    """Right-pad to the longest example: [B, T] tensors with an attention mask."""
-    import torch
-
-    width = max(len(it) for it in items)
-    b = len(items)
-    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
-    labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((b, width), dtype=torch.long)
-    for i, it in enumerate(items):
-        n = len(it)
-        input_ids[i, :n] = torch.tensor(it.input_ids)
-        labels[i, :n] = torch.tensor(it.labels())
-        attention[i, :n] = 1
-    position_ids = torch.arange(width).unsqueeze(0).expand(b, -1).contiguous()
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "attention_mask": attention}
-
-
 def make_collate(packing: bool, pad_id: int):
-    """The collate function for a run: packed rows (performance engineer's ``honing.train.packing``)
-    when asked for and available, else padding."""
+    """The collate function for a run: packed rows (``honing.train.packing``) or right-padded batches."""
+    from honing.train.packing import collate_padded, pack_collate
+
     if packing:
-        try:
-            from honing.train.packing import pack_collate  # type: ignore[attr-defined]
-        except ImportError:
-            pack_collate = None
-        if pack_collate is not None:
-            return lambda items: pack_collate(items, pad_id)
-    return lambda items: pad_collate(items, pad_id)
+        return lambda items: pack_collate(items, pad_id)
+    return lambda items: collate_padded(items, pad_id)
