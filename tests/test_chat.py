@@ -34,7 +34,11 @@ def trained(tmp_path_factory):
     done = _hone("train", "--model", str(d / "tiny"), "--data", str(d / "train.jsonl"), "--eval-data",
                  str(d / "eval.jsonl"), "--method", "lora", "--epochs", "3", "--out", str(d / "run"), "--merge",
                  "--set", "batch_size=4", "--set", "learning_rate=3e-2", "--set", "dtype=fp32",
-                 "--set", "tensorboard=false")
+                 "--set", "tensorboard=false",
+                 # This test is about what the CLI reports. At lr 3e-2 the tiny model's eval loss oscillates, so
+                 # whether early stopping fires depends on fp32 rounding (fused vs PEFT layers differ by 1e-7
+                 # at step 4 and the dynamics amplify it): keep the run to its 18 steps.
+                 "--set", "early_stopping_patience=null")
     return d, done
 
 

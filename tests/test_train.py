@@ -14,7 +14,8 @@ from honing.train import TrainingError, build_config, train
 
 # First five train losses of the tiny model (seed 0) on 24 arithmetic chats, batch 4, lr 5e-3, fp32,
 # packing on. Recorded from this implementation; packing off / bf16 agree to ~2e-4.
-GOLDEN_FIRST5 = [10.790419, 10.650657, 10.592707, 10.495976, 10.513921]
+# lora.dropout 0 (the default since the fused path); PEFT's modules give the same values to 1e-6.
+GOLDEN_FIRST5 = [10.790419, 10.649251, 10.59149, 10.49599, 10.513195]
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,11 @@ class LoraConfig(_Strict):
 
     r: int = Field(16, ge=1, le=1024, description="LoRA rank: the inner dimension of the low-rank update.")
     alpha: float = Field(32, gt=0, description="LoRA alpha: the update is scaled by alpha/r (alpha/sqrt(r) with rslora).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input during training.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1,
+        description="Dropout on the adapter's input during training. 0 (PEFT's default) keeps the fused path; "
+        "0.05 measured x0.89 speed and +0.7 GB on SmolLM2 (docs/performance.md).",
+    )
     target_modules: Literal["all-linear"] | list[str] = Field(
         "all-linear",
         description="Modules that get adapters: 'all-linear' (every linear layer except the output head) "
@@ -41,6 +45,11 @@ class LoraConfig(_Strict):
     )
     use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha/sqrt(r) instead of alpha/r.")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction); slower.")
+    fused: bool = Field(
+        True,
+        description="Train Llama/Mistral/Qwen2 decoder layers through Honing's fused LoRA functions (same math as "
+        "PEFT's modules, ~0.6x the activation memory, fewer kernels); needs dropout 0 and no DoRA. false: PEFT's modules.",
+    )
 
 
 class TrainConfig(_Strict):
@@ -85,6 +94,11 @@ class TrainConfig(_Strict):
         "fp32 LoRA weights (autocast with fp32 master weights for full).",
     )
     packing: bool = Field(True, description="Pack several examples into one row (attention kept within each example).")
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each decoder layer's activations in the backward instead of keeping them: about a "
+        "third more compute for a fraction of the activation memory. Use it where memory binds.",
+    )
     seed: int = Field(42, description="Seeds data order, the held-out split, adapter init and dropout.")
 
     # --- validation and overfitting

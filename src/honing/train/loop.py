@@ -155,6 +155,24 @@ def _attach_lora(model, config: TrainConfig):
         raise ConfigError(f"lora.target_modules: {e}") from e
 
 
+def _enable_fused_lora(model, config: TrainConfig) -> str:
+    """Route eligible decoder layers through honing.train.fused_lora; returns the line to print."""
+    if not config.lora.fused:
+        return "LoRA layers: PEFT's modules (lora.fused: false)"
+    from honing.train.fused_lora import enable_fused_lora
+
+    n = enable_fused_lora(model)
+    if n:
+        return f"LoRA layers: fused path on {n} decoder layers (honing.train.fused_lora)"
+    why = []
+    if config.lora.dropout:
+        why.append(f"lora.dropout is {config.lora.dropout}")
+    if config.lora.use_dora:
+        why.append("DoRA")
+    reason = ", ".join(why) or "this architecture is not Llama/Mistral/Qwen2-shaped or does not use sdpa"
+    return f"LoRA layers: PEFT's modules (fused path off: {reason})"
+
+
 def _linear_module_names(model) -> list[str]:
     """Leaf names of the Linear layers (q_proj, down_proj, ...), the output head excluded: what PEFT's
     'all-linear' means."""
@@ -275,10 +293,15 @@ def train(
 
     if config.method == "lora":
         model = _attach_lora(model, config)
+        say(_enable_fused_lora(model, config))
     else:
         for p in model.parameters():
             p.requires_grad_(True)
     model.config.use_cache = False
+    if config.activation_checkpointing:
+        # Non-reentrant: works with frozen inputs (no enable_input_require_grads) and with the fused layers.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        say("activation checkpointing: on (decoder layers recomputed in the backward)")
     core = model  # the unwrapped model: saved, evaluated, merged
     params = [p for p in core.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
