@@ -115,3 +115,28 @@ def test_rejects_bad_chunk_size():
     hidden, weight, labels = case()
     with pytest.raises(ValueError, match="chunk_tokens"):
         chunked_cross_entropy_sum(hidden, weight, labels, chunk_tokens=0)
+
+
+def test_bias_gradient_and_a_scaled_upstream_gradient():
+    """The fused path stores d(sum)/d(inputs) in the forward; the backward must scale them by the incoming
+    gradient (here the loop's 1/n) and cover a head bias."""
+    hidden, weight, labels = case(seed=7)
+    bias = torch.randn(weight.shape[0], requires_grad=True)
+    logits = (hidden @ weight.T + bias).float()[:, :-1]
+    want = F.cross_entropy(logits.reshape(-1, weight.shape[0]), labels[:, 1:].reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum") / 13.0
+    g_want = torch.autograd.grad(want, (hidden, weight, bias))
+    got, _ = chunked_cross_entropy_sum(hidden, weight, labels, chunk_tokens=6, lm_head_bias=bias)
+    g_got = torch.autograd.grad(got / 13.0, (hidden, weight, bias))
+    torch.testing.assert_close(got / 13.0, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_no_grad_gives_the_same_value_without_a_graph():
+    hidden, weight, labels = case(seed=8)
+    with_grad, _ = chunked_cross_entropy_sum(hidden, weight, labels, chunk_tokens=10)
+    with torch.no_grad():
+        without, _ = chunked_cross_entropy_sum(hidden, weight, labels, chunk_tokens=10)
+    assert without.grad_fn is None
+    torch.testing.assert_close(without, with_grad.detach())
