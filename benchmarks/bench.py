@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,17 +86,17 @@ def peak_rss_gb() -> float:
 
 def run_honing(job: dict) -> dict:
     """The real product: honing.train.train with a config equivalent to the TRL side."""
-    from honing.config import TrainConfig
+    from honing.config import build_config
     from honing.train import train
 
     out = Path(job["workdir"]) / "honing-run"
-    config = TrainConfig(
+    config = build_config(values=dict(
         model=job["model"], data=job["train_file"], eval_data=job["eval_file"], out=str(out), method="lora",
         lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         batch_size=4, micro_batch_size=job["micro_batch_size"], learning_rate=job["lr"], lr_scheduler="linear",
         warmup_ratio=0.0, max_steps=job["steps"], max_length=job["max_length"], dtype=job["dtype"],
         packing=True, seed=job["seed"], eval_every=10_000, save_every=10_000, tensorboard=False,
-    )
+    ), overrides=job.get("honing_set", []))  # --honing-set: what `hone train --set` would do
     # CPU seconds per step: the loop logs one metrics row per step (row 0 = the base model's eval), so
     # the process CPU time between consecutive rows is one step's (the last also holds a 2-example eval).
     from honing.train import loop
@@ -122,15 +123,55 @@ def run_honing(job: dict) -> dict:
     tok = load_tokenizer(job["model"])
     examples = read_examples(job["train_file"], "auto")
     items = render_set(tok, examples, job["max_length"], job["train_file"], "-").items
-    step_tokens = [sum(len(items[i]) for i in step_indices(len(items), 4, job["seed"], s)[1])
-                   for s in range(len(rows))]
+    steps = [step_indices(len(items), 4, job["seed"], s)[1] for s in range(len(rows))]
+    step_tokens = [sum(len(items[i]) for i in idx) for idx in steps]
+    step_flops = [sum(example_flops(len(items[i]), sum(items[i].loss_mask[1:])) for i in idx) for idx in steps]
     # The loop logs trained-token throughput per step; its duration is trained tokens / that rate.
     seconds = []
     prev = 0
     for r in rows:
         seconds.append((r["trained_tokens"] - prev) / r["tokens_per_s"])
         prev = r["trained_tokens"]
-    return _summary("honing", step_tokens, seconds, [r["train_loss"] for r in rows], wall, cpu_seconds)
+    res = _summary("honing", step_tokens, seconds, [r["train_loss"] for r in rows], wall, cpu_seconds)
+    res["step_model_flops"] = step_flops
+    return res
+
+
+# SmolLM2-135M's shape: 30 layers, hidden 576, 9 query / 3 key-value heads of 64, MLP 1,536, vocabulary 49,152.
+SMOL = {"layers": 30, "hidden": 576, "q_dim": 576, "kv_dim": 192, "mlp": 1536, "vocab": 49152, "lora_r": 16}
+
+
+def example_flops(tokens: int, trained: int, shape: dict = SMOL) -> float:
+    """Model FLOPs of one LoRA training example (forward + backward), counting real tokens only.
+
+    Frozen linear weights: 2 FLOPs per weight per token forward and 2 backward (input gradient only) = 4N.
+    Adapters (A and B of every linear layer): 2 forward + 4 backward (input and weight gradients) = 6.
+    lm_head: forward and input gradient on the trained positions only (4 x vocab x hidden each).
+    Causal attention: QK^T and PV over the T(T+1)/2 visible pairs, x2 FLOPs, forward; the backward
+    is twice that (4 matmuls). The same count serves both sides: FLOPs spent on padding, on untrained
+    positions' logits or on recomputation are not "model FLOPs"."""
+    L, h, q, kv, m, r = (shape[k] for k in ("layers", "hidden", "q_dim", "kv_dim", "mlp", "lora_r"))
+    linear = [(h, q), (h, kv), (h, kv), (q, h), (h, m), (h, m), (m, h)]
+    n_frozen = L * sum(i * o for i, o in linear)
+    n_lora = L * sum(r * (i + o) for i, o in linear)
+    attention = 3 * 2 * 2 * (tokens * (tokens + 1) / 2) * q * L
+    return 4 * n_frozen * tokens + 6 * n_lora * tokens + 4 * shape["vocab"] * h * trained + attention
+
+
+def probe_gemm_gflops(seconds: float = 3.0) -> float:
+    """Sustained fp32 GEMM rate of this machine now (the shapes of a SmolLM2 MLP projection over 512
+    tokens), in a child process with torch's default threads: the ceiling any CPU trainer works under."""
+    code = (
+        "import time, torch\n"
+        "a, b = torch.randn(512, 576), torch.randn(576, 1536)\n"
+        "for _ in range(5): a @ b\n"
+        "n, t0 = 0, time.perf_counter()\n"
+        f"while time.perf_counter() - t0 < {seconds}:\n"
+        "    a @ b; n += 1\n"
+        "print(n * 2 * 512 * 576 * 1536 / (time.perf_counter() - t0) / 1e9)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def run_trl(job: dict) -> dict:
@@ -258,6 +299,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads per side (0 = torch's default). On a machine shared with other jobs, "
                          "1 avoids OpenMP threads waiting on descheduled siblings; compare tokens/CPU-s then")
+    ap.add_argument("--honing-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="Honing side: a training config override, as `hone train --set` (repeatable), e.g. "
+                         "activation_checkpointing=true or lora.fused=false")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of all sides, alternating which goes first; ratios are the median over rounds")
     ap.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     ap.add_argument("--child", nargs=2, metavar=("SIDE", "JOB"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -273,26 +319,60 @@ def main() -> None:
            "eval_file": str(eval_file), "workdir": workdir, "steps": a.steps, "max_length": a.max_length,
            "dtype": a.dtype or ("fp32" if a.mode == "cpu" else "bf16"), "lr": 2e-4, "seed": 42,
            "micro_batch_size": a.micro_batch_size, "threads": a.threads,
-           "malloc_mmap_threshold": a.malloc_mmap_threshold}
+           "malloc_mmap_threshold": a.malloc_mmap_threshold, "honing_set": a.honing_set}
     if a.mode == "gpu":
         job.update(gpu_model_dir(workdir))
     job_path = Path(workdir, "job.json")
     job_path.write_text(json.dumps(job))
-    results = {}
-    for side in a.sides.split(","):
-        print(f"== {side} ...", flush=True)
-        t0 = time.time()
-        subprocess.run([sys.executable, __file__, "--child", side, str(job_path)], check=True)
-        results[side] = json.loads(Path(workdir, f"{side}.json").read_text())
-        print(f"== {side} done in {time.time() - t0:.0f}s", flush=True)
-    report = {"job": job, "results": results, "host": host_info()}
-    if "honing" in results and "trl" in results:
-        h, t = results["honing"], results["trl"]
-        report["ratios"] = {"tokens_per_s": h["tokens_per_s"] / t["tokens_per_s"],
-                            "peak_rss": h["peak_rss_gb"] / t["peak_rss_gb"]}
-        if h.get("tokens_per_cpu_s") and t.get("tokens_per_cpu_s"):
-            report["ratios"]["tokens_per_cpu_s"] = h["tokens_per_cpu_s"] / t["tokens_per_cpu_s"]
-    print_table(report)
+    sides = a.sides.split(",")
+    rounds = []
+    for rnd in range(a.repeats):
+        # Alternate which side goes first: the machine's speed drifts over minutes (shared hosts), and a
+        # ratio of two runs minutes apart carries that drift; the median over rounds mostly cancels it.
+        order = sides if rnd % 2 == 0 else sides[::-1]
+        results = {}
+        for side in order:
+            print(f"== round {rnd + 1}/{a.repeats}: {side} ...", flush=True)
+            t0 = time.time()
+            shutil.rmtree(Path(workdir, f"{side}-run"), ignore_errors=True)  # the previous round's run
+            gemm_before = probe_gemm_gflops() if a.mode == "cpu" else None
+            subprocess.run([sys.executable, __file__, "--child", side, str(job_path)], check=True)
+            res = json.loads(Path(workdir, f"{side}.json").read_text())
+            if gemm_before is not None:
+                res["gemm_gflops_probe"] = (gemm_before + probe_gemm_gflops()) / 2
+            results[side] = res
+            print(f"== {side} done in {time.time() - t0:.0f}s", flush=True)
+        if "honing" in results and a.mode == "cpu":
+            # model FLOPs are the same for both sides (same examples, same steps): the Honing side counts them
+            flops = results["honing"]["step_model_flops"]
+            for res in results.values():
+                timed = slice(1, None) if len(flops) > 1 else slice(None)
+                res["model_gflops_per_s"] = sum(flops[timed]) / res["timed_seconds"] / 1e9
+                res["gemm_utilization"] = res["model_gflops_per_s"] / res["gemm_gflops_probe"]
+        rounds.append(results)
+    report = {"job": job, "results": rounds[-1], "rounds": rounds, "host": host_info()}
+    if "honing" in sides and "trl" in sides:
+        import statistics
+
+        def ratio(key):
+            vals = [r["honing"][key] / r["trl"][key] for r in rounds if r["honing"].get(key) and r["trl"].get(key)]
+            return statistics.median(vals) if vals else None
+
+        report["ratios"] = {"tokens_per_s": ratio("tokens_per_s"), "peak_rss": ratio("peak_rss_gb"),
+                            "tokens_per_cpu_s": ratio("tokens_per_cpu_s")}
+        report["ratios_per_round"] = [{"tokens_per_s": r["honing"]["tokens_per_s"] / r["trl"]["tokens_per_s"],
+                                       "peak_rss": r["honing"]["peak_rss_gb"] / r["trl"]["peak_rss_gb"]}
+                                      for r in rounds]
+    for rnd, results in enumerate(rounds):
+        print(f"\nround {rnd + 1}:", end="")
+        print_table({"job": job, "results": results})
+        if report.get("ratios_per_round"):
+            q = report["ratios_per_round"][rnd]
+            print(f"Honing/TRL this round: tokens/s x{q['tokens_per_s']:.2f}, peak RSS x{q['peak_rss']:.2f}")
+    if "ratios" in report:
+        q = report["ratios"]
+        print(f"\nmedian over {len(rounds)} round(s), Honing/TRL: tokens/s x{q['tokens_per_s']:.2f}, "
+              f"tokens/CPU-s x{q['tokens_per_cpu_s']:.2f}, peak RSS x{q['peak_rss']:.2f}")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(a.json).with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
@@ -315,6 +395,8 @@ def print_table(report: dict) -> None:
     cols = ["side", "tokens/s", "tokens/CPU-s", "peak RSS GB", "first loss", "final loss", "steps"]
     if report["job"]["mode"] == "gpu":
         cols += ["peak GPU GB", "MFU"]
+    else:
+        cols += ["model GFLOP/s", "of GEMM peak"]
     print("\n" + " | ".join(f"{c:>12}" for c in cols))
     for r in rows.values():
         cpu = r.get("tokens_per_cpu_s")
@@ -323,6 +405,8 @@ def print_table(report: dict) -> None:
                 f"{r['final_loss']:.4f}", str(r["steps"])]
         if report["job"]["mode"] == "gpu":
             vals += [f"{r.get('peak_gpu_gb', 0):.2f}", f"{r.get('mfu', 0):.1%}"]
+        elif r.get("model_gflops_per_s"):
+            vals += [f"{r['model_gflops_per_s']:.1f}", f"{r['gemm_utilization']:.0%} of {r['gemm_gflops_probe']:.0f}"]
         print(" | ".join(f"{v:>12}" for v in vals))
     if "ratios" in report:
         q = report["ratios"]

@@ -24,11 +24,11 @@ def _peft(model, **lora):
     return m
 
 
-def _pair(model, **lora):
+def _pair(model, recompute_mlp=False, **lora):
     """(PEFT model, the same model with fused layers): identical weights."""
     reference = _peft(model, **lora)
     fused = copy.deepcopy(reference)
-    assert enable_fused_lora(fused) == model.config.num_hidden_layers
+    assert enable_fused_lora(fused, recompute_mlp=recompute_mlp) == model.config.num_hidden_layers
     return reference, fused
 
 
@@ -209,3 +209,35 @@ def test_training_loop_takes_the_fused_path_and_trains_as_peft_does(tmp_path):
     assert any("PEFT's modules (lora.fused: false)" in line for line in lines[False])
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
     assert losses[True][4] < losses[True][0] - 0.2
+
+
+def test_activation_checkpointing_recomputes_fused_layers_with_the_same_gradients():
+    """transformers 5 checkpoints inside the class's forward, which the fused path replaces; the fused
+    path must checkpoint too (a silent no-op here once cost the memory it promises)."""
+    reference, fused = _pair(_tiny(layers=3))
+    ids = _batch()
+    before = _saved_bytes(fused, input_ids=ids)
+    fused.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    after = _saved_bytes(fused, input_ids=ids)
+    assert after < 0.3 * before, (after, before)
+    _assert_same(reference, fused, input_ids=ids, labels=ids)
+
+
+def test_mlp_recompute_keeps_the_gradients_and_halves_what_is_saved():
+    reference, fused = _pair(_tiny(layers=3))
+    ids = _batch()
+    keep = _saved_bytes(fused, input_ids=ids)
+    enable_fused_lora(fused, recompute_mlp=True)
+    recompute = _saved_bytes(fused, input_ids=ids)
+    # tiny shapes: hidden 64, MLP 128, so gate+up are 256 of ~600 saved floats per token and layer
+    assert recompute < 0.7 * keep, (recompute, keep)
+    _assert_same(reference, fused, input_ids=ids, labels=ids)
+
+
+def test_checkpointing_setting_accepts_booleans():
+    from honing.config import build_config
+
+    base = {"data": "x.jsonl"}
+    assert build_config(values={**base, "activation_checkpointing": True}).activation_checkpointing == "layers"
+    assert build_config(values=base, overrides=["activation_checkpointing=false"]).activation_checkpointing == "off"
+    assert build_config(values=base, overrides=["activation_checkpointing=mlp"]).activation_checkpointing == "mlp"

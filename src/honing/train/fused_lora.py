@@ -15,7 +15,8 @@ What: three ``torch.autograd.Function``\\ s replace the body of each eligible de
 * ``_AttnOutProjection``: the o projection, reading SDPA's output in the layout SDPA returns it and saved
   by SDPA anyway, so the ``[N, hidden]`` copy the usual transpose-reshape makes is not kept.
 * ``_NormSwiGLU``: RMSNorm, gate/up, ``silu(gate) * up`` and the down projection in one function that
-  saves ``gate`` and ``up`` only; ``silu`` and the product are recomputed in the backward.
+  saves ``gate`` and ``up`` only; ``silu`` and the product are recomputed in the backward. With
+  ``recompute_mlp`` it keeps neither and recomputes gate/up too (activation_checkpointing: mlp).
 
 The math is the same as PEFT's (``tests/test_fused_lora.py`` compares losses and every adapter gradient
 with PEFT's modules, padded, packed and real-model cases). Adapter weights are PEFT's own parameters, so
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -236,7 +238,7 @@ class _NormSwiGLU(torch.autograd.Function):
     """down(silu(gate(n)) * up(n)) with n = RMSNorm(x); saves x, rstd, gate, up and adapter products."""
 
     @staticmethod
-    def forward(ctx, x, norm_weight, eps, scalings, *tensors):
+    def forward(ctx, x, norm_weight, eps, scalings, recompute: bool, *tensors):
         gate_p, up_p, down_p = _unflat(tensors, scalings)
         n, rstd = _rms_norm(x, norm_weight, eps)
         na = _lora_a_product(n, [gate_p, up_p])
@@ -245,7 +247,9 @@ class _NormSwiGLU(torch.autograd.Function):
         pa = _lora_a_product(p, [down_p])
         (out,) = _project(p, [down_p], pa)
         del p
-        ctx.eps, ctx.scalings = eps, scalings
+        ctx.eps, ctx.scalings, ctx.recompute = eps, scalings, recompute
+        if recompute:  # keep 2 x intermediate floats per token less; pay the gate/up matmuls again
+            gate = up = None
         ctx.save_for_backward(x, norm_weight, rstd, na, gate, up, pa, *tensors)
         return out
 
@@ -253,6 +257,8 @@ class _NormSwiGLU(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, norm_weight, rstd, na, gate, up, pa, *tensors = ctx.saved_tensors
         gate_p, up_p, down_p = _unflat(tensors, ctx.scalings)
+        if ctx.recompute:
+            gate, up = _project(norm_weight * (x.float() * rstd).to(x.dtype), [gate_p, up_p], na)
         sig = torch.sigmoid(gate)
         silu = gate * sig
         p = silu * up
@@ -267,7 +273,7 @@ class _NormSwiGLU(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         grad_n, gu_grads = _projections_backward([grad_gate, grad_up], n, na, [gate_p, up_p], need_x)
         grad_x = _rms_norm_backward(grad_n, x, norm_weight, rstd) if need_x else None
-        return (grad_x, None, None, None, *_weight_grads(gu_grads + down_grads, ctx.needs_input_grad[4:]))
+        return (grad_x, None, None, None, None, *_weight_grads(gu_grads + down_grads, ctx.needs_input_grad[5:]))
 
 
 # ---------------------------------------------------------------- the layer forward and the patch
@@ -292,6 +298,16 @@ def _fused_layer_forward(layer, original, hidden_states, attention_mask=None, po
         return original(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
                         past_key_values=past_key_values, use_cache=use_cache,
                         position_embeddings=position_embeddings, **kwargs)
+    body = partial(_fused_layer_body, layer, projs, attention_mask=attention_mask,
+                   position_embeddings=position_embeddings)
+    if getattr(layer, "gradient_checkpointing", False):
+        # transformers 5 checkpoints inside the class's forward, which this path replaces: do it here,
+        # with the function the model was configured with (model.gradient_checkpointing_enable).
+        return layer._gradient_checkpointing_func(body, hidden_states)
+    return body(hidden_states)
+
+
+def _fused_layer_body(layer, projs, hidden_states, attention_mask, position_embeddings):
     q_p, k_p, v_p, o_p, gate_p, up_p, down_p = projs
     attn = layer.self_attn
     bsz, seq, hidden = hidden_states.shape
@@ -313,7 +329,7 @@ def _fused_layer_forward(layer, original, hidden_states, attention_mask=None, po
                                          scale=attn.scaling, enable_gqa=grouped)
     h = x + _AttnOutProjection.apply(out, o_p.scaling, *_flat([o_p]))
     h = h + _NormSwiGLU.apply(h, ln2.weight, ln2.variance_epsilon, (gate_p.scaling, up_p.scaling, down_p.scaling),
-                              *_flat([gate_p, up_p, down_p]))
+                              getattr(layer, "_honing_recompute_mlp", False), *_flat([gate_p, up_p, down_p]))
     return h.view(bsz, seq, hidden)
 
 
@@ -332,9 +348,11 @@ def _eligible_layer(layer) -> bool:
     return _layer_projections(layer) is not None
 
 
-def enable_fused_lora(model) -> int:
+def enable_fused_lora(model, recompute_mlp: bool = False) -> int:
     """Route eligible decoder layers of ``model`` (PEFT-wrapped or not) through the fused path.
 
+    recompute_mlp: do not keep the MLP's gate/up outputs for the backward (the largest saved tensors:
+    2 x 1,536 of ~5,800 floats per token and layer on SmolLM2); recompute them there with two matmuls.
     Returns how many layers were patched (0: the model keeps its own forward everywhere). Idempotent.
     Layers check eligibility again on every call and fall back to their original forward.
     """
@@ -344,6 +362,7 @@ def enable_fused_lora(model) -> int:
     for module in model.modules():
         if not _eligible_layer(module):
             continue
+        module._honing_recompute_mlp = recompute_mlp
         if getattr(module, "_honing_fused", False):
             patched += 1
             continue

@@ -155,22 +155,24 @@ def _attach_lora(model, config: TrainConfig):
         raise ConfigError(f"lora.target_modules: {e}") from e
 
 
-def _enable_fused_lora(model, config: TrainConfig) -> str:
+def _enable_fused_lora(model, config: TrainConfig, recompute_mlp: bool) -> str:
     """Route eligible decoder layers through honing.train.fused_lora; returns the line to print."""
     if not config.lora.fused:
         return "LoRA layers: PEFT's modules (lora.fused: false)"
     from honing.train.fused_lora import enable_fused_lora
 
-    n = enable_fused_lora(model)
+    n = enable_fused_lora(model, recompute_mlp=recompute_mlp)
     if n:
-        return f"LoRA layers: fused path on {n} decoder layers (honing.train.fused_lora)"
+        mlp = ", MLP gate/up recomputed in the backward" if recompute_mlp else ""
+        return f"LoRA layers: fused path on {n} decoder layers (honing.train.fused_lora{mlp})"
     why = []
     if config.lora.dropout:
         why.append(f"lora.dropout is {config.lora.dropout}")
     if config.lora.use_dora:
         why.append("DoRA")
     reason = ", ".join(why) or "this architecture is not Llama/Mistral/Qwen2-shaped or does not use sdpa"
-    return f"LoRA layers: PEFT's modules (fused path off: {reason})"
+    note = "; activation_checkpointing: mlp needs the fused path and does nothing here" if recompute_mlp else ""
+    return f"LoRA layers: PEFT's modules (fused path off: {reason}){note}"
 
 
 def _linear_module_names(model) -> list[str]:
@@ -293,15 +295,17 @@ def train(
 
     if config.method == "lora":
         model = _attach_lora(model, config)
-        say(_enable_fused_lora(model, config))
+        say(_enable_fused_lora(model, config, recompute_mlp=config.activation_checkpointing == "mlp"))
     else:
         for p in model.parameters():
             p.requires_grad_(True)
     model.config.use_cache = False
-    if config.activation_checkpointing:
+    if config.activation_checkpointing == "mlp" and config.method != "lora":
+        say("activation_checkpointing: mlp applies to the fused LoRA layers only; full fine-tuning runs without it")
+    if config.activation_checkpointing == "layers":
         # Non-reentrant: works with frozen inputs (no enable_input_require_grads) and with the fused layers.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        say("activation checkpointing: on (decoder layers recomputed in the backward)")
+        say("activation checkpointing: layers (each decoder layer recomputed in the backward)")
     core = model  # the unwrapped model: saved, evaluated, merged
     params = [p for p in core.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
