@@ -280,7 +280,7 @@ def test_overfitting_warning_needs_rising_eval_and_falling_train():
 
 def test_the_overfitting_warning_reaches_the_log_and_summary(workdir, monkeypatch):
     """The wiring: the loop asks overfitting_warning after every logged row and reports a warning once.
-    (The rule itself is tested above; provoking real overfitting in a tiny model takes too long.)"""
+    (The rule is tested above; real overfitting is provoked in the test below.)"""
     from honing.train import loop
 
     seen = []
@@ -295,4 +295,35 @@ def test_the_overfitting_warning_reaches_the_log_and_summary(workdir, monkeypatc
     assert seen == [2, 3, 4, 5]  # rows: the step-0 eval, then one per step
     assert r.warnings.count("possible overfitting: eval loss rose") == 1
     assert sum(m.startswith("warning: possible overfitting") for m in messages) == 1
+    assert "possible overfitting" in (r.run_dir / "summary.md").read_text()
+
+
+def test_a_tiny_model_that_really_overfits_is_warned_about_and_stopped(workdir):
+    """No monkeypatching: 8 examples whose answers are random words, memorised by full fine-tuning.
+    Train loss falls to ~0 while eval loss on 8 other random examples turns upward; the run warns,
+    early-stops and keeps the best checkpoint (the eval-loss minimum), not the last one."""
+    import json
+    import random
+
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar papa".split()
+
+    def noise(n, seed):
+        r = random.Random(seed)
+        return "".join(json.dumps({"messages": [
+            {"role": "user", "content": f"Code {r.randint(100, 999)}?"},
+            {"role": "assistant", "content": " ".join(r.choice(words) for _ in range(6))}]}) + "\n" for _ in range(n))
+
+    (workdir / "noise_train.jsonl").write_text(noise(8, 1))
+    (workdir / "noise_eval.jsonl").write_text(noise(8, 2))
+    messages = []
+    r = train(_config(workdir, "overfit-real", data=str(workdir / "noise_train.jsonl"),
+                      eval_data=str(workdir / "noise_eval.jsonl"), method="full", batch_size=8, max_steps=150,
+                      learning_rate=3e-3, lr_scheduler="constant", eval_every=10, early_stopping_patience=2),
+              log=messages.append)
+    evals = dict(r.eval_losses)
+    assert r.status == "early_stopped" and r.steps < 150
+    assert r.train_losses[-1] < 0.2 * r.train_losses[0]  # memorised the training answers
+    assert r.best_step == min((s for s in evals if s > 0), key=evals.get)
+    assert evals[r.steps] > r.best_eval_loss + 0.3  # it really got worse after the best step
+    assert any(m.startswith("warning: possible overfitting") for m in messages)
     assert "possible overfitting" in (r.run_dir / "summary.md").read_text()
