@@ -162,14 +162,18 @@ def _enable_fused_lora(model, config: TrainConfig, recompute_mlp: bool) -> str:
     from honing.train.fused_lora import enable_fused_lora
 
     n = enable_fused_lora(model, recompute_mlp=recompute_mlp)
-    if n:
-        mlp = ", MLP gate/up recomputed in the backward" if recompute_mlp else ""
-        return f"LoRA layers: fused path on {n} decoder layers (honing.train.fused_lora{mlp})"
+    total = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     why = []
     if config.lora.dropout:
         why.append(f"lora.dropout is {config.lora.dropout}")
     if config.lora.use_dora:
         why.append("DoRA")
+    if n:
+        mlp = ", MLP gate/up recomputed in the backward" if recompute_mlp else ""
+        rest = ""
+        if total and n < total:  # e.g. adapted layers with dropout: they run PEFT's modules
+            rest = f"; the other {total - n} run PEFT's modules" + (f" ({', '.join(why)})" if why else "")
+        return f"LoRA layers: fused path on {n} of {total or n} decoder layers (honing.train.fused_lora{mlp}){rest}"
     reason = ", ".join(why) or "this architecture is not Llama/Mistral/Qwen2-shaped or does not use sdpa"
     note = "; activation_checkpointing: mlp needs the fused path and does nothing here" if recompute_mlp else ""
     return f"LoRA layers: PEFT's modules (fused path off: {reason}){note}"
