@@ -90,7 +90,7 @@ def run_honing(job: dict) -> dict:
     from honing.train import train
 
     out = Path(job["workdir"]) / job.get("out_name", "honing-run")
-    config = build_config(values=dict(
+    config = build_config(values=dict(  # noqa: C408 - keyword form reads like the TRL side
         model=job["model"], data=job["train_file"], eval_data=job["eval_file"], out=str(out), method="lora",
         lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         batch_size=4, micro_batch_size=job["micro_batch_size"], learning_rate=job["lr"], lr_scheduler="linear",

@@ -7,15 +7,15 @@ import copy
 
 import pytest
 import torch
-
 from conftest import make_tiny_llama
+
 from honing.train.fused_lora import enable_fused_lora
 
 
 def _peft(model, **lora):
     from peft import LoraConfig, get_peft_model
 
-    kw = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
+    kw = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)  # noqa: C408
     kw.update(lora)
     torch.manual_seed(1)  # init_lora_weights=False: random A *and* B, so every gradient path is non-zero
     m = get_peft_model(model, LoraConfig(**kw))

@@ -305,7 +305,7 @@ def test_a_tiny_model_that_really_overfits_is_warned_about_and_stopped(workdir):
     import json
     import random
 
-    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar papa".split()
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar papa".split()  # noqa: SIM905
 
     def noise(n, seed):
         r = random.Random(seed)

@@ -13,7 +13,7 @@ import functools
 import time
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bf16_is_fast(device: str = "cpu") -> bool:
     """True when bf16 matmuls beat fp32 on ``device`` (always True on bf16-capable CUDA)."""
     import torch

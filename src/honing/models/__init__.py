@@ -14,7 +14,7 @@ __all__ = [
     "ResolvedModel",
     "cache_root",
     "list_models",
-    "resolve_model",
     "load_model",
     "load_tokenizer",
+    "resolve_model",
 ]
