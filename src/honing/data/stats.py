@@ -12,14 +12,14 @@ import numpy as np
 
 from honing.data.render import RenderedExample
 
-# Tokens per second (forward + backward + AdamW step) of the embedded default model (SmolLM2-135M) on the
-# development machine's CPU (2-core AMD EPYC, AVX2/FMA only: no avx512_bf16 and no AMX), fp32 weights,
-# frozen base + LoRA r=16 on every linear layer, one 256-token row, torch.set_num_threads(1): measured
-# 67-68 tokens/s (3.8 s/step) while the machine was shared (load average ~3.4), with the command in
-# docs/data.md ("Training-time estimate"). Same run in bf16: 3.4 tokens/s (this CPU emulates bf16 matmuls),
-# and 2 threads under that load: 21.6 tokens/s, so fp32 is the figure to use here. The trainer's own
-# measured throughput is the better number once a run exists; GPUs are orders of magnitude faster.
-TRAIN_TOKENS_PER_SECOND = 68.0
+# Tokens per second (prompt + answer, forward + backward + AdamW step) of Honing's own trainer on the
+# embedded default model (SmolLM2-135M), LoRA r=16 on every linear layer, fp32, on the development
+# machine's CPU (2-core AMD EPYC, AVX2/FMA only: no avx512_bf16, no AMX): 123, 135 and 140 tokens/s in
+# three rounds of benchmarks/bench.py (docs/performance.md, benchmarks/results/cpu.json; chats of 86-897
+# tokens, batch 4). The median is the figure. An earlier figure, 68 tokens/s, was a bare PEFT model on one
+# thread of a loaded machine. Recipes that adapt only the top layers (lora.top_layers) run faster; the
+# trainer's own measured throughput is the better number once a run exists; GPUs are far faster.
+TRAIN_TOKENS_PER_SECOND = 135.0
 # Parameter count the figure above was measured with; other models scale it by their parameter count
 # (training compute is about 6 x parameters x tokens).
 REFERENCE_PARAMETERS = 134_515_008
