@@ -100,11 +100,6 @@ class TrainConfig(_Strict):
         "backward (about half the activation memory for ~5% more compute); layers: recompute every decoder layer "
         "(a few % of the activation memory for about a third more compute). true = layers, false = off.",
     )
-
-    @field_validator("activation_checkpointing", mode="before")
-    @classmethod
-    def _checkpointing_bool(cls, v):
-        return {True: "layers", False: "off"}.get(v, v) if isinstance(v, bool) else v
     seed: int = Field(42, description="Seeds data order, the held-out split, adapter init and dropout.")
 
     # --- validation and overfitting
@@ -130,6 +125,11 @@ class TrainConfig(_Strict):
     tensorboard: bool = Field(True, description="Write TensorBoard event files to <out>/tensorboard.")
 
     # "before" validators: one clear message instead of pydantic's one-per-union-member.
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_bool(cls, v):
+        return {True: "layers", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("epochs", "batch_size", "micro_batch_size", "eval_every", "save_every", mode="before")
     @classmethod
     def _positive_or_auto(cls, v):

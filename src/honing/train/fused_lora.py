@@ -102,9 +102,13 @@ def _unflat(tensors, scalings) -> list[_Proj]:
 
 def _rms_norm(x, weight, eps: float):
     """(normalized x times weight, rstd [N, 1] fp32) exactly as transformers' LlamaRMSNorm computes it."""
-    xf = x.float()
-    rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * (xf * rstd).to(x.dtype), rstd
+    rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    return _normalized(x, weight, rstd), rstd
+
+
+def _normalized(x, weight, rstd):
+    """The norm's output from its input and saved rstd (the backward recomputes it instead of keeping it)."""
+    return weight * (x.float() * rstd).to(x.dtype)
 
 
 def _rms_norm_backward(grad_n, x, weight, rstd):
@@ -193,7 +197,7 @@ class _NormProjections(torch.autograd.Function):
         n, rstd = _rms_norm(x, norm_weight, eps)
         xa = _lora_a_product(n, projs)
         outs = _project(n, projs, xa)
-        ctx.eps, ctx.scalings = eps, scalings
+        ctx.scalings = scalings
         ctx.save_for_backward(x, norm_weight, rstd, xa, *tensors)
         return tuple(outs)
 
@@ -201,7 +205,7 @@ class _NormProjections(torch.autograd.Function):
     def backward(ctx, *grads):
         x, norm_weight, rstd, xa, *tensors = ctx.saved_tensors
         projs = _unflat(tensors, ctx.scalings)
-        n = norm_weight * (x.float() * rstd).to(x.dtype)
+        n = _normalized(x, norm_weight, rstd)
         need_x = ctx.needs_input_grad[0]
         grad_n, lora_grads = _projections_backward(grads, n, xa, projs, need_x)
         grad_x = _rms_norm_backward(grad_n, x, norm_weight, rstd) if need_x and grad_n is not None else None
@@ -247,7 +251,7 @@ class _NormSwiGLU(torch.autograd.Function):
         pa = _lora_a_product(p, [down_p])
         (out,) = _project(p, [down_p], pa)
         del p
-        ctx.eps, ctx.scalings, ctx.recompute = eps, scalings, recompute
+        ctx.scalings, ctx.recompute = scalings, recompute
         if recompute:  # keep 2 x intermediate floats per token less; pay the gate/up matmuls again
             gate = up = None
         ctx.save_for_backward(x, norm_weight, rstd, na, gate, up, pa, *tensors)
@@ -257,8 +261,9 @@ class _NormSwiGLU(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, norm_weight, rstd, na, gate, up, pa, *tensors = ctx.saved_tensors
         gate_p, up_p, down_p = _unflat(tensors, ctx.scalings)
+        n = _normalized(x, norm_weight, rstd)
         if ctx.recompute:
-            gate, up = _project(norm_weight * (x.float() * rstd).to(x.dtype), [gate_p, up_p], na)
+            gate, up = _project(n, [gate_p, up_p], na)
         sig = torch.sigmoid(gate)
         silu = gate * sig
         p = silu * up
@@ -269,7 +274,6 @@ class _NormSwiGLU(torch.autograd.Function):
         # d silu(g)/dg = sig * (1 + g * (1 - sig)), computed in place on `sig`
         grad_gate = grad_p.mul_(up).mul_(sig.mul_(1 + gate * (1 - sig)))
         del sig
-        n = norm_weight * (x.float() * rstd).to(x.dtype)
         need_x = ctx.needs_input_grad[0]
         grad_n, gu_grads = _projections_backward([grad_gate, grad_up], n, na, [gate_p, up_p], need_x)
         grad_x = _rms_norm_backward(grad_n, x, norm_weight, rstd) if need_x else None

@@ -23,6 +23,8 @@ on one position per row - and captures the decoder's output with a forward hook.
 
 from __future__ import annotations
 
+import functools
+
 from honing.data.render import IGNORE_INDEX
 
 
@@ -37,11 +39,9 @@ def _chunk_nll_sum(hidden, weight, bias, targets, softcap: float | None):
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+@functools.cache
 def _linear_cross_entropy_function():
     """The autograd.Function class, built on first use (this module imports without torch)."""
-    global _LCE
-    if _LCE is not None:
-        return _LCE
     import torch
     import torch.nn.functional as F
 
@@ -95,11 +95,7 @@ def _linear_cross_entropy_function():
                 None, None, None,
             )
 
-    _LCE = _LinearCrossEntropySum
-    return _LCE
-
-
-_LCE = None
+    return _LinearCrossEntropySum
 
 
 def chunked_cross_entropy_sum(hidden, lm_head_weight, labels, chunk_tokens: int = 512, lm_head_bias=None,
