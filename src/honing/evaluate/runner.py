@@ -191,15 +191,9 @@ def compare(approaches: Sequence[ApproachResult], primary: str, seed: int = 0) -
 
 
 def _read_loss_curve(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by an interrupted run
-    return rows
+    from honing.rundir import RunDir
+
+    return RunDir(run_dir).metrics()
 
 
 def _run_info(model_ref: str) -> dict | None:
@@ -207,10 +201,9 @@ def _run_info(model_ref: str) -> dict | None:
 
     if not is_run_dir(model_ref):
         return None
-    try:
-        return json.loads((Path(model_ref) / "run.json").read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{model_ref}/run.json is not valid JSON ({e})") from e
+    from honing.rundir import RunDir
+
+    return RunDir(model_ref).record()
 
 
 def _load_models(model_ref: str, run: dict | None, dtype):

@@ -24,8 +24,9 @@ def merge_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, 
     final = run_dir / "final"
     if not (run_dir / "run.json").is_file() or not (final / "adapter_config.json").is_file():
         raise ModelError(f"{run_dir} has no trained adapter to merge (expected run.json and final/adapter_config.json)")
-    run = json.loads((run_dir / "run.json").read_text())
-    base, tokenizer, _ = load_model(run["base_model"]["reference"], dtype=dtype)
+    from honing.rundir import RunDir
+
+    base, tokenizer, _ = load_model(RunDir(run_dir).base_model_reference(), dtype=dtype)
     merged = PeftModel.from_pretrained(base, str(final)).merge_and_unload()
     target = Path(out) if out else run_dir / "merged"
     tmp = target.with_name(f".{target.name}.tmp")

@@ -56,8 +56,9 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
 
 def is_run_dir(path: str | os.PathLike) -> bool:
     """A Honing run directory: has run.json and a trained adapter or full model."""
-    p = Path(path)
-    return p.is_dir() and (p / "run.json").is_file()
+    from honing.rundir import RunDir
+
+    return RunDir.is_run(path)
 
 
 def load_for_inference(reference: str | os.PathLike, dtype=None):
@@ -72,7 +73,9 @@ def load_for_inference(reference: str | os.PathLike, dtype=None):
         m, tok, resolved = load_model(reference, dtype=dtype)
         m.eval()
         return m, tok, {"kind": "base", **resolved.identity()}
-    run = json.loads((p / "run.json").read_text())
+    from honing.rundir import RunDir
+
+    run = RunDir(p).record()
     final = p / "final"
     if (final / "adapter_config.json").is_file():
         from peft import PeftModel

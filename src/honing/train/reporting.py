@@ -8,11 +8,7 @@ import json
 import os
 from pathlib import Path
 
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+from honing.fileio import write_json_atomic  # noqa: F401  (re-exported: one atomic-write helper)
 
 
 class MetricsLog:

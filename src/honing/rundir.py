@@ -1,0 +1,118 @@
+"""The run directory as one typed thing. Everything that reads a run (evaluation, export, the service's
+worker and dashboard, compare/retrain) goes through :class:`RunDir` instead of parsing files itself.
+
+    RUN/
+      run.json          the run record: config, base model, data fingerprints, status, results, lineage
+      metrics.jsonl     one JSON object per optimizer step / eval (a line cut by kill -9 is skipped)
+      checkpoints/step-N/  complete when COMPLETE exists (honing.train.checkpoint)
+      final/            the result: a PEFT adapter (adapter_config.json) or a full model (config.json)
+      merged/           optional merged model
+      eval/             optional evaluation report (report.md, report.html, eval.json)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from honing.errors import ModelError
+from honing.fileio import write_json_atomic
+
+RUN_RECORD = "run.json"
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    path: Path
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- what is there ------------------------------------------------------------------------
+    @staticmethod
+    def is_run(path: str | os.PathLike) -> bool:
+        p = Path(path)
+        return p.is_dir() and (p / RUN_RECORD).is_file()
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / RUN_RECORD
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def final_dir(self) -> Path:
+        return self.path / "final"
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.path / "merged"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def has_adapter(self) -> bool:
+        return (self.final_dir / "adapter_config.json").is_file()
+
+    def has_full_model(self) -> bool:
+        return (self.final_dir / "config.json").is_file() and not self.has_adapter()
+
+    def is_finished(self) -> bool:
+        return self.record().get("status") in ("completed", "early_stopped") and (
+            self.has_adapter() or self.has_full_model()
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+    def record(self) -> dict:
+        """run.json, parsed. A missing or corrupt record is a ModelError naming the file."""
+        if not self.record_path.is_file():
+            raise ModelError(f"{self.path} is not a Honing run directory (no {RUN_RECORD})")
+        try:
+            return json.loads(self.record_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{self.record_path} is not valid JSON ({e})") from e
+
+    def base_model_reference(self) -> str:
+        try:
+            return self.record()["base_model"]["reference"]
+        except KeyError as e:
+            raise ModelError(f"{self.record_path} does not name its base model (base_model.reference)") from e
+
+    def metrics(self) -> list[dict]:
+        """Rows of metrics.jsonl; a line cut by an interrupted write is skipped."""
+        rows = []
+        if self.metrics_path.is_file():
+            for line in self.metrics_path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return rows
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """Complete checkpoints, oldest first."""
+        from honing.train.checkpoint import complete_checkpoints
+
+        return [CheckpointInfo(int(p.name.split("-")[1]), p) for p in complete_checkpoints(self.path)]
+
+    # -- writing ----------------------------------------------------------------------------
+    def write_record(self, record: dict) -> None:
+        write_json_atomic(self.record_path, record)
+
+    def update_record(self, **fields) -> dict:
+        record = self.record()
+        record.update(fields)
+        self.write_record(record)
+        return record
