@@ -52,6 +52,39 @@ class LoraConfig(_Strict):
     )
 
 
+class GateConfig(_Strict):
+    """The release gate (``hone eval --gate``, ``hone retrain``): when may a fine-tuned model ship?
+    Differences are in the evaluation's primary metric (accuracy 0.02 = 2 points), paired bootstrap."""
+
+    margin: float = Field(
+        0.0, ge=-1, le=1,
+        description="The fine-tuned model must beat every cheaper approach evaluated (zero-shot, few-shot, RAG on "
+        "the base model) by more than this: the lower bound of the paired-bootstrap CI of the difference must exceed it.",
+    )
+    baselines: list[Literal["zero-shot", "few-shot", "rag"]] | None = Field(
+        None, description="The cheaper approaches the gate counts; null: every one the evaluation ran.")
+    production: str | None = Field(
+        None, description="Run directory of the model in production: the candidate must not be worse than it "
+        "on the same eval set (see production_tolerance).",
+    )
+    production_tolerance: float = Field(
+        0.02, ge=0, le=1,
+        description="Non-inferiority to production: the lower CI bound of (candidate - production) must be above "
+        "minus this.",
+    )
+    forgetting: bool = Field(
+        True, description="Fail when forgetting crosses the thresholds below, or was not measured.")
+    max_perplexity_rise: float | None = Field(
+        None, gt=0, description="Largest allowed relative rise of general-text perplexity; null: the evaluation's "
+        "threshold (0.20).",
+    )
+    max_qa_drop: float | None = Field(
+        None, gt=0, le=1, description="Largest allowed drop of general-QA accuracy (absolute); null: the "
+        "evaluation's threshold (0.10).",
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the gate's intervals.")
+
+
 class TrainConfig(_Strict):
     """Everything a fine-tuning run needs. ``auto`` values are resolved from the dataset size before
     training starts (see :mod:`honing.train.auto`) and printed."""
@@ -123,6 +156,10 @@ class TrainConfig(_Strict):
     )
     merge: bool = Field(False, description="Also write merged/: the base model with the adapter folded in.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files to <out>/tensorboard.")
+    gate: GateConfig = Field(
+        default_factory=GateConfig,
+        description="Release gate checked by `hone eval --gate` and `hone retrain` (training ignores it).",
+    )
 
     # "before" validators: one clear message instead of pydantic's one-per-union-member.
     @field_validator("activation_checkpointing", mode="before")
@@ -176,7 +213,7 @@ class TrainConfig(_Strict):
 
 
 # Keys that may differ between a run and its resume (they do not change the numerics).
-RESUME_NEUTRAL_KEYS = {"merge", "tensorboard"}
+RESUME_NEUTRAL_KEYS = {"merge", "tensorboard", "gate"}
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
