@@ -85,6 +85,46 @@ class GateConfig(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the gate's intervals.")
 
 
+class DPOConfig(_Strict):
+    """Direct preference optimization (``objective: dpo``) on chosen/rejected pairs."""
+
+    beta: float = Field(0.1, gt=0, description="DPO beta: how far the policy may move from the reference (smaller = "
+                        "further); rewards are beta x (policy - reference) log-probs.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="sigmoid (the DPO paper), ipo (squared, per-token averaged log-ratios), hinge (SLiC), "
+        "robust (noise-robust with label_smoothing); the same formulas as TRL's DPOTrainer.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed share of flipped labels (sigmoid: conservative DPO; robust: rDPO).")
+    reference: Literal["auto", "adapter_disabled", "precomputed"] = Field(
+        "auto", description="Reference log-probs. adapter_disabled: the same model with the adapter off, each step "
+        "(no second copy); precomputed: once before training, stored in the run directory (full fine-tuning, "
+        "init_from). auto: adapter_disabled for a new adapter, else precomputed.")
+
+    @model_validator(mode="after")
+    def _smoothing_applies(self):
+        if self.label_smoothing and self.loss_type not in ("sigmoid", "robust"):
+            raise ValueError(f"label_smoothing: only the sigmoid and robust loss types use it (loss_type is "
+                             f"{self.loss_type})")
+        return self
+
+
+class SimPOConfig(_Strict):
+    """SimPO (``objective: simpo``): reference-free preference tuning on length-averaged log-probs."""
+
+    beta: float = Field(2.0, gt=0, description="SimPO beta: scale of the length-averaged log-prob rewards "
+                        "(the paper uses 2.0-2.5).")
+    gamma: float = Field(1.0, ge=0, description="Target reward margin: loss = -log sigmoid(beta x (avg chosen - avg "
+                         "rejected) - gamma) (the paper: gamma/beta about 0.5).")
+
+
+class CPTConfig(_Strict):
+    """Continued pre-training (``objective: cpt``) on raw text."""
+
+    block_size: int | None = Field(
+        None, ge=8, description="Tokens per training block (documents joined with an end-of-text token, cut into "
+        "blocks; nothing truncated away); null: max_length.")
+
+
 class TrainConfig(_Strict):
     """Everything a fine-tuning run needs. ``auto`` values are resolved from the dataset size before
     training starts (see :mod:`honing.train.auto`) and printed."""
@@ -97,9 +137,19 @@ class TrainConfig(_Strict):
     )
     data_format: str = Field("auto", description="Format of the data files ('auto' detects it from the content).")
     out: str = Field("runs/latest", description="Run directory: config, metrics, checkpoints and the result.")
-    method: Literal["lora", "full"] = Field("lora", description="lora: train a PEFT adapter; full: train every weight.")
-    objective: Literal["sft"] = Field("sft", description="Training objective: sft (supervised, assistant tokens only).")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (used when method is lora).")
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="lora: train a PEFT adapter; qlora: the same over a frozen 4-bit NF4 base "
+        "(bitsandbytes, double quantization); full: train every weight.")
+    objective: Literal["sft", "dpo", "simpo", "cpt"] = Field(
+        "sft", description="Training objective: sft (supervised, assistant tokens only), dpo (preference pairs "
+        "against a reference), simpo (preference pairs, no reference), cpt (continued pre-training on raw text).")
+    init_from: str | None = Field(
+        None, description="Start from an earlier run directory's result (its adapter, or its full weights): SFT "
+        "then DPO, continued pre-training then SFT. run.json records the chain.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (used when method is lora or qlora).")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings (used when objective is dpo).")
+    simpo: SimPOConfig = Field(default_factory=SimPOConfig, description="SimPO settings (used when objective is simpo).")
+    cpt: CPTConfig = Field(default_factory=CPTConfig, description="Continued pre-training settings (objective cpt).")
 
     # --- how long and how hard
     epochs: int | Auto = Field("auto", description="Passes over the training data; auto: from dataset size.")
