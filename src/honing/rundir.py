@@ -63,6 +63,10 @@ class RunDir:
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
     def has_adapter(self) -> bool:
         return (self.final_dir / "adapter_config.json").is_file()
 
@@ -100,6 +104,16 @@ class RunDir:
                 except json.JSONDecodeError:
                     continue
         return rows
+
+    def eval_report(self) -> dict | None:
+        """eval/eval.json (the last `hone eval` of this run), parsed; None when there is none."""
+        path = self.eval_dir / "eval.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{path} is not valid JSON ({e})") from e
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Complete checkpoints, oldest first."""

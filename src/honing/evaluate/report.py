@@ -235,7 +235,7 @@ def write_reports(result, out_dir: Path) -> None:
     """eval.json, report.md and report.html into ``out_dir`` (created), each written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     samples = differing_samples(result)
-    data = result.to_dict()
+    data = result.to_dict(per_example=True)
     data["samples"] = samples
     data["predictions"] = {a.name: a.predictions for a in result.approaches}
     _atomic_write(out_dir / "eval.json", json.dumps(data, indent=2) + "\n")

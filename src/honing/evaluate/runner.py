@@ -9,6 +9,7 @@ with the base model -> decode the zero-shot prompts with the fine-tuned model ->
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -112,7 +113,16 @@ class EvalResult:
                     break
         return out
 
-    def to_dict(self) -> dict:
+    def to_dict(self, per_example: bool = False) -> dict:
+        """Every number. ``per_example``: also each approach's per-example scores and a fingerprint of the
+        examples (eval.json carries them, so the gate and ``hone compare`` can pair results later)."""
+        out = self._summary_dict()
+        if per_example:
+            out["per_example"] = {a.name: a.scores.per_example for a in self.approaches}
+            out["examples_sha256"] = examples_fingerprint(self.items)
+        return out
+
+    def _summary_dict(self) -> dict:
         return {
             "model": self.model_ref, "eval_data": self.eval_path, "examples": self.n_examples,
             "task": self.task, "primary_metric": self.primary,
@@ -158,6 +168,15 @@ class EvalResult:
                         f"{f['after']['qa_accuracy']:.0%}" + (" [FLAGGED: " + "; ".join(f["reasons"]) + "]"
                                                               if f["flagged"] else " (no drop beyond thresholds)"))
         return "\n".join(rows)
+
+
+def examples_fingerprint(items: Sequence[EvalItem]) -> str:
+    """SHA-256 of the evaluated (prompt, reference) pairs in order: two results are paired only when equal."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps([[m.role, m.content] for m in it.prompt] + [it.reference], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def _points(x: float, primary: str) -> str:
