@@ -1,0 +1,711 @@
+// Honing dashboard: a small single-page front end over the OpenAI-compatible API (same origin, same key).
+//
+//   #/             jobs list (status, progress from the newest metrics event), polled while any job runs
+//   #/new          upload a file (its validation result shown) and start a job
+//   #/jobs/<id>    one job: live loss curves, events, checkpoints, resolved hyperparameters,
+//                  the files' validation, the evaluation report once it exists
+//   #/chat         chat with any served model, streamed (server-sent events)
+//
+// Safety rule for the next engineer: every string that comes from the API goes into the page through
+// h() / textContent, never through innerHTML. The evaluation report is HTML by design: it goes into a
+// sandboxed srcdoc frame (no scripts, opaque origin).
+"use strict";
+
+(() => {
+  const KEY_STORAGE = "honing.apiKey";
+  const POLL_MS = 1500; // the issue asks for curves that update while a job runs: ~1-2 s
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  // ---------------------------------------------------------------- DOM helpers (text only)
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    setAttrs(el, attrs);
+    append(el, ...children);
+    return el;
+  }
+
+  function s(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG_NS, tag);
+    setAttrs(el, attrs);
+    append(el, ...children);
+    return el;
+  }
+
+  function setAttrs(el, attrs) {
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+      else if (k === "dataset") Object.assign(el.dataset, v);
+      else el.setAttribute(k, v === true ? "" : String(v));
+    }
+  }
+
+  function append(el, ...children) {
+    for (const c of children.flat(Infinity)) {
+      if (c === null || c === undefined || c === false) continue;
+      el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+  }
+
+  function replace(el, ...children) {
+    el.replaceChildren();
+    append(el, ...children);
+    return el;
+  }
+
+  const $ = (sel, root = document) => root.querySelector(sel);
+
+  function when(unix) {
+    return unix ? new Date(unix * 1000).toLocaleString() : "—";
+  }
+
+  function fmt(x, digits = 4) {
+    if (x === null || x === undefined || x === "") return "—";
+    if (typeof x === "number") return Number.isInteger(x) ? String(x) : x.toPrecision(digits);
+    if (typeof x === "object") return JSON.stringify(x);
+    return String(x);
+  }
+
+  function flash(message) {
+    const el = $("#flash");
+    if (!message) { el.hidden = true; return; }
+    el.textContent = message;
+    el.hidden = false;
+  }
+
+  // ---------------------------------------------------------------- the API, as the openai client calls it
+  class ApiError extends Error {
+    constructor(status, message, code) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  function authHeaders() {
+    const key = localStorage.getItem(KEY_STORAGE);
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+
+  async function request(path, { method = "GET", json, form } = {}) {
+    const headers = authHeaders();
+    let body;
+    if (json !== undefined) {
+      headers["Content-Type"] = "application/json";
+      body = JSON.stringify(json);
+    } else if (form) {
+      body = form; // multipart: the browser sets the boundary
+    }
+    const res = await fetch(path, { method, headers, body });
+    if (res.ok) return res;
+    let message = `${res.status} ${res.statusText}`;
+    let code = null;
+    try {
+      const err = (await res.json()).error || {};
+      if (err.message) message = err.message;
+      code = err.code || null;
+    } catch (_) { /* not JSON: keep the status line */ }
+    if (res.status === 401) askForKey(message);
+    throw new ApiError(res.status, message, code);
+  }
+
+  const api = {
+    get: async (path) => (await request(path)).json(),
+    post: async (path, json) => (await request(path, { method: "POST", json })).json(),
+    upload: async (file, purpose) => {
+      const form = new FormData();
+      form.append("purpose", purpose);
+      form.append("file", file, file.name);
+      return (await request("/v1/files", { method: "POST", form })).json();
+    },
+    // A Honing extension that may not exist (older server, file without a validation): null on 404.
+    optional: async (path, as = "json") => {
+      try {
+        const res = await request(path);
+        return as === "text" ? res.text() : res.json();
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 404) return null;
+        throw e;
+      }
+    },
+  };
+
+  const jobPath = (id) => `/v1/fine_tuning/jobs/${encodeURIComponent(id)}`;
+  const listOf = (body) => (Array.isArray(body) ? body : (body && body.data) || []);
+
+  // ---------------------------------------------------------------- API key form (shown on a 401)
+  function askForKey(message) {
+    $("#key-panel").hidden = false;
+    flash(`${message} — enter an API key (hone serve keys create --project NAME).`);
+    $("#key-input").focus();
+  }
+
+  function setupKeyForm() {
+    $("#key-button").addEventListener("click", () => { $("#key-panel").hidden = !$("#key-panel").hidden; });
+    $("#key-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      localStorage.setItem(KEY_STORAGE, $("#key-input").value.trim());
+      $("#key-input").value = "";
+      $("#key-panel").hidden = true;
+      flash(null);
+      route();
+    });
+    $("#key-forget").addEventListener("click", () => {
+      localStorage.removeItem(KEY_STORAGE);
+      route();
+    });
+  }
+
+  async function pollHealth() {
+    const el = $("#health");
+    try {
+      const res = await fetch("/health");
+      el.className = res.ok ? "health up" : "health down";
+      el.textContent = res.ok ? "server up" : `server ${res.status}`;
+    } catch (_) {
+      el.className = "health down";
+      el.textContent = "server unreachable";
+    }
+    setTimeout(pollHealth, 5000);
+  }
+
+  // ---------------------------------------------------------------- routing and polling lifetimes
+  // Each view gets a context; leaving the view kills its pollers so no request outlives its page.
+  let current = null;
+
+  function newContext() {
+    if (current) current.alive = false;
+    current = { alive: true, timers: [] };
+    return current;
+  }
+
+  // Run fn now and again every ms while the view is alive and fn returns true.
+  function poll(ctx, fn, ms = POLL_MS) {
+    const tick = async () => {
+      if (!ctx.alive) return;
+      let again = false;
+      try {
+        again = await fn();
+      } catch (e) {
+        if (!ctx.alive) return;
+        if (e instanceof ApiError && e.status === 401) return; // the key form is shown; stop polling
+        flash(e.message);
+        again = true; // a transient error (server restarting): keep trying
+      }
+      if (again && ctx.alive) ctx.timers.push(setTimeout(tick, ms));
+    };
+    return tick();
+  }
+
+  function route() {
+    const ctx = newContext();
+    const hash = location.hash.replace(/^#/, "") || "/";
+    const [path, query] = hash.split("?");
+    const params = new URLSearchParams(query || "");
+    const view = $("#view");
+    let name = "jobs";
+    if (path.startsWith("/jobs/")) {
+      name = "jobs";
+      jobView(ctx, view, decodeURIComponent(path.slice("/jobs/".length)));
+    } else if (path === "/new") {
+      name = "new";
+      newJobView(ctx, view);
+    } else if (path === "/chat") {
+      name = "chat";
+      chatView(ctx, view, params.get("model"));
+    } else {
+      jobsView(ctx, view);
+    }
+    for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === name);
+  }
+
+  // ---------------------------------------------------------------- progress (step / total_steps)
+  // The job object has no step counter; the newest metrics event carries it (as the client sees it).
+  const progressCache = new Map(); // job id -> {step, total_steps} (final for finished jobs)
+
+  async function latestProgress(job) {
+    if (TERMINAL.has(job.status) && progressCache.has(job.id)) return progressCache.get(job.id);
+    const events = listOf(await api.get(`${jobPath(job.id)}/events?limit=50`));
+    const m = events.find((e) => e.type === "metrics" && e.data && e.data.step !== undefined);
+    const p = m ? { step: m.data.step, total_steps: m.data.total_steps } : null;
+    progressCache.set(job.id, p);
+    return p;
+  }
+
+  function progressBar(job, p) {
+    let frac = 0;
+    let label = "—";
+    if (p && p.total_steps) {
+      frac = Math.min(1, p.step / p.total_steps);
+      label = `${p.step}/${p.total_steps}`;
+    }
+    if (job.status === "succeeded") frac = 1;
+    return h("div", { class: "progress", dataset: { step: p ? p.step : "", total: p ? p.total_steps : "" } },
+      h("div", { class: "bar" }, h("span", { style: `width:${(frac * 100).toFixed(1)}%` })),
+      h("span", { class: "num" }, label));
+  }
+
+  const badge = (status) => h("span", { class: `status ${status}`, dataset: { status } }, status);
+
+  // ---------------------------------------------------------------- #/ : jobs list
+  function jobsView(ctx, view) {
+    const tbody = h("tbody");
+    const more = h("button", { class: "secondary", type: "button", hidden: true }, "Load more");
+    let pageSize = 20;
+    replace(view,
+      h("div", { class: "headline" }, h("h1", null, "Fine-tuning jobs"),
+        h("a", { href: "#/new" }, h("button", { type: "button" }, "New job"))),
+      h("div", { class: "panel" },
+        h("table", { id: "jobs" },
+          h("thead", null, h("tr", null, ["Job", "Model", "Status", "Progress", "Fine-tuned model", "Created"]
+            .map((t) => h("th", null, t)))),
+          tbody),
+        h("div", { class: "toolbar" }, more)));
+
+    more.addEventListener("click", () => { pageSize += 20; refresh(); });
+
+    // Cursor pagination as the client does it: follow `after` = the last id until enough rows.
+    async function fetchJobs(n) {
+      const jobs = [];
+      let after = null;
+      let hasMore = true;
+      while (hasMore && jobs.length < n) {
+        const q = new URLSearchParams({ limit: String(Math.min(100, n - jobs.length)) });
+        if (after) q.set("after", after);
+        const page = await api.get(`/v1/fine_tuning/jobs?${q}`);
+        jobs.push(...page.data);
+        hasMore = page.has_more && page.data.length > 0;
+        after = page.data.length ? page.data[page.data.length - 1].id : null;
+      }
+      return { jobs, hasMore };
+    }
+
+    async function refresh() {
+      const { jobs, hasMore } = await fetchJobs(pageSize);
+      const progress = await Promise.all(jobs.map((j) => latestProgress(j).catch(() => null)));
+      if (!ctx.alive) return false;
+      flash(null);
+      more.hidden = !hasMore;
+      replace(tbody, jobs.length ? jobs.map((j, i) => h("tr", { dataset: { job: j.id } },
+        h("td", null, h("a", { class: "mono", href: `#/jobs/${encodeURIComponent(j.id)}` }, j.id)),
+        h("td", { class: "mono" }, j.model),
+        h("td", null, badge(j.status)),
+        h("td", null, progressBar(j, progress[i])),
+        h("td", { class: "mono" }, j.fine_tuned_model || "—"),
+        h("td", { class: "muted" }, when(j.created_at)))) :
+        h("tr", null, h("td", { colspan: 6, class: "muted" }, "No jobs yet. ", h("a", { href: "#/new" }, "Start one."))));
+      return jobs.some((j) => !TERMINAL.has(j.status));
+    }
+
+    poll(ctx, refresh, 2000);
+  }
+
+  // ---------------------------------------------------------------- #/new : upload + start a job
+  function newJobView(ctx, view) {
+    const model = h("select", { name: "model", id: "model", required: true });
+    const existing = h("select", { name: "existing", id: "existing-file" }, h("option", { value: "" }, "— upload a new file —"));
+    const training = h("input", { type: "file", name: "training", id: "training-file", accept: ".jsonl,.json,.csv,.parquet" });
+    const validation = h("input", { type: "file", name: "validation", id: "validation-file", accept: ".jsonl,.json,.csv,.parquet" });
+    const number = (name, attrs) => h("input", Object.assign({ type: "number", name, id: name, placeholder: "auto" }, attrs));
+    const epochs = number("n_epochs", { min: 1, step: 1 });
+    const batch = number("batch_size", { min: 1, step: 1 });
+    const lrm = number("learning_rate_multiplier", { min: 0, step: "any" });
+    const suffix = h("input", { type: "text", name: "suffix", id: "suffix", maxlength: 64, placeholder: "optional" });
+    const submit = h("button", { type: "submit", id: "start-job" }, "Upload and start");
+    const result = h("div", { id: "upload-result" });
+    const form = h("form", { class: "stack", id: "new-job" },
+      h("label", { for: "model" }, "Base model"), model,
+      h("label", { for: "training-file" }, "Training file"),
+      h("div", null, training, h("div", { class: "hint" }, "JSONL chat / prompt-completion, CSV or Parquet; validated on upload")),
+      h("label", { for: "existing-file" }, "…or an uploaded file"), existing,
+      h("label", { for: "validation-file" }, "Validation file (optional)"), validation,
+      h("label", { for: "n_epochs" }, "Epochs"), epochs,
+      h("label", { for: "batch_size" }, "Batch size"), batch,
+      h("label", { for: "learning_rate_multiplier" }, "Learning-rate multiplier"), lrm,
+      h("label", { for: "suffix" }, "Suffix"), suffix,
+      h("div", { class: "full" }, submit));
+    replace(view, h("h1", null, "New fine-tuning job"), h("div", { class: "panel" }, form), result);
+
+    (async () => {
+      const [models, files] = await Promise.all([
+        api.get("/v1/models"), api.get("/v1/files?purpose=fine-tune&limit=100").catch(() => ({ data: [] }))]);
+      if (!ctx.alive) return;
+      // Base models first (fine-tuned ones can be tuned further, but are rarely what one wants).
+      const ids = listOf(models).map((m) => m.id).sort((a, b) => a.startsWith("ft:") - b.startsWith("ft:"));
+      replace(model, ids.map((id) => h("option", { value: id }, id)));
+      append(existing, listOf(files).map((f) => h("option", { value: f.id }, `${f.filename} (${f.id})`)));
+    })().catch((e) => flash(e.message));
+
+    const hp = (input, integer) => {
+      if (input.value === "") return "auto";
+      return integer ? parseInt(input.value, 10) : parseFloat(input.value);
+    };
+
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      flash(null);
+      if (!training.files.length && !existing.value) { flash("Choose a training file or an uploaded one."); return; }
+      submit.disabled = true;
+      try {
+        const trainingId = await uploadChecked(training.files[0], existing.value, result, "Training file");
+        if (!trainingId) return;
+        let validationId = null;
+        if (validation.files.length) {
+          validationId = await uploadChecked(validation.files[0], "", result, "Validation file");
+          if (!validationId) return;
+        }
+        const body = {
+          model: model.value,
+          training_file: trainingId,
+          method: { type: "supervised", supervised: { hyperparameters: {
+            n_epochs: hp(epochs, true), batch_size: hp(batch, true), learning_rate_multiplier: hp(lrm, false) } } },
+        };
+        if (validationId) body.validation_file = validationId;
+        if (suffix.value.trim()) body.suffix = suffix.value.trim();
+        const job = await api.post("/v1/fine_tuning/jobs", body);
+        location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
+      } catch (e) {
+        flash(e.message);
+      } finally {
+        submit.disabled = false;
+      }
+    });
+  }
+
+  // Upload (or reuse) a file and show its validation; returns its id, or null when it has problems.
+  async function uploadChecked(file, existingId, out, label) {
+    let id = existingId;
+    if (file) {
+      append(out, h("p", { class: "muted" }, `Uploading ${file.name}…`));
+      id = (await api.upload(file, "fine-tune")).id;
+    }
+    const v = await api.optional(`/v1/files/${encodeURIComponent(id)}/validation`);
+    const panel = h("div", { class: "panel" }, h("h2", null, `${label} ${id}`), validationBlock(v));
+    append(out, panel);
+    return v && v.ok === false ? null : id;
+  }
+
+  function validationBlock(v) {
+    if (!v) return h("p", { class: "muted" }, "No validation result for this file.");
+    const stats = v.stats && Object.keys(v.stats).length ?
+      h("table", { class: "kv" }, Object.entries(v.stats).map(([k, x]) => h("tr", null, h("th", null, k), h("td", null, fmt(x))))) : null;
+    const problems = v.problems || [];
+    return h("div", { class: "validation", dataset: { ok: String(!!v.ok) } },
+      v.ok ? h("p", { class: "ok" }, "✓ valid") :
+        h("p", { class: "bad" }, `✗ ${problems.length} problem${problems.length === 1 ? "" : "s"}`),
+      problems.length ? h("ul", { class: "problems" }, problems.slice(0, 50).map((p) =>
+        h("li", null, h("span", { class: "mono" }, `line ${p.line ?? "?"}`), ` · ${p.category} · `, p.message))) : null,
+      problems.length > 50 ? h("p", { class: "muted" }, `… and ${problems.length - 50} more`) : null,
+      stats);
+  }
+
+  // ---------------------------------------------------------------- #/jobs/<id> : one job, live
+  function jobView(ctx, view, id) {
+    const title = h("div", { class: "headline" }, h("h1", { class: "mono" }, id));
+    const chart = h("div", { class: "chart", id: "loss-chart" }, h("p", { class: "muted" }, "No metrics yet."));
+    const progressText = h("p", { class: "muted", id: "progress-text" });
+    const details = h("div", { id: "job-details" });
+    const hyper = h("div", { id: "hyperparameters" });
+    const files = h("div", { id: "file-validation" }, h("p", { class: "muted" }, "…"));
+    const checkpoints = h("div", { id: "checkpoints" });
+    const events = h("div", { class: "events", id: "events" });
+    const report = h("div", { id: "report" }, h("p", { class: "muted" }, "The evaluation report appears here when the job ends."));
+    replace(view, title,
+      h("div", { class: "grid" },
+        h("div", { class: "panel" }, h("h2", null, "Loss"), chart, progressText),
+        h("div", { class: "panel" }, h("h2", null, "Job"), details)),
+      h("div", { class: "grid", style: "margin-top:16px" },
+        h("div", { class: "panel" }, h("h2", null, "Hyperparameters (resolved)"), hyper),
+        h("div", { class: "panel" }, h("h2", null, "Data validation"), files),
+        h("div", { class: "panel" }, h("h2", null, "Checkpoints"), checkpoints)),
+      h("div", { class: "panel", style: "margin-top:16px" }, h("h2", null, "Events (newest first)"), events),
+      h("div", { class: "panel" }, h("h2", null, "Evaluation report"), report));
+
+    let filesShown = false;
+    let reportShown = false;
+    let reportTries = 0;
+
+    async function refresh() {
+      const job = await api.get(jobPath(id));
+      const [evs, rows, ckpts] = await Promise.all([
+        api.get(`${jobPath(id)}/events?limit=100`).then(listOf),
+        api.optional(`${jobPath(id)}/metrics`).then((b) => (b === null ? null : listOf(b))),
+        api.get(`${jobPath(id)}/checkpoints?limit=100`).then(listOf),
+      ]);
+      if (!ctx.alive) return false;
+      flash(null);
+      renderHeader(title, job, () => refresh());
+      const series = lossSeries(rows, evs);
+      replace(chart, series.train.length || series.evals.length ? lossChart(series) : h("p", { class: "muted" }, "No metrics yet."));
+      progressText.textContent = series.step !== null ?
+        `step ${series.step}${series.total ? ` of ${series.total}` : ""}` : "";
+      replace(details, jobTable(job));
+      replace(hyper, kvTable(resolvedHyperparameters(job)));
+      replace(checkpoints, checkpointTable(ckpts));
+      replace(events, eventTable(evs));
+      if (!filesShown) filesShown = await showValidation(files, job);
+      const done = TERMINAL.has(job.status);
+      if (done && !reportShown && job.status === "succeeded") {
+        reportShown = await showReport(report, id);
+        // The report is written as the job ends: give it a little while before saying it is absent.
+        if (!reportShown && ++reportTries > 40) {
+          replace(report, h("p", { class: "muted" }, "No evaluation report for this job (no validation data?)."));
+          return false;
+        }
+        return !reportShown;
+      }
+      if (done && job.status !== "succeeded") replace(report, h("p", { class: "muted" }, `The job ${job.status}; no report.`));
+      return !done;
+    }
+
+    poll(ctx, refresh);
+  }
+
+  function renderHeader(title, job, after) {
+    const actions = [];
+    if (!TERMINAL.has(job.status)) {
+      const cancel = h("button", { class: "danger", type: "button", id: "cancel-job" }, "Cancel");
+      cancel.addEventListener("click", async () => {
+        cancel.disabled = true;
+        try { await api.post(`${jobPath(job.id)}/cancel`, {}); after(); } catch (e) { flash(e.message); }
+      });
+      actions.push(cancel);
+    }
+    if (job.fine_tuned_model) {
+      actions.push(h("a", { href: `#/chat?model=${encodeURIComponent(job.fine_tuned_model)}`, id: "chat-with-model" },
+        h("button", { type: "button", class: "secondary" }, "Chat with this model")));
+    }
+    replace(title, h("h1", { class: "mono" }, job.id), badge(job.status), actions);
+  }
+
+  function jobTable(job) {
+    const err = job.error && (job.error.message || job.error.code) ?
+      `${job.error.code ? `${job.error.code}: ` : ""}${job.error.message || ""}` : null;
+    return kvTable({
+      model: job.model,
+      fine_tuned_model: job.fine_tuned_model,
+      training_file: job.training_file,
+      validation_file: job.validation_file,
+      created: when(job.created_at),
+      finished: job.finished_at ? when(job.finished_at) : null,
+      estimated_finish: job.estimated_finish ? when(job.estimated_finish) : null,
+      trained_tokens: job.trained_tokens,
+      seed: job.seed,
+      suffix: job.user_provided_suffix || job.suffix,
+      error: err,
+    });
+  }
+
+  function resolvedHyperparameters(job) {
+    const m = job.method || {};
+    const fromMethod = m.type && m[m.type] && m[m.type].hyperparameters;
+    return Object.assign({ method: m.type || "supervised" }, fromMethod || job.hyperparameters || {});
+  }
+
+  function kvTable(obj) {
+    const rows = Object.entries(obj).filter(([, v]) => v !== null && v !== undefined && v !== "");
+    return h("table", { class: "kv" }, rows.map(([k, v]) => h("tr", null, h("th", null, k), h("td", { class: "mono" }, fmt(v)))));
+  }
+
+  function checkpointTable(ckpts) {
+    if (!ckpts.length) return h("p", { class: "muted" }, "None yet.");
+    return h("table", null,
+      h("thead", null, h("tr", null, h("th", null, "Step"), h("th", null, "Model"), h("th", null, "Metrics"))),
+      h("tbody", null, ckpts.map((c) => h("tr", null,
+        h("td", null, fmt(c.step_number)),
+        h("td", { class: "mono" }, h("a", { href: `#/chat?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` },
+          c.fine_tuned_model_checkpoint)),
+        h("td", { class: "mono" }, Object.entries(c.metrics || {}).filter(([, v]) => v !== null)
+          .map(([k, v]) => `${k}=${fmt(v)}`).join("  "))))));
+  }
+
+  function eventTable(evs) {
+    if (!evs.length) return h("p", { class: "muted" }, "No events yet.");
+    return h("table", null, h("tbody", null, evs.map((e) => h("tr", { class: `${e.type || "message"} level-${e.level || "info"}` },
+      h("td", { class: "when" }, when(e.created_at)),
+      h("td", { class: "msg" }, e.message)))));
+  }
+
+  async function showValidation(out, job) {
+    const ids = [["training", job.training_file], ["validation", job.validation_file]].filter(([, f]) => f);
+    const results = await Promise.all(ids.map(([, f]) => api.optional(`/v1/files/${encodeURIComponent(f)}/validation`)));
+    replace(out, ids.map(([label, f], i) => h("div", null, h("p", null, `${label}: `, h("span", { class: "mono" }, f)),
+      validationBlock(results[i]))));
+    return true;
+  }
+
+  async function showReport(out, id) {
+    const html = await api.optional(`${jobPath(id)}/report`, "text");
+    if (html === null) return false;
+    // sandbox="" : no scripts, no forms, an opaque origin; the report is static HTML with inline images.
+    const frame = h("iframe", { class: "report", id: "report-frame", sandbox: "", title: "Evaluation report" });
+    frame.srcdoc = html;
+    replace(out, frame);
+    return true;
+  }
+
+  // ---------------------------------------------------------------- loss curves (inline SVG)
+  // Rows of GET .../metrics ({step, train_loss, eval_loss}); without that extension, the metrics events.
+  function lossSeries(rows, evs) {
+    let points = rows;
+    if (!points) {
+      points = evs.filter((e) => e.type === "metrics" && e.data).map((e) => ({
+        step: e.data.step, total_steps: e.data.total_steps, train_loss: e.data.train_loss, eval_loss: e.data.valid_loss }))
+        .reverse();
+    }
+    const finite = (x) => typeof x === "number" && Number.isFinite(x);
+    const train = points.filter((r) => finite(r.train_loss) && finite(r.step)).map((r) => [r.step, r.train_loss]);
+    const evals = points.filter((r) => finite(r.eval_loss) && finite(r.step)).map((r) => [r.step, r.eval_loss]);
+    const steps = points.map((r) => r.step).filter(finite);
+    const totals = points.map((r) => r.total_steps).filter(finite);
+    const fromEvents = evs.find((e) => e.type === "metrics" && e.data && finite(e.data.total_steps));
+    const total = totals.length ? Math.max(...totals) : fromEvents ? fromEvents.data.total_steps : null;
+    return { train, evals, step: steps.length ? Math.max(...steps) : null, total };
+  }
+
+  // Round tick spacing (1, 2, 5 x 10^k) giving about n ticks over [lo, hi].
+  function ticks(lo, hi, n) {
+    if (!(hi > lo)) return [lo];
+    const raw = (hi - lo) / n;
+    const mag = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 5, 10].map((m) => m * mag).find((x) => x >= raw);
+    const out = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
+    return out;
+  }
+
+  function lossChart({ train, evals, total }) {
+    const W = 640, H = 260, m = { l: 48, r: 14, t: 10, b: 30 };
+    const all = train.concat(evals);
+    const xMax = Math.max(total || 0, ...all.map((p) => p[0]), 1);
+    let yLo = Math.min(...all.map((p) => p[1]));
+    let yHi = Math.max(...all.map((p) => p[1]));
+    const pad = (yHi - yLo) * 0.08 || Math.abs(yHi) * 0.1 || 1;
+    yLo = Math.max(0, yLo - pad);
+    yHi += pad;
+    const x = (v) => m.l + (v / xMax) * (W - m.l - m.r);
+    const y = (v) => H - m.b - ((v - yLo) / (yHi - yLo)) * (H - m.t - m.b);
+    const line = (pts) => pts.map(([a, b]) => `${x(a).toFixed(1)},${y(b).toFixed(1)}`).join(" ");
+    const xt = ticks(0, xMax, 6).filter((v) => Number.isInteger(v));
+    const yt = ticks(yLo, yHi, 5);
+    // As many decimals as the tick spacing needs (0.5 -> 1, 0.05 -> 2), the same for every label.
+    const yDigits = yt.length > 1 ? Math.max(0, -Math.floor(Math.log10(yt[1] - yt[0]) + 1e-9)) : 2;
+    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "train and eval loss by step",
+      "data-train-points": train.length, "data-eval-points": evals.length },
+      yt.map((v) => [s("line", { class: "gridline", x1: m.l, x2: W - m.r, y1: y(v), y2: y(v) }),
+        s("text", { x: m.l - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(yDigits))]),
+      xt.map((v) => s("text", { x: x(v), y: H - m.b + 16, "text-anchor": "middle" }, String(v))),
+      s("line", { class: "axis", x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b }),
+      s("line", { class: "axis", x1: m.l, x2: m.l, y1: m.t, y2: H - m.b }),
+      s("text", { x: W - m.r, y: H - 2, "text-anchor": "end" }, "step"),
+      train.length ? s("polyline", { class: "train", points: line(train) }) : null,
+      evals.length > 1 ? s("polyline", { class: "eval", points: line(evals) }) : null,
+      evals.map(([a, b]) => s("circle", { class: "eval-dot", cx: x(a), cy: y(b), r: 3.5 },
+        s("title", null, `step ${a}: eval loss ${fmt(b)}`))));
+    const last = (pts) => (pts.length ? fmt(pts[pts.length - 1][1]) : "—");
+    return h("div", null, svg, h("div", { class: "legend" },
+      h("span", null, h("span", { class: "swatch", style: "background:var(--train)" }), `train loss (last ${last(train)})`),
+      h("span", null, h("span", { class: "swatch", style: "background:var(--eval)" }), `eval loss (last ${last(evals)})`)));
+  }
+
+  // ---------------------------------------------------------------- #/chat : streamed chat
+  function chatView(ctx, view, preselect) {
+    const model = h("select", { id: "chat-model" });
+    const system = h("input", { type: "text", id: "chat-system", placeholder: "optional system prompt", size: 40 });
+    const maxTokens = h("input", { type: "number", id: "chat-max-tokens", value: 128, min: 1, style: "width:90px" });
+    const temperature = h("input", { type: "number", id: "chat-temperature", value: 0.7, min: 0, max: 2, step: 0.1, style: "width:80px" });
+    const log = h("div", { class: "chat-log", id: "chat-log" });
+    const input = h("textarea", { id: "chat-input", placeholder: "Message… (Enter sends, Shift+Enter for a new line)" });
+    const send = h("button", { type: "submit", id: "chat-send" }, "Send");
+    const clear = h("button", { type: "button", class: "secondary" }, "Clear");
+    const usage = h("p", { class: "muted", id: "chat-usage" });
+    const form = h("form", { class: "chat-form" }, input, send, clear);
+    replace(view, h("h1", null, "Chat"),
+      h("div", { class: "panel" },
+        h("div", { class: "toolbar" },
+          h("label", null, "Model ", model), h("label", null, "System ", system),
+          h("label", null, "max tokens ", maxTokens), h("label", null, "temperature ", temperature)),
+        log, form, usage));
+
+    let history = [];
+    clear.addEventListener("click", () => { history = []; log.replaceChildren(); usage.textContent = ""; });
+    input.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); form.requestSubmit(); }
+    });
+
+    api.get("/v1/models").then((body) => {
+      if (!ctx.alive) return;
+      const ids = listOf(body).map((m) => m.id);
+      if (preselect && !ids.includes(preselect)) ids.unshift(preselect);
+      replace(model, ids.map((id) => h("option", { value: id, selected: id === preselect }, id)));
+    }).catch((e) => flash(e.message));
+
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const text = input.value.trim();
+      if (!text || !model.value) return;
+      input.value = "";
+      send.disabled = true;
+      history.push({ role: "user", content: text });
+      append(log, h("div", { class: "msg user" }, text));
+      const bubble = h("div", { class: "msg assistant" });
+      append(log, bubble);
+      const messages = (system.value.trim() ? [{ role: "system", content: system.value.trim() }] : []).concat(history);
+      const t0 = performance.now();
+      try {
+        const reply = await streamChat({
+          model: model.value, messages, stream: true, stream_options: { include_usage: true },
+          max_tokens: parseInt(maxTokens.value, 10) || 128, temperature: parseFloat(temperature.value) || 0,
+        }, (delta) => { bubble.textContent += delta; log.scrollTop = log.scrollHeight; }, (u) => {
+          const secs = (performance.now() - t0) / 1000;
+          usage.textContent = `${u.prompt_tokens} prompt + ${u.completion_tokens} completion tokens in ` +
+            `${secs.toFixed(1)} s (${(u.completion_tokens / secs).toFixed(1)} tokens/s)`;
+        });
+        history.push({ role: "assistant", content: reply });
+        bubble.dataset.done = "true";
+      } catch (e) {
+        bubble.className = "msg error";
+        bubble.textContent = e.message;
+        history.pop();
+      } finally {
+        send.disabled = false;
+      }
+    });
+  }
+
+  // POST /v1/chat/completions with stream: true; parse the server-sent events ("data: {...}", "data: [DONE]").
+  async function streamChat(body, onDelta, onUsage) {
+    const res = await request("/v1/chat/completions", { method: "POST", json: body });
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let text = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl).trim();
+        buffer = buffer.slice(nl + 1);
+        if (!line.startsWith("data:")) continue;
+        const payload = line.slice(5).trim();
+        if (payload === "[DONE]") return text;
+        const chunk = JSON.parse(payload);
+        if (chunk.error) throw new ApiError(500, chunk.error.message || "stream error", chunk.error.code);
+        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta && chunk.choices[0].delta.content;
+        if (delta) { text += delta; onDelta(delta); }
+        if (chunk.usage) onUsage(chunk.usage);
+      }
+      if (done) return text; // the server closed without [DONE]: keep what came
+    }
+  }
+
+  // ---------------------------------------------------------------- start
+  window.addEventListener("hashchange", route);
+  document.addEventListener("DOMContentLoaded", () => {
+    setupKeyForm();
+    pollHealth();
+    route();
+  });
+})();
