@@ -1,0 +1,156 @@
+"""The tokenizer as GGUF metadata: what llama.cpp needs to tokenize and chat exactly as training did.
+
+Written: ``tokenizer.ggml.model`` (``gpt2`` = byte-level BPE), ``tokenizer.ggml.pre`` (which
+pre-tokenizer regex llama.cpp runs before BPE), the tokens in id order with their types (normal,
+control = special, user-defined = added but not special), the merges, the special token ids (BOS, EOS,
+UNK, PAD), the add-BOS/add-EOS flags as the tokenizer actually behaves, and the chat template.
+
+Merges and special ids come from the ``gguf`` package's ``SpecialVocab`` reader; the token list, the
+types and the pre-tokenizer name are decided here from the tokenizer that training used (the run's
+``final/`` tokenizer), not from the model's name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from honing.errors import ModelError
+
+# llama.cpp's pre-tokenizer names and the tokenizers.json pre-tokenizer that means the same split.
+LLAMA3_SPLIT = (
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+    "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
+QWEN2_SPLIT = (
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+    "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
+
+
+@dataclass
+class TokenizerMeta:
+    model: str  # tokenizer.ggml.model
+    pre: str  # tokenizer.ggml.pre
+    tokens: list[str]
+    types: list[int]  # gguf.TokenType values
+    add_bos: bool
+    add_eos: bool
+    chat_template: str | None
+    special: object  # gguf.SpecialVocab (merges + special ids)
+
+    def add_to(self, writer) -> None:
+        writer.add_tokenizer_model(self.model)
+        writer.add_tokenizer_pre(self.pre)
+        writer.add_token_list(self.tokens)
+        writer.add_token_types(self.types)
+        self.special.chat_template = None  # written below from the tokenizer object itself
+        self.special.add_special_token = {}
+        self.special.add_to_gguf(writer, quiet=True)
+        writer.add_add_bos_token(self.add_bos)
+        writer.add_add_eos_token(self.add_eos)
+        if self.chat_template:
+            writer.add_chat_template(self.chat_template)
+
+
+def _pre_tokenizer_name(tokenizer_json: dict, declared: str | None) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenization, from its tokenizers.json structure.
+
+    ``declared`` is the name the base model's own GGUF gave (when the base came from one): kept when the
+    structure is the plain byte-level split it would also fit, because transformers drops names it has
+    no regex for (SmolLM2's ``smollm`` digit split reads back as plain byte-level).
+    """
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [p.get("type") for p in parts]
+    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
+        return declared if declared in ("smollm", "gpt-2") else "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
+        regex = (parts[0].get("pattern") or {}).get("Regex")
+        if regex == LLAMA3_SPLIT:
+            return "llama-bpe"
+        if regex == QWEN2_SPLIT:
+            return "qwen2"
+    raise ModelError(
+        f"GGUF export: the tokenizer's pre-tokenizer {json.dumps(pre)[:200]} is not one llama.cpp names "
+        "(known: gpt-2, smollm, llama-bpe, qwen2)"
+    )
+
+
+def _token_types(tokenizer, n_vocab: int) -> tuple[list[str], list[int]]:
+    import gguf
+
+    vocab = tokenizer.get_vocab()
+    by_id = {i: t for t, i in vocab.items()}
+    added = tokenizer.added_tokens_decoder  # id -> AddedToken
+    tokens, types = [], []
+    for i in range(n_vocab):
+        if i not in by_id:
+            # The model's embedding is larger than the vocabulary (padded for speed): llama.cpp wants a
+            # token for every row.
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif i in added:
+            tokens.append(added[i].content)
+            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.NORMAL)
+    return tokens, types
+
+
+def tokenizer_meta(tokenizer, tokenizer_dir: str | Path, n_vocab: int, declared_pre: str | None = None) -> TokenizerMeta:
+    """Everything about ``tokenizer`` (saved in ``tokenizer_dir``) that goes into the GGUF."""
+    import gguf
+
+    tokenizer_dir = Path(tokenizer_dir)
+    path = tokenizer_dir / "tokenizer.json"
+    if not path.is_file():
+        raise ModelError(f"GGUF export needs a fast tokenizer (tokenizer.json) in {tokenizer_dir}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    model = data.get("model", {})
+    byte_level = "ByteLevel" in json.dumps(data.get("pre_tokenizer")) and model.get("type") == "BPE"
+    if not byte_level:
+        raise ModelError(
+            f"GGUF export supports byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen2); {path} is "
+            f"{model.get('type')} with pre-tokenizer {(data.get('pre_tokenizer') or {}).get('type')}"
+        )
+    if len(tokenizer) > n_vocab:
+        raise ModelError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only {n_vocab} rows")
+    tokens, types = _token_types(tokenizer, n_vocab)
+    special = gguf.SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=n_vocab)
+    if not special.merges:
+        raise ModelError(f"GGUF export: no BPE merges found in {path}")
+    # The flags as the tokenizer behaves, not as its config files happen to spell them.
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    add_bos = tokenizer.bos_token_id is not None and full[:1] == [tokenizer.bos_token_id] and plain[:1] != full[:1]
+    add_eos = tokenizer.eos_token_id is not None and full[-1:] == [tokenizer.eos_token_id] and plain[-1:] != full[-1:]
+    for kind in ("bos", "eos", "unk", "pad"):
+        tid = getattr(tokenizer, f"{kind}_token_id", None)
+        if tid is not None:
+            special.special_token_ids[kind] = int(tid)  # the loaded tokenizer's ids win over file guesses
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    return TokenizerMeta(
+        model="gpt2",
+        pre=_pre_tokenizer_name(data, declared_pre),
+        tokens=tokens,
+        types=[int(t) for t in types],
+        add_bos=add_bos,
+        add_eos=add_eos,
+        chat_template=template,
+        special=special,
+    )
+
+
+def declared_pre_tokenizer(gguf_path: str | Path | None) -> str | None:
+    """``tokenizer.ggml.pre`` of a GGUF file (the base model's, when it came from one), else ``None``."""
+    if not gguf_path or not Path(gguf_path).is_file() or Path(gguf_path).suffix.lower() != ".gguf":
+        return None
+    import gguf
+
+    field = gguf.GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.pre")
+    return field.contents() if field is not None else None
