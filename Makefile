@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean llama-cpp
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,22 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# llama.cpp for the GGUF export tests (tests/test_export_llamacpp.py skip without it): llama-cpp-python
+# built from its source distribution, which vendors llama.cpp (no prebuilt binary is fetched); CPU only,
+# portable (no -march=native). ~5 min on 2 cores, once per venv. .ci/run builds it before `make test`.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_STAMP := $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF \
+	-DGGML_VULKAN=OFF -DGGML_OPENMP=ON -DLLAMA_CURL=OFF
+
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		$(PY) -m pip install -q --no-binary llama-cpp-python 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	touch $(LLAMA_STAMP)
+
+llama-cpp: $(LLAMA_STAMP)
 
 demo: setup
 	$(VENV)/bin/hone demo

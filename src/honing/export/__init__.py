@@ -127,7 +127,7 @@ def _merged_gguf(run, path: Path, quant: str, log):
     log("merging the run into its fp32 base")
     merged = load_merged(run.path)
     meta = tokenizer_meta(merged.tokenizer, merged.tokenizer_dir, merged.model.config.vocab_size, _declared_pre(run))
-    log(f"writing {path.name} ({quant}; tokenizer {meta.model}/{meta.pre})")
+    log(f"writing the GGUF ({quant}; tokenizer {meta.model}, pre-tokenizer {meta.pre})")
     write_model_gguf(path, merged.model, meta, quant, name=run.path.name)
     return merged, meta
 
