@@ -1,0 +1,457 @@
+"""Preference tuning: DPO (against a reference model) and SimPO (reference-free), as objectives of the one loop.
+
+    pair (prompt, chosen, rejected) -> two renderings sharing the prompt, loss on the reply tokens only
+    micro-batch of B pairs -> ONE forward over 2B sequences [chosen_1..chosen_B, rejected_1..rejected_B]
+    -> summed reply log-probs per sequence (chunked over positions: the [tokens, vocab] logits never exist)
+    -> DPO:   logits = (pi_c - pi_r) - (ref_c - ref_r); loss by loss_type (TRL's formulas)
+       SimPO: logits = beta x (pi_c / |c| - pi_r / |r|) - gamma; loss = -log sigmoid(logits)
+
+The normalizer is one unit per pair: ``loss_sum`` is the sum of the micro-batch's per-pair losses and the
+loop divides by the pairs of the whole optimizer step, as it divides SFT's sum by trained tokens.
+
+The reference (DPO): with a fresh LoRA/QLoRA adapter it is the same model with the adapter disabled, run
+under ``no_grad`` in every step (no second copy of the weights). Otherwise (full fine-tuning, or a run
+that starts from an earlier run with ``init_from``, where disabling the adapter would give the wrong
+model) the reference log-probs of every train and eval pair are computed once before the first step and
+stored in ``<run>/reference_logps.safetensors``; a resumed run reads them back (recomputing them from the
+trained weights would move the reference).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from honing.data.conversation import PreferencePair
+from honing.data.render import IGNORE_INDEX, RenderedExample, TemplateError, render_preference
+from honing.errors import DataError
+from honing.train.objectives import LossOutput, Objective
+
+REFERENCE_FILE = "reference_logps.safetensors"
+# Keys of a collated batch the model's forward takes; the rest is the objective's bookkeeping.
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
+CHUNK_TOKENS = 512
+
+
+@dataclass
+class PairItem:
+    """A rendered preference pair. ``index``: its position in its set (the key of stored reference
+    log-probs); ``ref``: (chosen, rejected) reference log-probs once precomputed."""
+
+    chosen: RenderedExample
+    rejected: RenderedExample
+    index: int
+    ref: tuple[float, float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.chosen) + len(self.rejected)
+
+    @property
+    def input_ids(self) -> list[int]:  # the loop's mean-length estimate counts both sides
+        return self.chosen.input_ids + self.rejected.input_ids
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self.chosen.loss_mask[1:]) + sum(self.rejected.loss_mask[1:])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering and collation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def render_pairs(tokenizer, examples: list, max_length: int, path: str, sha256: str, objective: str):
+    """A RenderedSet of PairItems. Pairs longer than max_length are cut at the end (warned); a pair left
+    with no reply token on either side is dropped (warned)."""
+    from honing.train.dataset import RenderedSet
+
+    items, lines, warnings = [], [], []
+    truncated = dropped = 0
+    for ex in examples:
+        where = f"{path} line {ex.line}" if getattr(ex, "line", None) else path
+        if not isinstance(ex, PreferencePair):
+            raise DataError(f"{where}: objective '{objective}' needs preference pairs (prompt, chosen, rejected), "
+                            f"not {getattr(ex, 'kind', type(ex).__name__)} examples")
+        try:
+            chosen, rejected = render_preference(tokenizer, ex, max_length)
+        except TemplateError as e:
+            raise DataError(f"{where}: {e}") from e
+        truncated += chosen.truncated or rejected.truncated
+        if not any(chosen.loss_mask[1:]) or not any(rejected.loss_mask[1:]):
+            dropped += 1
+            continue
+        items.append(PairItem(chosen, rejected, index=len(items)))
+        lines.append(getattr(ex, "line", None))
+    if truncated:
+        warnings.append(f"{path}: {truncated} pair(s) longer than max_length={max_length} were cut at the end "
+                        "(run `hone data validate` to see which side)")
+    if dropped:
+        warnings.append(f"{path}: {dropped} pair(s) had no reply token left after truncation and were dropped")
+    if not items:
+        raise DataError(f"{path}: no preference pair has a reply token to train on")
+    source = {"path": str(path), "sha256": sha256, "examples": len(items), "pairs": len(items),
+              "trained_tokens": sum(it.completion_tokens for it in items), "tokens": sum(len(it) for it in items),
+              "truncated": truncated, "dropped": dropped}
+    return RenderedSet(items, lines, source, warnings)
+
+
+def collate_pairs(items: list[PairItem], pad_id: int, packing: bool) -> dict:
+    """One batch of 2B sequences, chosen first: the model's inputs (packed row or right-padded rows, as
+    for SFT) plus ``sequence_index`` (which sequence each token belongs to, -1 on padding), ``n_pairs``
+    and, when precomputed, ``ref_logps`` [2B]."""
+    import torch
+
+    from honing.train.packing import collate_packed, collate_padded
+
+    seqs = [it.chosen for it in items] + [it.rejected for it in items]
+    if packing:
+        batch = collate_packed(seqs)
+        owner = [i for i, s in enumerate(seqs) for _ in range(len(s))]
+        batch["sequence_index"] = torch.tensor([owner], dtype=torch.long)
+    else:
+        batch = collate_padded(seqs, pad_id)
+        rows = torch.arange(len(seqs)).unsqueeze(1).expand_as(batch["input_ids"])
+        batch["sequence_index"] = rows.masked_fill(batch["attention_mask"] == 0, -1).contiguous()
+    batch["n_pairs"] = torch.tensor(len(items))
+    if all(it.ref is not None for it in items):
+        batch["ref_logps"] = torch.tensor([it.ref[0] for it in items] + [it.ref[1] for it in items],
+                                          dtype=torch.float64)
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Log-probabilities of the replies
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _chunk_token_logps(h, weight, bias, targets, softcap):
+    """log p(target) for each row of ``h``: logits exist for this chunk only."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = F.linear(h, weight, bias).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=1)
+
+
+def _final_hidden(model, inputs: dict):
+    """(final hidden states [B, T, H], lm_head module, softcap) via a hook on the decoder, the head not run
+    (``logits_to_keep=1``); or (full logits, None, None) when the head cannot be chunked."""
+    from honing.train.losses import _plain_head, _unwrap
+
+    core = _unwrap(model)
+    found = _plain_head(core)
+    if found is None:
+        return model(**inputs, use_cache=False).logits, None, None
+    head, decoder = found
+    captured = {}
+
+    def grab(_module, _args, output):
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = decoder.register_forward_hook(grab)
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured["hidden"], head, getattr(core.config, "final_logit_softcapping", None)
+
+
+def sequence_logps(model, batch: dict, n_sequences: int, chunk_tokens: int = CHUNK_TOKENS):
+    """(summed log-probs of each sequence's trained tokens: fp32 [n_sequences], their counts: fp32 [n_sequences]).
+
+    Only the positions whose next token is trained go through the output head, ``chunk_tokens`` at a time;
+    with gradients on, each chunk is recomputed in the backward instead of keeping its [chunk, vocab] logits.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    inputs = {k: batch[k] for k in MODEL_KEYS if k in batch}
+    labels, owner = batch["labels"], batch["sequence_index"]
+    out, head, softcap = _final_hidden(model, inputs)
+    targets = labels[:, 1:].reshape(-1)
+    keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
+    t = targets.index_select(0, keep)
+    who = owner[:, 1:].reshape(-1).index_select(0, keep)
+    if head is None:  # full logits from the model (e.g. an adapted lm_head): trained positions only
+        logits = out[:, :-1].reshape(-1, out.shape[-1]).index_select(0, keep).float()
+        per_token = logits.gather(1, t.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=1)
+    else:
+        h = out[:, :-1].reshape(-1, out.shape[-1]).index_select(0, keep)
+        parts = []
+        grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
+        for s in range(0, h.shape[0], chunk_tokens):
+            args = (h[s : s + chunk_tokens], head.weight, head.bias, t[s : s + chunk_tokens], softcap)
+            parts.append(checkpoint(_chunk_token_logps, *args, use_reentrant=False) if grad
+                         else _chunk_token_logps(*args))
+        per_token = torch.cat(parts) if parts else h.sum(-1) * 0.0
+    zeros = torch.zeros(n_sequences, dtype=torch.float32, device=per_token.device)
+    logps = zeros.index_add(0, who, per_token)
+    counts = zeros.index_add(0, who, torch.ones_like(per_token))
+    return logps, counts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The losses (per pair); the same formulas as TRL's DPOTrainer / CPOTrainer(loss_type="simpo")
+# ---------------------------------------------------------------------------------------------------------
+
+
+def dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float, loss_type: str = "sigmoid",
+               label_smoothing: float = 0.0, chosen_tokens=None, rejected_tokens=None):
+    """(per-pair losses, chosen rewards, rejected rewards), all [B]. Rewards are beta x (policy - reference)
+    summed log-probs. ``ipo`` averages the log-ratios per reply token (as TRL does), so it needs the counts."""
+    import torch
+    import torch.nn.functional as F
+
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    delta = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * delta) * (1 - label_smoothing) - F.logsigmoid(-beta * delta) * label_smoothing
+    elif loss_type == "robust":
+        losses = (-(1 - label_smoothing) * F.logsigmoid(beta * delta)
+                  + label_smoothing * F.logsigmoid(-beta * delta)) / (1 - 2 * label_smoothing)
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * delta)
+    elif loss_type == "ipo":
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError("loss_type ipo needs the reply token counts")
+        avg = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+        losses = (avg - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}")
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+def simpo_losses(policy_chosen, policy_rejected, chosen_tokens, rejected_tokens, beta: float, gamma: float):
+    """(per-pair losses, chosen rewards, rejected rewards): rewards are beta x length-averaged log-probs."""
+    import torch.nn.functional as F
+
+    chosen_reward = beta * policy_chosen / chosen_tokens.clamp(min=1)
+    rejected_reward = beta * policy_rejected / rejected_tokens.clamp(min=1)
+    losses = -F.logsigmoid(chosen_reward - rejected_reward - gamma)
+    return losses, chosen_reward.detach(), rejected_reward.detach()
+
+
+def _stats(losses, chosen_rewards, rejected_rewards, policy_chosen, policy_rejected) -> dict:
+    """Detached sums over the pairs (the loop divides by the step's pairs)."""
+    return {
+        "rewards/chosen": chosen_rewards.sum(),
+        "rewards/rejected": rejected_rewards.sum(),
+        "rewards/margin": (chosen_rewards - rejected_rewards).sum(),
+        "rewards/accuracy": (chosen_rewards > rejected_rewards).float().sum(),
+        "logps/chosen": policy_chosen.detach().sum(),
+        "logps/rejected": policy_rejected.detach().sum(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Objectives
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _PairObjective(Objective):
+    def render_set(self, tokenizer, examples, path, sha256):
+        return render_pairs(tokenizer, examples, self.config.max_length, path, sha256, self.name)
+
+    def collate(self, items, pad_id):
+        return collate_pairs(items, pad_id, self.config.packing and self.packing_supported)
+
+    def normalizer(self, item) -> int:
+        return 1
+
+    def tokens(self, item) -> int:
+        return len(item)
+
+    def _policy(self, model, batch):
+        n = 2 * int(batch["n_pairs"])
+        logps, counts = sequence_logps(model, batch, n)
+        half = n // 2
+        return logps[:half], logps[half:], counts[:half], counts[half:]
+
+
+class DPOObjective(_PairObjective):
+    """DPO: sigmoid / ipo / hinge / robust losses against the reference model."""
+
+    name = "dpo"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.reference = None  # "adapter_disabled" | "precomputed", decided in setup()
+
+    def setup(self, ctx) -> None:
+        self.reference = reference_mode(ctx.config)
+        if self.reference == "precomputed":
+            prepare_reference(ctx, self)
+        else:
+            ctx.log("DPO reference: the base model (the adapter disabled under no_grad in each step)")
+
+    def reference_logps(self, model, batch):
+        """[2B] reference log-probs: the stored ones, or the model with its adapter disabled."""
+        import torch
+
+        if "ref_logps" in batch:
+            return batch["ref_logps"].to(torch.float32)
+        if self.reference != "adapter_disabled":
+            raise RuntimeError("DPO reference log-probs are missing: setup() did not run or did not precompute")
+        from honing.train.losses import _unwrap
+
+        core = getattr(model, "module", model)  # the PeftModel inside DDP
+        if not hasattr(core, "disable_adapter"):
+            core = _unwrap(model)
+        with torch.no_grad(), core.disable_adapter():
+            logps, _ = sequence_logps(core, batch, 2 * int(batch["n_pairs"]))
+        return logps
+
+    def loss(self, model, batch) -> LossOutput:
+        ref = self.reference_logps(model, batch)
+        pc, pr, nc, nr = self._policy(model, batch)
+        half = pc.shape[0]
+        ref = ref.to(pc.device)
+        d = self.config.dpo
+        losses, rc, rr = dpo_losses(pc, pr, ref[:half], ref[half:], d.beta, d.loss_type, d.label_smoothing, nc, nr)
+        return LossOutput(losses.sum(), _stats(losses, rc, rr, pc, pr))
+
+
+class SimPOObjective(_PairObjective):
+    """SimPO: no reference model; length-averaged log-probs with a target margin."""
+
+    name = "simpo"
+
+    def loss(self, model, batch) -> LossOutput:
+        pc, pr, nc, nr = self._policy(model, batch)
+        s = self.config.simpo
+        losses, rc, rr = simpo_losses(pc, pr, nc, nr, s.beta, s.gamma)
+        return LossOutput(losses.sum(), _stats(losses, rc, rr, pc, pr))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Precomputed reference log-probs (full fine-tuning, init_from)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def reference_mode(config) -> str:
+    mode = config.dpo.reference
+    adapter = config.method in ("lora", "qlora")
+    if mode == "auto":
+        return "adapter_disabled" if adapter and not config.init_from else "precomputed"
+    if mode == "adapter_disabled" and not adapter:
+        from honing.errors import ConfigError
+
+        raise ConfigError("dpo.reference: adapter_disabled needs method lora or qlora (full fine-tuning has no "
+                          "adapter to disable); use precomputed or auto")
+    if mode == "adapter_disabled" and config.init_from:
+        from honing.errors import ConfigError
+
+        raise ConfigError("dpo.reference: adapter_disabled with init_from would compare against the base model, "
+                          "not the run you start from; use precomputed or auto")
+    return mode
+
+
+def _set_fingerprint(rendered) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in rendered.items:
+        h.update(str((it.chosen.input_ids, it.rejected.input_ids)).encode())
+    return h.hexdigest()
+
+
+def prepare_reference(ctx, objective: DPOObjective) -> None:
+    """Fill ``item.ref`` for every train and eval pair: from the run directory when present (a resume),
+    else computed now with the model's starting weights and written there atomically."""
+    from pathlib import Path
+
+    path = Path(ctx.run_dir) / REFERENCE_FILE
+    sets = {"train": ctx.train_set, "eval": ctx.eval_set}
+    sets = {k: v for k, v in sets.items() if v is not None}
+    if path.is_file():
+        _load_reference(path, sets)
+        ctx.log(f"DPO reference: log-probs read from {path}")
+        return
+    if ctx.resumed:
+        from honing.train.errors import TrainingError
+
+        raise TrainingError(f"{path} is missing: the reference log-probs of this run cannot be recomputed from "
+                            "trained weights; start the run again without resume")
+    ctx.log(f"DPO reference: computing the starting model's log-probs of {sum(len(s) for s in sets.values())} "
+            "pairs once (stored in the run directory)")
+    tensors = {}
+    for name, rendered in sets.items():
+        values = compute_reference(ctx.model, rendered.items, objective, ctx.runtime, ctx.config)
+        for it, (c, r) in zip(rendered.items, values):
+            it.ref = (c, r)
+        import torch
+
+        tensors[f"{name}.chosen"] = torch.tensor([v[0] for v in values], dtype=torch.float64)
+        tensors[f"{name}.rejected"] = torch.tensor([v[1] for v in values], dtype=torch.float64)
+    meta = {f"{k}.fingerprint": _set_fingerprint(v) for k, v in sets.items()}
+    if getattr(ctx, "is_main", True):
+        from safetensors.torch import save
+
+        from honing.fileio import write_bytes_atomic
+
+        write_bytes_atomic(path, save(tensors, metadata=meta))
+
+
+def _load_reference(path, sets: dict) -> None:
+    from safetensors import safe_open
+
+    from honing.train.errors import TrainingError
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        for name, rendered in sets.items():
+            if meta.get(f"{name}.fingerprint") != _set_fingerprint(rendered):
+                raise TrainingError(f"{path}: stored reference log-probs were computed for other {name} pairs")
+            chosen, rejected = f.get_tensor(f"{name}.chosen").tolist(), f.get_tensor(f"{name}.rejected").tolist()
+            for it, c, r in zip(rendered.items, chosen, rejected):
+                it.ref = (c, r)
+
+
+def compute_reference(model, items: list[PairItem], objective: _PairObjective, runtime=None, config=None,
+                      micro_batch: int = 4) -> list[tuple[float, float]]:
+    """(chosen, rejected) summed reply log-probs of each pair under ``model`` as it is now (eval mode, no_grad)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out: list[tuple[float, float]] = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(items), micro_batch):
+                chunk = [PairItem(it.chosen, it.rejected, it.index) for it in items[s : s + micro_batch]]
+                batch = objective.collate(chunk, _pad_id(config))
+                batch = _to_device(batch, runtime, model)
+                with _autocast(runtime):
+                    logps, _ = sequence_logps(model, batch, 2 * len(chunk))
+                logps = logps.double().cpu().tolist()
+                out += list(zip(logps[: len(chunk)], logps[len(chunk) :]))
+    finally:
+        model.train(was_training)
+    for c, r in out:
+        if not (math.isfinite(c) and math.isfinite(r)):
+            from honing.train.errors import TrainingError
+
+            raise TrainingError("reference log-probs are not finite (check dtype and the data)")
+    return out
+
+
+def _pad_id(config) -> int:
+    return 0  # padded positions are masked (attention and labels): any id works
+
+
+def _to_device(batch: dict, runtime, model) -> dict:
+    mover = getattr(runtime, "to_device", None) or getattr(runtime, "batch_to_device", None)
+    if callable(mover):
+        return mover(batch)
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _autocast(runtime):
+    import contextlib
+
+    ac = getattr(runtime, "autocast", None)
+    return ac() if callable(ac) else contextlib.nullcontext()
