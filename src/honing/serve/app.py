@@ -1,0 +1,69 @@
+"""`create_app(settings)`: the FastAPI application of `hone serve`.
+
+State in the database (migrated to the newest schema at start), uploads and runs under the data dir, an
+embedded worker thread (unless the settings turn it off, as for PostgreSQL with `hone worker`s
+elsewhere), and a :class:`~honing.serve.inference.ModelPool` for chat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import FastAPI
+
+from honing.serve import api, chat, errors
+from honing.serve.db import make_engine, sessions, upgrade
+from honing.serve.inference import ModelPool
+from honing.serve.settings import Settings
+from honing.serve.worker import Worker
+
+log = logging.getLogger("honing.serve")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    Session = sessions(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker = None
+        if settings.embedded_worker:
+            worker = Worker(settings, Session)
+            worker.start_thread()
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop_event.set()
+            engine.dispose()
+
+    from honing import __version__
+
+    app = FastAPI(title="Honing", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible fine-tuning and chat API (files, fine_tuning jobs, events, "
+                              "checkpoints, models, chat completions). See docs/service.md.")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.Session = Session
+    app.state.pool = ModelPool(settings.adapter_cache)
+    errors.install(app)
+
+    @app.get("/health", tags=["service"])
+    def health() -> dict:
+        # Answered by the event loop without touching models or the database: stays quick while a job
+        # trains in its own process and chat requests run in the thread pool.
+        return {"status": "ok"}
+
+    app.include_router(api.router)
+    app.include_router(chat.router)
+    try:
+        from honing.serve.dashboard import mount
+
+        mount(app)
+    except ImportError:
+        pass
+    return app

@@ -1,0 +1,506 @@
+"""The job worker: the database is the queue.
+
+A worker validates new jobs' files, claims the oldest queued job with a row lock
+(``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one embedded worker), and runs it as
+ONE ``hone train`` subprocess in its own process group (the same training code as the CLI; the child
+is killed if the worker dies, so two processes never write one run directory). While it runs, the
+worker beats a heartbeat into the job row and ingests what the run writes (metrics rows, log lines,
+checkpoints) as events and checkpoint rows, each keyed so that ingesting twice inserts nothing twice.
+
+A job whose worker stopped beating (``stale_after`` seconds; at once on SQLite, where the only worker is
+this process) is claimed again and continues with ``hone train --resume`` from its last complete
+checkpoint: bitwise the run it would have been.
+
+    validating_files -> queued -> running -> succeeded | failed | cancelled
+                                   running -> (pause) paused -> (resume) queued -> running ...
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import and_, or_, select, update
+
+from honing.rundir import RunDir
+from honing.serve import jobs as J
+from honing.serve.db import Checkpoint, File, Job, JobEvent, new_id, now
+from honing.serve.settings import Settings
+
+log = logging.getLogger("honing.serve.worker")
+
+PAUSE_FILE = "PAUSE"
+# Problems listed in a failed job's error message (all of them are events).
+MAX_PROBLEMS_IN_ERROR = 20
+
+
+def insert_ignore(session, model, rows: list[dict]) -> None:
+    """INSERT rows, skipping those that collide with a unique key (idempotent ingestion)."""
+    if not rows:
+        return
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(model).values(rows).on_conflict_do_nothing())
+
+
+def add_event(session, job: Job, key: str, message: str, *, level: str = "info", type: str = "message",
+              data: dict | None = None) -> None:
+    insert_ignore(session, JobEvent, [{"id": new_id("ftevent"), "job_id": job.id, "project": job.project,
+                                       "key": key, "created_at": now(), "level": level, "type": type,
+                                       "message": message, "data": data}])
+
+
+def loop_honours_pause_file() -> bool:
+    """Whether the training loop stops at a checkpoint when RUN_DIR/PAUSE appears (else: SIGTERM and
+    resume from the last complete checkpoint)."""
+    import honing.train
+
+    root = Path(honing.train.__file__).parent
+    return any(f'"{PAUSE_FILE}"' in p.read_text() for p in root.glob("*.py"))
+
+
+def _libc():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc Linux: no parent-death signal (the pid-based cleanup still applies)
+        return None
+
+
+_LIBC = _libc()  # loaded before any fork: the child only makes one system call
+
+
+def _set_parent_death_signal() -> None:
+    # Runs in the child before exec: if the worker thread dies (kill -9 of the server), the kernel kills
+    # the training process too, so a resumed attempt never shares the run directory with a stray one.
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Worker:
+    def __init__(self, settings: Settings, Session, worker_id: str | None = None):
+        self.settings = settings
+        self.Session = Session
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[-6:]}"
+        self.host = socket.gethostname()
+        self.stop_event = threading.Event()
+        # SQLite serves one worker per database: whatever another process was running is orphaned.
+        self.takeover_all = settings.is_sqlite
+        self.pause_by_file = loop_honours_pause_file()
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.validate_pending()
+                job = self.claim()
+                if job is not None:
+                    self.run(job)
+                    continue
+            except Exception:  # a database hiccup must not end the worker (logged)
+                log.exception("worker %s: error in the queue loop", self.id)
+            self.stop_event.wait(self.settings.poll_interval)
+
+    def start_thread(self) -> threading.Thread:
+        t = threading.Thread(target=self.run_forever, name="honing-worker", daemon=True)
+        t.start()
+        return t
+
+    # -- validating_files -> queued | failed --------------------------------------------------
+    def validate_pending(self) -> None:
+        with self.Session() as s:
+            ids = s.scalars(select(Job.id).where(Job.status == "validating_files").order_by(Job.created_at)
+                            .limit(20)).all()
+        for job_id in ids:
+            self._validate(job_id)
+
+    def _validate(self, job_id: str) -> None:
+        with self.Session.begin() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id, Job.status == "validating_files")
+                           .with_for_update(skip_locked=True))
+            if job is None:
+                return
+            add_event(s, job, "status:validating", "Validating training file: " + job.training_file)
+            for role, file_id in (("training", job.training_file), ("validation", job.validation_file)):
+                if file_id is None:
+                    continue
+                f = s.get(File, file_id)
+                report = f.validation if f is not None else None
+                if f is None or report is None or not Path(f.path).is_file():
+                    self._fail(s, job, f"invalid_{role}_file", f"The {role} file {file_id} is no longer "
+                               "available.", f"{role}_file")
+                    return
+                if not report.get("ok", False):
+                    problems = [p for p in report.get("problems", []) if p.get("severity") == "error"]
+                    for i, p in enumerate(problems):
+                        where = f"line {p['line']}" if p.get("line") else "file"
+                        add_event(s, job, f"problem:{role}:{i}", f"{role} file {where}: {p['category']}: "
+                                  f"{p['message']}", level="error", data={"file": file_id, **p})
+                    listed = "; ".join(f"line {p['line']}: {p['category']}: {p['message']}" if p.get("line")
+                                       else f"{p['category']}: {p['message']}"
+                                       for p in problems[:MAX_PROBLEMS_IN_ERROR])
+                    more = len(problems) - MAX_PROBLEMS_IN_ERROR
+                    self._fail(s, job, f"invalid_{role}_file",
+                               f"The {role} file {file_id} has {report.get('errors', len(problems))} error(s): "
+                               f"{listed}{f' (and {more} more)' if more > 0 else ''}", f"{role}_file")
+                    return
+            job.status = "queued"
+            add_event(s, job, "status:queued", "Files validated, moving job to queued state")
+
+    def _fail(self, s, job: Job, code: str, message: str, param: str | None = None) -> None:
+        job.status = "failed"
+        job.error = {"code": code, "message": message, "param": param}
+        job.finished_at = now()
+        job.worker_id = None
+        add_event(s, job, f"status:failed:{job.attempts}", message, level="error")
+
+    # -- claiming -----------------------------------------------------------------------------
+    def claim(self) -> Job | None:
+        stale = time.time() - self.settings.stale_after
+        orphaned = Job.worker_id != self.id if self.takeover_all else Job.heartbeat_at < stale
+        with self.Session.begin() as s:
+            job = s.scalar(
+                select(Job).where(or_(Job.status == "queued", and_(Job.status == "running", orphaned)))
+                .order_by(Job.created_at, Job.id).limit(1).with_for_update(skip_locked=True)
+            )
+            if job is None:
+                return None
+            resumed = job.status == "running"
+            if resumed:
+                self._kill_stray(job)
+            if job.control == "cancel":
+                job.status, job.finished_at, job.control = "cancelled", now(), None
+                add_event(s, job, "status:cancelled", "Fine-tuning job cancelled")
+                return None
+            if job.control == "pause":
+                job.status, job.control, job.worker_id = "paused", None, None
+                add_event(s, job, f"status:paused:{job.attempts}", "Fine-tuning job paused")
+                return None
+            job.status, job.worker_id, job.heartbeat_at = "running", self.id, time.time()
+            job.attempts = (job.attempts or 0) + 1
+            job.host, job.pid = self.host, None
+            if resumed:
+                add_event(s, job, f"status:takeover:{job.attempts}", "The worker running this job stopped; "
+                          "resuming from the last checkpoint", level="warn")
+            add_event(s, job, f"status:running:{job.attempts}",
+                      "Fine-tuning job started" if job.attempts == 1 else
+                      f"Fine-tuning job resumed (attempt {job.attempts})")
+        return job
+
+    def _kill_stray(self, job: Job) -> None:
+        """A previous attempt's training process on this machine (normally already killed with its worker)."""
+        if job.pid and job.host == self.host:
+            try:
+                os.killpg(job.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    # -- running ------------------------------------------------------------------------------
+    def command(self, job: Job) -> list[str]:
+        with self.Session() as s:
+            train = s.get(File, job.training_file)
+            val = s.get(File, job.validation_file) if job.validation_file else None
+        args = [sys.executable, "-c", "from honing.cli import main; main()", "train",
+                "--model", job.model, "--data", train.path, "--out", job.run_dir, "--quiet",
+                # Always --resume: a first attempt finds no run and starts fresh; a later one continues.
+                "--resume"]
+        if val is not None:
+            args += ["--eval-data", val.path]
+        else:
+            args += ["--no-eval"]
+        settings = {"tensorboard": False, **job.config}
+        for k, v in settings.items():
+            args += ["--set", f"{k}={_yaml_value(v)}"]
+        for kv in self.settings.job_set:
+            args += ["--set", kv]
+        return args
+
+    def run(self, job: Job) -> None:
+        run_dir = Path(job.run_dir)
+        logs = run_dir.parent / f"{run_dir.name}.logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (run_dir / PAUSE_FILE).unlink(missing_ok=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1",
+               "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        ingest = Ingestor(self, job)
+        ingest.previous_logs(logs)
+        log_path = logs / f"attempt-{job.attempts}.log"
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(self.command(job), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=_set_parent_death_signal)  # noqa: PLW1509 (one async-signal-safe syscall)
+        self._update(job, pid=proc.pid)
+        control_seen = None
+        last_beat = 0.0
+        while True:
+            rc = proc.poll()
+            ingest.step(log_path)
+            if rc is not None:
+                break
+            if time.time() - last_beat >= self.settings.heartbeat_interval:
+                last_beat = time.time()
+                control = self._heartbeat(job, ingest)
+                if control == "lost":
+                    _kill_group(proc)
+                    return
+                if control and control != control_seen:
+                    control_seen = control
+                    self._control(proc, run_dir, control)
+            if self.stop_event.is_set():  # a graceful shutdown of the server: stop, resume later
+                _kill_group(proc)
+                self._update(job, status="queued", worker_id=None, pid=None)
+                return
+            self.validate_pending()
+            self.stop_event.wait(self.settings.poll_interval)
+        ingest.step(log_path)
+        self._finish(job, rc, ingest, log_path)
+
+    def _update(self, job: Job, **fields) -> int:
+        with self.Session.begin() as s:
+            res = s.execute(update(Job).where(Job.id == job.id, Job.worker_id == self.id).values(**fields))
+            return res.rowcount
+
+    def _heartbeat(self, job: Job, ingest: Ingestor) -> str | None:
+        """Beat; return the job's pending control (cancel | pause), or "lost" when another worker owns it."""
+        fields = {"heartbeat_at": time.time(), **ingest.progress_fields()}
+        with self.Session.begin() as s:
+            res = s.execute(update(Job).where(Job.id == job.id, Job.worker_id == self.id,
+                                              Job.status == "running").values(**fields))
+            if res.rowcount == 0:
+                return "lost"
+            return s.scalar(select(Job.control).where(Job.id == job.id))
+
+    def _control(self, proc: subprocess.Popen, run_dir: Path, control: str) -> None:
+        if control == "cancel":
+            _kill_group(proc)
+        elif control == "pause":
+            if self.pause_by_file:
+                (run_dir / PAUSE_FILE).touch()
+            else:
+                # Until the loop honours RUN_DIR/PAUSE: stop now; resume continues from the last checkpoint.
+                _kill_group(proc, signal.SIGTERM)
+
+    def _finish(self, job: Job, rc: int, ingest: Ingestor, log_path: Path) -> None:
+        rd = RunDir(job.run_dir)
+        with self.Session.begin() as s:
+            row = s.scalar(select(Job).where(Job.id == job.id).with_for_update())
+            if row is None or row.worker_id != self.id:
+                return
+            row.pid, row.worker_id = None, None
+            for k, v in ingest.progress_fields().items():
+                setattr(row, k, v)
+            finished = rc == 0 and RunDir.is_run(rd.path) and rd.is_finished()
+            if row.control == "cancel":
+                row.status, row.finished_at, row.control = "cancelled", now(), None
+                add_event(s, row, "status:cancelled", "Fine-tuning job cancelled")
+            elif row.control == "pause" and not finished:
+                row.status, row.control = "paused", None
+                add_event(s, row, f"status:paused:{row.attempts}", "Fine-tuning job paused")
+            elif finished:
+                row.control = None
+                self._succeed(s, row, rd)
+            else:
+                message = _failure_message(rd, log_path, rc)
+                self._fail(s, row, "training_failed", message)
+
+    def _succeed(self, s, job: Job, rd: RunDir) -> None:
+        record = rd.record()
+        job.status, job.finished_at = "succeeded", now()
+        job.fine_tuned_model = J.fine_tuned_name(job)
+        job.result_files = [self._results_file(s, job, rd)]
+        add_event(s, job, "status:model", f"New fine-tuned model created: {job.fine_tuned_model}")
+        report = rd.path / "eval" / "report.html"
+        if report.is_file():
+            add_event(s, job, "status:report", "Evaluation report attached (GET "
+                      f"/v1/fine_tuning/jobs/{job.id}/report)", data={"report": str(report.name)})
+        add_event(s, job, "status:succeeded", "The job has successfully completed",
+                  data={"status": record.get("status"), "steps": record.get("steps_done")})
+
+    def _results_file(self, s, job: Job, rd: RunDir) -> str:
+        """OpenAI's result file: the metrics as CSV, a file of this project (purpose fine-tune-results)."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["step", "train_loss", "valid_loss", "learning_rate", "trained_tokens"])
+        for r in rd.metrics():
+            if r.get("step", 0) > 0:
+                w.writerow([r["step"], r.get("train_loss"), r.get("eval_loss"), r.get("lr"), r.get("trained_tokens")])
+        data = buf.getvalue().encode()
+        from honing.serve.files import store_bytes
+
+        return store_bytes(s, self.settings, job.project, f"{job.id}-results.csv", "fine-tune-results", data,
+                           validate=False).id
+
+
+class Ingestor:
+    """Turns what a run writes into rows, idempotently: metrics rows -> metrics events (key: step), log lines
+    -> message events (key: attempt + line number), complete checkpoints -> checkpoint rows (key: step)."""
+
+    def __init__(self, worker: Worker, job: Job):
+        self.w, self.job = worker, job
+        self.rd = RunDir(job.run_dir)
+        self.log_offsets: dict[Path, tuple[int, int]] = {}  # path -> (byte offset, lines read)
+        self.steps_seen: set[int] = set()
+        self.ckpts_seen: set[int] = set()
+        self.total_steps: int | None = None
+        self.resolved: dict | None = None
+        self.trained_tokens: int | None = None
+        self.started = time.time()
+        self.first_step: tuple[int, float] | None = None
+        self.last_step: tuple[int, float] | None = None
+
+    def previous_logs(self, logs_dir: Path) -> None:
+        for p in sorted(logs_dir.glob("attempt-*.log")):
+            self.step(p, metrics=False)
+
+    def step(self, log_path: Path, metrics: bool = True) -> None:
+        with self.w.Session.begin() as s:
+            self._log_lines(s, log_path)
+            if metrics:
+                self._record(s)
+                self._metrics(s)
+                self._checkpoints(s)
+
+    def _log_lines(self, s, path: Path) -> None:
+        if not path.is_file():
+            return
+        offset, n = self.log_offsets.get(path, (0, 0))
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return
+        attempt = path.stem.split("-")[-1]
+        lines = chunk[: end + 1].decode("utf-8", "replace").splitlines()
+        for line in lines:
+            n += 1
+            text = line.strip()
+            if not text or "%|" in text:  # blank, or a progress bar's frame
+                continue
+            low = text.lower()
+            level = "error" if low.startswith(("error", "traceback")) else "warn" if "warning" in low else "info"
+            add_event(s, self.job, f"log:{attempt}:{n}", text[:2000], level=level)
+        self.log_offsets[path] = (offset + end + 1, n)
+
+    def _record(self, s) -> None:
+        if self.resolved is not None or not RunDir.is_run(self.rd.path):
+            return
+        try:
+            hp = self.rd.record().get("hyperparameters") or {}
+        except Exception:  # noqa: BLE001 (a run dir of a failed start may hold anything)
+            return
+        if hp:
+            self.resolved = hp
+            self.total_steps = hp.get("total_steps")
+
+    def _metrics(self, s) -> None:
+        for r in self.rd.metrics():
+            step = r.get("step")
+            if not isinstance(step, int) or step in self.steps_seen:
+                continue
+            self.steps_seen.add(step)
+            if step == 0:
+                add_event(s, self.job, "metrics:0", f"Eval loss before training: {r.get('eval_loss')}",
+                          type="metrics", data={"step": 0, "total_steps": self.total_steps,
+                                                "valid_loss": r.get("eval_loss")})
+                continue
+            self.trained_tokens = r.get("trained_tokens", self.trained_tokens)
+            t = time.time()
+            self.first_step = self.first_step or (step, t)
+            self.last_step = (step, t)
+            data = {"step": step, "total_steps": self.total_steps, "train_loss": r.get("train_loss"),
+                    "valid_loss": r.get("eval_loss"), "train_mean_token_accuracy": r.get("train_mean_token_accuracy"),
+                    "learning_rate": r.get("lr"), "epoch": r.get("epoch")}
+            loss = r.get("train_loss")
+            add_event(s, self.job, f"metrics:{step}",
+                      f"Step {step}/{self.total_steps}: training loss={loss:.4f}" if isinstance(loss, float)
+                      else f"Step {step}/{self.total_steps}", type="metrics", data=data)
+
+    def _checkpoints(self, s) -> None:
+        rows = {r.get("step"): r for r in self.rd.metrics()}
+        for ck in self.rd.checkpoints() if self.rd.checkpoints_dir.is_dir() else []:
+            if ck.step in self.ckpts_seen:
+                continue
+            target = self.w.settings.checkpoints_dir / self.job.id / f"step-{ck.step}.safetensors"
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    from honing.fileio import atomic_path
+
+                    with atomic_path(target, overwrite=True) as tmp:
+                        shutil.copyfile(ck.path / "trainable.safetensors", tmp)
+                except FileNotFoundError:  # pruned by the loop between listing and copying
+                    continue
+            self.ckpts_seen.add(ck.step)
+            r = rows.get(ck.step, {})
+            metrics = {"step": ck.step, "train_loss": r.get("train_loss"), "valid_loss": r.get("eval_loss"),
+                       "train_mean_token_accuracy": None, "valid_mean_token_accuracy": None,
+                       "full_valid_loss": None, "full_valid_mean_token_accuracy": None}
+            insert_ignore(s, Checkpoint, [{
+                "id": new_id("ftckpt"), "job_id": self.job.id, "project": self.job.project, "step": ck.step,
+                "model_name": J.checkpoint_name(self.job, ck.step), "weights": str(target), "metrics": metrics,
+                "created_at": now()}])
+
+    def progress_fields(self) -> dict:
+        out: dict = {}
+        if self.resolved is not None:
+            out["resolved"] = self.resolved
+            out["total_steps"] = self.total_steps
+        if self.trained_tokens is not None:
+            out["trained_tokens"] = self.trained_tokens
+        if self.first_step and self.last_step and self.total_steps and self.last_step[0] > self.first_step[0]:
+            (s0, t0), (s1, t1) = self.first_step, self.last_step
+            per_step = (t1 - t0) / (s1 - s0)
+            out["estimated_finish"] = int(t1 + per_step * max(0, self.total_steps - s1))
+        return out
+
+
+def _kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _yaml_value(v) -> str:
+    import json
+
+    return json.dumps(v) if isinstance(v, dict | list | bool) or v is None else str(v)
+
+
+def _failure_message(rd: RunDir, log_path: Path, rc: int) -> str:
+    """The one line that says why: the CLI's `error: ...` line, else run.json's error, else the exit code."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip()
+    try:
+        err = rd.record().get("error") if RunDir.is_run(rd.path) else None
+    except Exception:  # noqa: BLE001 (best effort: the log line or exit status is said instead)
+        err = None
+    if err:
+        return str(err)
+    tail = next((ln for ln in reversed(lines) if ln.strip()), "")
+    return f"training exited with status {rc}" + (f": {tail.strip()[:500]}" if tail else "")
