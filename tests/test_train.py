@@ -225,11 +225,11 @@ def test_existing_run_is_not_overwritten(finished_run, workdir):
 ])
 def test_dtype_auto_follows_the_measured_bf16_speed(monkeypatch, requested, fast, method, expected):
     import honing.precision
-    from honing.train.loop import _compute_dtypes
+    from honing.train.runtime import compute_dtypes
 
     monkeypatch.setattr(honing.precision, "bf16_is_fast", lambda device="cpu": fast)
     cfg = build_config(values={"data": "x.jsonl", "dtype": requested, "method": method})
-    assert _compute_dtypes(cfg) == expected
+    assert compute_dtypes(cfg.dtype, cfg.method, torch.device("cpu")) == expected
 
 
 def test_default_dtype_is_auto():

@@ -169,6 +169,17 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     max_length: int = Field(1024, ge=8, description="Longest example in tokens; longer ones are truncated (warned).")
 
+    # --- where and how it computes
+    device: str = Field(
+        "auto", description="cpu, cuda (or cuda:N) or auto: CUDA when this torch sees a GPU, else the CPU. Under "
+        "torchrun each process takes cuda:LOCAL_RANK.",
+    )
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="Under torchrun: ddp (a full copy per process, gradients all-reduced) or fsdp "
+        "(FSDP2: parameters, gradients and optimizer state sharded across processes, for models that do not fit "
+        "one device). auto: ddp.",
+    )
+
     # --- numerics and speed
     dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
@@ -263,7 +274,7 @@ class TrainConfig(_Strict):
 
 
 # Keys that may differ between a run and its resume (they do not change the numerics).
-RESUME_NEUTRAL_KEYS = {"merge", "tensorboard", "gate"}
+RESUME_NEUTRAL_KEYS = {"merge", "tensorboard", "device", "gate"}
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -5,7 +5,7 @@
 * ``trainable.safetensors``: the trainable parameters by their exact ``named_parameters()`` names;
 * ``optimizer.pt`` / ``scheduler.pt``: their ``state_dict()`` (tensors and plain values only, so they
   load with ``torch.load(weights_only=True)``);
-* ``rng-rank{R}.pt``: each process's torch, Python and NumPy RNG states;
+* ``rng-rank{R}.pt``: each process's torch (CPU and CUDA), Python and NumPy RNG states;
 * ``trainer_state.json``: global step, epoch, position in the epoch, seed, best eval loss, counters;
 * ``COMPLETE``: written last. A directory without it is never read.
 
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 
 from honing.train.errors import TrainingError
+from honing.train.runtime import capture_rng, restore_rng
 
 COMPLETE = "COMPLETE"
 # Test hook: seconds to sleep in the middle of a save (after the weights, before COMPLETE), so a test can
@@ -40,30 +40,6 @@ def assert_finite_weights(model) -> None:
     for n, p in model.named_parameters():
         if p.requires_grad and not torch.isfinite(p).all():
             raise TrainingError(f"parameter {n} holds NaN/inf values; refusing to save it")
-
-
-def capture_rng() -> dict:
-    import numpy as np
-    import torch
-
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-    }
-
-
-def restore_rng(state: dict) -> None:
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached"]))
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:

@@ -1,34 +1,37 @@
-"""The training loop: one plain function, read top to bottom.
+"""The training loop: one recipe for every objective, read top to bottom.
 
-    setup -> data (read, split, render) -> hyperparameters -> model (+ LoRA) -> optimizer/scheduler
-    -> [resume] -> for each optimizer step: micro-batches -> loss_sum / global trained tokens -> backward
-       -> non-finite check -> clip -> step -> metrics -> eval / early stop -> checkpoint
-    -> best checkpoint -> final/ (+ merged/) -> loss curve, summary, run.json
+    train():
+      _setup            runtime (device, dtype, processes) -> run dir -> model (+ LoRA) -> data rendered by
+                        the objective -> hyperparameters -> optimizer/scheduler -> [resume] -> objective setup
+      _evaluate_base    eval metrics of the untouched model (step 0)
+      for each optimizer step:
+        _optimizer_step micro-batches -> objective loss sums / the step's normalizer -> backward -> clip -> step
+        _after_step     eval / best / early stop -> metrics + events -> checkpoint -> pause
+      _finish           best checkpoint -> final/ (+ merged/) -> loss curve, summary, run.json
 
-The loss of a step is the sum over every trained token of the step (all micro-batches, all processes)
-divided by the number of those tokens, so batch 4 x accumulation 1, batch 1 x accumulation 4 and
-2 processes x batch 2 all compute the same gradient.
+The loss of a step is the sum over every normalizer unit of the step (trained tokens for SFT, pairs for
+preference tuning; all micro-batches, all processes) divided by the number of those units, so batch 4 x
+accumulation 1, batch 1 x accumulation 4 and 2 processes x batch 2 all compute the same gradient.
+
+The step's loss and statistics stay on the device while its micro-batches run and are read once per
+optimizer step (no host synchronisation per micro-batch).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import platform
-import random
-import resource
-import shutil
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from honing.config import RESUME_NEUTRAL_KEYS, TrainConfig
 from honing.errors import ConfigError
-from honing.train.auto import resolve_hyperparameters
-from honing.train.batching import make_collate, micro_batches, step_indices
+from honing.fileio import write_json_atomic
+from honing.rundir import RunDir
+from honing.train.auto import Hyperparameters, resolve_hyperparameters
+from honing.train.batching import micro_batches, step_indices
 from honing.train.checkpoint import (
     complete_checkpoints,
     load_checkpoint,
@@ -37,18 +40,22 @@ from honing.train.checkpoint import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from honing.train.dataset import file_sha256, held_out_split, read_examples, render_set
-from honing.train.distributed import DistContext, setup_distributed
+from honing.train.dataset import file_sha256, held_out_split, read_examples
 from honing.train.errors import TrainingError
-from honing.train.objectives import OBJECTIVES
+from honing.train.objectives import Objective, SetupContext, build_objective
 from honing.train.reporting import (
+    EventLog,
     MetricsLog,
     Progress,
     overfitting_warning,
     plot_loss_curve,
-    write_json_atomic,
     write_summary,
 )
+from honing.train.runtime import Runtime, create_runtime, seed_everything
+
+# A file the service's worker (or a user) creates in the run directory to pause a run: the loop saves a
+# checkpoint after the current step and exits with status "paused"; `--resume` continues bitwise.
+PAUSE_FILE = "PAUSE"
 
 
 @dataclass
@@ -56,7 +63,7 @@ class RunResult:
     """What a finished run hands back (the run directory has everything else)."""
 
     run_dir: Path
-    status: str  # "completed" | "early_stopped"
+    status: str  # "completed" | "early_stopped" | "paused"
     final_dir: Path
     best_step: int | None
     best_eval_loss: float | None
@@ -65,10 +72,511 @@ class RunResult:
     eval_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss); step 0 = base model
     tokens_per_s: float = 0.0  # trained (loss-bearing) tokens per second of training
     input_tokens_per_s: float = 0.0  # all example tokens (prompt + answer, no padding) per second
-    peak_memory_mb: float = 0.0  # RSS high-water mark of this process
+    peak_memory_mb: float = 0.0  # CUDA allocator peak on a GPU, RSS high-water mark on CPU
     merged_dir: Path | None = None
     hyperparameters: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainerState:
+    """Everything about progress that a checkpoint must carry for a bitwise resume."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_step: int | None = None
+    best_eval_loss: float | None = None
+    evals_since_best: int = 0
+    nonfinite_consecutive: int = 0
+    nonfinite_total: int = 0
+    trained_tokens: int = 0  # normalizer units so far (trained tokens for SFT)
+    input_tokens: int = 0  # all tokens through the model so far
+    train_seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainerState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Run:
+    """One training run in progress: what ``_setup`` built and the parts of the loop share."""
+
+    config: TrainConfig
+    runtime: Runtime
+    run_dir: Path
+    say: Callable[..., None]
+    events: EventLog
+    model: object  # what the forward runs through (DDP/FSDP-wrapped when distributed)
+    core: object  # the unwrapped model: saved, evaluated, merged
+    tokenizer: object
+    objective: Objective
+    train_set: object
+    eval_set: object | None
+    hp: Hyperparameters
+    optimizer: object
+    scheduler: object
+    params: list
+    pad_id: int
+    state: TrainerState
+    metrics: MetricsLog | None
+    bar: Progress
+    info: dict  # the run record (run.json)
+    warnings: list[str]
+    started: float
+    status: str = "running"
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Fine-tune ``config.model`` on ``config.data`` into the run directory ``config.out``.
+
+    ``resume``: continue from the newest complete checkpoint in ``config.out`` (bitwise identical to an
+    uninterrupted run on CPU). ``progress``: show a progress bar. ``log``: where messages go (rank 0
+    only; default print). Works alone or under ``torchrun`` (one process per rank).
+    """
+    run = _setup(config, resume=resume, progress=progress, log=log)
+    try:
+        _evaluate_base(run)
+        run.model.train()
+        while run.status == "running" and run.state.step < run.hp.total_steps:
+            row = _optimizer_step(run)
+            _after_step(run, row)
+    except BaseException as e:
+        _fail(run, e)
+        raise
+    return _finish(run)
+
+
+# ----------------------------------------------------------------------------------------------- setup
+def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
+    from honing.models.loading import load_model
+
+    runtime = create_runtime(config)
+    dist = runtime.dist
+    started = time.time()
+    run_dir, ckpt = _prepare_run_dir(config, resume, dist)
+    events = EventLog(run_dir, enabled=dist.is_main)
+    say = _sayer(log or print, events, dist.is_main)
+    if resume and ckpt is None:
+        say(f"--resume: no complete checkpoint in {run_dir}; starting from the beginning")
+    (run_dir / PAUSE_FILE).unlink(missing_ok=True)  # a resume continues a paused run
+
+    # Seed before anything random is created (LoRA init, dropout) so runs are reproducible.
+    seed_everything(config.seed)
+    say(runtime.describe() + (" (dtype auto: measured on this machine)" if config.dtype == "auto" else ""))
+    model, tokenizer, resolved = load_model(config.model, dtype=runtime.load_dtype, device=runtime.device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    objective = build_objective(config)
+    train_set, eval_set = _load_datasets(config, objective, tokenizer, say)
+    warnings = list(train_set.warnings) + (list(eval_set.warnings) if eval_set else [])
+    for w in warnings:
+        say(f"warning: {w}", level="warning")
+    mean_tokens = sum(objective.tokens(item) for item in train_set.items) / max(1, len(train_set))
+    hp = resolve_hyperparameters(config, len(train_set), dist.world_size, mean_tokens, on_gpu=runtime.is_cuda)
+    say(f"training {len(train_set)} examples ({train_set.source.get('trained_tokens')} trained tokens), "
+        f"eval {len(eval_set) if eval_set else 0}; {hp.describe()}")
+
+    core = _prepare_trainable(model, config, say)
+    params = [p for p in core.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in core.parameters())
+    say(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.2f}%)")
+    optimizer, scheduler = _optimizer_and_schedule(config, hp, params)
+    wrapped = _wrap_distributed(core, runtime)
+
+    state = TrainerState()
+    if ckpt is not None:
+        state = TrainerState.from_dict(load_checkpoint(ckpt, core, optimizer, scheduler, dist.rank))
+        say(f"resuming from {ckpt} (step {state.step} of {hp.total_steps})")
+    objective.setup(SetupContext(model=core, run_dir=run_dir, train_set=train_set, eval_set=eval_set,
+                                 runtime=runtime, config=config, resumed=ckpt is not None, log=say))
+
+    info = {
+        "base_model": resolved.identity(), "method": config.method, "objective": config.objective,
+        "config": config.resolved_dict(), "dtype": runtime.dtype_name, "device": str(runtime.device),
+        "hyperparameters": hp.as_dict(), "versions": library_versions(),
+        "dataset": {"train": train_set.source, "eval": eval_set.source if eval_set else None},
+        "world_size": dist.world_size, "status": "running", "best": None, "started": started,
+    }
+    if dist.is_main:
+        write_json_atomic(run_dir / "run.json", info)
+    metrics = MetricsLog(run_dir, config.tensorboard, resume_step=state.step) if dist.is_main else None
+    bar = Progress(hp.total_steps, state.step, progress and dist.is_main)
+    return Run(config=config, runtime=runtime, run_dir=run_dir, say=say, events=events, model=wrapped, core=core,
+               tokenizer=tokenizer, objective=objective, train_set=train_set, eval_set=eval_set, hp=hp,
+               optimizer=optimizer, scheduler=scheduler, params=params, pad_id=pad_id, state=state,
+               metrics=metrics, bar=bar, info=info, warnings=warnings, started=started)
+
+
+def _sayer(log, events: EventLog, is_main: bool):
+    """Messages go to the user (``log``) and to events.jsonl; other processes stay silent."""
+    if not is_main:
+        return lambda _msg, level="info": None
+
+    def say(msg: str, level: str = "info") -> None:
+        log(msg)
+        events.message(msg, level=level)
+
+    return say
+
+
+def _prepare_run_dir(config: TrainConfig, resume: bool, dist) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint to resume from or None). Refuses to overwrite a run unless resuming."""
+    run_dir = Path(config.out)
+    ckpt = None
+    if resume and RunDir.is_run(run_dir):
+        previous = RunDir(run_dir).record()
+        before = {k: v for k, v in previous.get("config", {}).items() if k not in RESUME_NEUTRAL_KEYS}
+        now = {k: v for k, v in config.resolved_dict().items() if k not in RESUME_NEUTRAL_KEYS}
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(
+                f"resume: the configuration differs from the run in {run_dir} in: {', '.join(changed)} "
+                "(a resumed run must train with the same settings)"
+            )
+        dist.barrier()  # every rank must list checkpoints before rank 0 cleans partial ones
+        if dist.is_main:
+            remove_partial_checkpoints(run_dir)
+        dist.barrier()
+        found = complete_checkpoints(run_dir)
+        ckpt = found[-1] if found else None
+    elif RunDir.is_run(run_dir):
+        raise ConfigError(f"out: {run_dir} already holds a run; resume it (hone train --resume), or choose another out directory")
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    return run_dir, ckpt
+
+
+def _load_datasets(config: TrainConfig, objective: Objective, tokenizer, say):
+    """(train set, eval set or None), rendered by the objective. Without eval_data a seeded share of the
+    training examples is held out; a large eval file is cut to a seeded subset (eval cost stays bounded)."""
+    train_examples = read_examples(config.data, config.data_format)
+    train_sha = file_sha256(config.data)
+    if config.eval_data:
+        eval_examples = read_examples(config.eval_data, config.data_format)
+        eval_path, eval_sha, split = config.eval_data, file_sha256(config.eval_data), None
+        if len(eval_examples) > config.eval_max_examples:
+            _, keep = held_out_split(len(eval_examples), 1.0, config.eval_max_examples, config.seed)
+            split = {"subset_of": config.eval_data, "examples": len(eval_examples), "seed": config.seed}
+            eval_examples = [eval_examples[i] for i in keep]
+            say(f"eval loss on a seeded subset of {len(eval_examples)} of the {split['examples']} eval examples "
+                "(eval_max_examples)")
+    else:
+        tr_idx, ev_idx = held_out_split(len(train_examples), config.eval_fraction, config.eval_max_examples,
+                                        config.seed)
+        eval_examples = [train_examples[i] for i in ev_idx]
+        train_examples = [train_examples[i] for i in tr_idx]
+        eval_path, eval_sha = config.data, train_sha
+        split = {"held_out_of": config.data, "fraction": config.eval_fraction, "seed": config.seed,
+                 "lines": [getattr(e, "line", None) for e in eval_examples]}
+        if eval_examples:
+            say(f"no eval_data: holding out {len(eval_examples)} of {len(tr_idx) + len(ev_idx)} examples "
+                f"(seed {config.seed}) for eval loss")
+    train_set = objective.render_set(tokenizer, train_examples, config.data, train_sha)
+    eval_set = None
+    if eval_examples:
+        eval_set = objective.render_set(tokenizer, eval_examples, eval_path, eval_sha)
+        if split:
+            eval_set.source["split"] = split
+    return train_set, eval_set
+
+
+def _prepare_trainable(model, config: TrainConfig, say):
+    """Attach LoRA (fused layers where eligible) or unfreeze everything; activation checkpointing."""
+    if config.method in ("lora", "qlora"):
+        model = _attach_lora(model, config)
+        say(_enable_fused_lora(model, config, recompute_mlp=config.activation_checkpointing == "mlp"))
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.config.use_cache = False
+    if config.activation_checkpointing == "mlp" and config.method == "full":
+        say("activation_checkpointing: mlp applies to the fused LoRA layers only; full fine-tuning runs without it")
+    if config.activation_checkpointing == "layers":
+        # Non-reentrant: works with frozen inputs (no enable_input_require_grads) and with the fused layers.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        say("activation checkpointing: layers (each decoder layer recomputed in the backward)")
+    return model
+
+
+def _optimizer_and_schedule(config: TrainConfig, hp: Hyperparameters, params: list):
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * hp.total_steps),
+        num_training_steps=hp.total_steps,
+    )
+    return optimizer, scheduler
+
+
+def _wrap_distributed(core, runtime: Runtime):
+    """DDP across processes (gradients all-reduced in the backward); alone, the model itself."""
+    if not runtime.dist.enabled:
+        return core
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(core, device_ids=[runtime.device.index] if runtime.is_cuda else None)
+
+
+# ----------------------------------------------------------------------------------------------- steps
+def _evaluate_base(run: Run) -> None:
+    """Eval metrics of the model before any update (step 0 of the curves)."""
+    if run.state.step != 0 or run.eval_set is None:
+        return
+    metrics = _evaluate(run)
+    if run.metrics is not None:
+        run.metrics.log({"step": 0, "epoch": 0, **metrics})
+        run.events.metrics({"step": 0, **metrics}, run.hp.total_steps)
+    run.bar.update(0, eval_loss=metrics.get("eval_loss"))
+    run.say(f"eval loss before training: {metrics['eval_loss']:.4f}")
+
+
+def _evaluate(run: Run) -> dict:
+    """The objective's loss and statistics over the eval set, as ``eval_*`` metrics; each process takes
+    every world_size-th example."""
+    import torch
+
+    dist, objective, items = run.runtime.dist, run.objective, run.eval_set.items
+    run.core.eval()
+    mine = list(range(dist.rank, len(items), dist.world_size))
+    chunk = max(1, run.hp.micro_batch_size)
+    loss_sum, norm, stats = 0.0, 0, {}
+    with torch.no_grad(), run.runtime.autocast():
+        for i in range(0, len(mine), chunk):
+            part = [items[j] for j in mine[i : i + chunk]]
+            out = objective.loss(run.core, run.runtime.to_device(objective.collate(part, run.pad_id)))
+            loss_sum = loss_sum + out.loss_sum.detach()
+            norm += sum(objective.normalizer(it) for it in part)
+            for k, v in out.stats.items():
+                stats[k] = stats.get(k, 0.0) + v
+    keys = sorted(stats)
+    totals = dist.all_reduce_sum([loss_sum, norm, *[stats[k] for k in keys]])
+    run.core.train()
+    loss_total, norm_total = totals[0], totals[1]
+    out = {"eval_loss": loss_total / norm_total if norm_total else None}
+    out.update({f"eval_{k}": v / norm_total for k, v in zip(keys, totals[2:]) if norm_total})
+    return out
+
+
+def _optimizer_step(run: Run) -> dict:
+    """One optimizer step: its micro-batches forward and backward, then clip and update. Returns the
+    step's metrics row."""
+    import torch
+
+    cfg, hp, dist, objective, items = run.config, run.hp, run.runtime.dist, run.objective, run.train_set.items
+    step = run.state.step
+    t0 = time.perf_counter()
+    epoch, indices = step_indices(len(items), hp.batch_size, cfg.seed, step)
+    mine = micro_batches(indices, hp.grad_accumulation, hp.micro_batch_size, dist.rank, dist.world_size)
+    local_norm = sum(objective.normalizer(items[i]) for mb in mine for i in mb)
+    local_tokens = sum(objective.tokens(items[i]) for mb in mine for i in mb)
+    global_norm, global_tokens = dist.all_reduce_sum([local_norm, local_tokens])
+    # DDP averages gradients over processes; scaling by world_size turns that into a sum, so the
+    # gradient is (sum over all normalizer units) / global_norm.
+    scale = dist.world_size / max(global_norm, 1)
+    loss_total = torch.zeros((), dtype=torch.float64, device=run.runtime.device)
+    stats: dict = {}
+    for j, mb in enumerate(mine):
+        if not mb and not dist.enabled:
+            continue
+        # An empty shard (epoch end) still joins the gradient all-reduce, with zero weight.
+        batch_items = [items[i] for i in mb] or [items[0]]
+        weight = scale if mb else 0.0
+        sync = (j == len(mine) - 1) or not dist.enabled
+        with (run.model.no_sync() if not sync else _nullcontext()):
+            with run.runtime.autocast():
+                out = objective.loss(run.model, run.runtime.to_device(objective.collate(batch_items, run.pad_id)))
+            (out.loss_sum * weight).backward()
+        keep = 1.0 if mb else 0.0
+        loss_total = loss_total + out.loss_sum.detach() * keep
+        for k, v in out.stats.items():
+            stats[k] = stats.get(k, 0.0) + v * keep
+    keys = sorted(stats)
+    # The one host read of the step: loss and statistics summed over micro-batches and processes.
+    totals = dist.all_reduce_sum([loss_total, *[stats[k] for k in keys]])
+    train_loss = totals[0] / max(global_norm, 1)
+    grad_norm = _clip_and_update(run, train_loss)
+    lr = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    run.runtime.after_step()
+
+    s = run.state
+    s.step, s.epoch, s.step_in_epoch = step + 1, epoch, step % hp.steps_per_epoch + 1
+    s.trained_tokens += int(global_norm)
+    s.input_tokens += int(global_tokens)
+    dt = time.perf_counter() - t0
+    s.train_seconds += dt
+    row = {"step": s.step, "epoch": round(epoch + s.step_in_epoch / hp.steps_per_epoch, 4),
+           "train_loss": train_loss if math.isfinite(train_loss) else None, "lr": lr,
+           "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+           "tokens_per_s": round(global_norm / dt, 1) if dt > 0 else None,
+           "input_tokens_per_s": round(global_tokens / dt, 1) if dt > 0 else None,
+           "examples_per_s": round(len(indices) / dt, 2) if dt > 0 else None,
+           "trained_tokens": s.trained_tokens}
+    row.update({f"train_{k}": v / max(global_norm, 1) for k, v in zip(keys, totals[1:])})
+    # The data file lines of this step's examples: the data order, auditable after a resume.
+    row["lines"] = [run.train_set.lines[i] for i in indices]
+    return row
+
+
+def _clip_and_update(run: Run, train_loss: float) -> float:
+    """Clip the gradient and step the optimizer; a step with a NaN/inf loss or gradient is skipped (its
+    data is consumed: the order stays fixed) and too many in a row stop the run. Returns the grad norm."""
+    import torch
+
+    max_norm = run.config.max_grad_norm if run.config.max_grad_norm is not None else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, max_norm))
+    s = run.state
+    if math.isfinite(train_loss) and math.isfinite(grad_norm):
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        s.nonfinite_consecutive = 0
+        return grad_norm
+    run.optimizer.zero_grad(set_to_none=True)
+    s.nonfinite_consecutive += 1
+    s.nonfinite_total += 1
+    run.say(f"warning: step {s.step + 1}: non-finite loss ({train_loss}) or gradient norm ({grad_norm}); "
+            "step skipped", level="warning")
+    if s.nonfinite_consecutive >= run.config.max_nonfinite_steps:
+        raise TrainingError(
+            f"{s.nonfinite_consecutive} consecutive steps had a NaN/inf loss or gradient (last at step "
+            f"{s.step + 1}); lower learning_rate, check the data, or use dtype fp32"
+        )
+    return grad_norm
+
+
+def _after_step(run: Run, row: dict) -> None:
+    """Eval when due, track the best checkpoint and early stopping, log, checkpoint, honour a pause."""
+    s, hp = run.state, run.hp
+    last = s.step == hp.total_steps
+    new_best = stop_early = False
+    if run.eval_set is not None and (s.step % hp.eval_every == 0 or last):
+        row.update(_evaluate(run))
+        new_best, stop_early = _track_best(run, row.get(run.objective.eval_metric))
+    if run.metrics is not None:
+        run.metrics.log(row)
+        run.events.metrics(row, hp.total_steps)
+        warn = overfitting_warning(run.metrics.rows)
+        if warn and warn not in run.warnings:
+            run.warnings.append(warn)
+            run.say(f"warning: {warn}", level="warning")
+    run.bar.update(s.step, loss=row["train_loss"], eval_loss=row.get("eval_loss"), tps=row["input_tokens_per_s"])
+    pause = (run.run_dir / PAUSE_FILE).exists()
+    if s.step % hp.save_every == 0 or new_best or last or stop_early or pause:
+        save_checkpoint(run.run_dir, s.step, run.core, run.optimizer, run.scheduler, asdict(s), run.runtime.dist)
+        if run.runtime.dist.is_main:
+            prune_checkpoints(run.run_dir, run.config.keep_checkpoints, s.best_step)
+    if stop_early:
+        run.status = "early_stopped"
+        run.say(f"early stopping at step {s.step}: no better {run.objective.eval_metric} in "
+                f"{run.config.early_stopping_patience} evals (best {s.best_eval_loss:.4f} at step {s.best_step})")
+    elif pause and not last:
+        run.status = "paused"
+        run.say(f"paused at step {s.step} of {hp.total_steps} (checkpoint saved); resume to continue")
+
+
+def _track_best(run: Run, value: float | None) -> tuple[bool, bool]:
+    """(new best, stop early) after an eval whose selection metric is ``value`` (lower is better)."""
+    s = run.state
+    if value is not None and math.isfinite(value) and (s.best_eval_loss is None or value < s.best_eval_loss):
+        s.best_eval_loss, s.best_step, s.evals_since_best = value, s.step, 0
+        return True, False
+    s.evals_since_best += 1
+    patience = run.config.early_stopping_patience
+    return False, patience is not None and s.evals_since_best >= patience
+
+
+# ----------------------------------------------------------------------------------------------- finish
+def _fail(run: Run, error: BaseException) -> None:
+    run.bar.close()
+    if run.runtime.dist.is_main:
+        run.info.update(status="failed", error=f"{type(error).__name__}: {error}")
+        write_json_atomic(run.run_dir / "run.json", run.info)
+        run.events.message(f"failed: {type(error).__name__}: {error}", level="error")
+    if run.metrics is not None:
+        run.metrics.close()
+    run.runtime.close()
+
+
+def _finish(run: Run) -> RunResult:
+    """The result is the best checkpoint by the eval metric (the last weights without an eval set)."""
+    run.bar.close()
+    s, dist = run.state, run.runtime.dist
+    final_dir, merged_dir = run.run_dir / "final", None
+    secs = s.train_seconds
+    tokens_per_s = round(s.trained_tokens / secs, 1) if secs else 0.0
+    input_tokens_per_s = round(s.input_tokens / secs, 1) if secs else 0.0  # prompts too: compare with other trainers
+    rows = run.metrics.rows if run.metrics else []
+    if run.status != "paused":
+        if s.best_step is not None and s.best_step != s.step:
+            load_trainable(run.core, run.run_dir / "checkpoints" / f"step-{s.best_step}")
+        if dist.is_main:
+            _save_final(run.core, run.tokenizer, final_dir)
+            if run.config.merge and run.config.method in ("lora", "qlora"):
+                from honing.export.merge import merge_run
+
+                run.info["status"] = run.status  # merge reads run.json for the base model
+                write_json_atomic(run.run_dir / "run.json", run.info)
+                merged_dir = merge_run(run.run_dir)
+            if rows:
+                plot_loss_curve(rows, run.run_dir / "loss_curve.png")
+    if dist.is_main:
+        status = run.status if run.status != "running" else "completed"
+        run.info.update(
+            status=status, steps_done=s.step, best={"step": s.best_step, "eval_loss": s.best_eval_loss},
+            final_train_loss=next((r["train_loss"] for r in reversed(rows) if r.get("train_loss") is not None), None),
+            peak_memory_mb=run.runtime.peak_memory_mb(), memory=run.runtime.memory(), tokens_per_s=tokens_per_s,
+            input_tokens_per_s=input_tokens_per_s, merged=merged_dir is not None,
+            nonfinite_steps=s.nonfinite_total, warnings=run.warnings, finished=time.time(),
+            wall_seconds=round(time.time() - run.started, 1),
+        )
+        write_json_atomic(run.run_dir / "run.json", run.info)
+        if status != "paused":
+            run.say(write_summary(run.run_dir, run.info, run.hp.as_dict(), run.warnings).rstrip())
+        run.events.emit("message", f"run {status}", {"status": status, "steps_done": s.step})
+        if run.metrics is not None:
+            run.metrics.close()
+    dist.barrier()
+    run.runtime.close()
+    return RunResult(
+        run_dir=run.run_dir, status=run.status if run.status != "running" else "completed", final_dir=final_dir,
+        best_step=s.best_step, best_eval_loss=s.best_eval_loss, steps=s.step,
+        train_losses=[r["train_loss"] if r.get("train_loss") is not None else float("nan")
+                      for r in rows if "train_loss" in r],
+        eval_losses=[(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None],
+        tokens_per_s=tokens_per_s, input_tokens_per_s=input_tokens_per_s,
+        peak_memory_mb=run.runtime.peak_memory_mb(), merged_dir=merged_dir,
+        hyperparameters=run.hp.as_dict(), warnings=run.warnings,
+    )
+
+
+def _save_final(core, tokenizer, final_dir: Path) -> None:
+    """final/: a PEFT adapter (or full model) + tokenizer, written to a temp dir then renamed."""
+    from honing.fileio import atomic_path
+    from honing.train.checkpoint import assert_finite_weights
+
+    assert_finite_weights(core)
+    with atomic_path(final_dir, overwrite=True) as tmp:
+        core.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def library_versions() -> dict:
@@ -85,42 +593,6 @@ def library_versions() -> dict:
         "peft": peft.__version__,
         "honing": honing.__version__,
     }
-
-
-def peak_memory_mb() -> float:
-    # ru_maxrss is in kilobytes on Linux, bytes on macOS.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024, 1)
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _compute_dtypes(config: TrainConfig):
-    """(resolved dtype name "bf16"|"fp32", dtype to load the base weights in, autocast dtype or None).
-
-    ``auto`` measures whether bf16 matmuls are faster than fp32 here (``honing.precision``): on CPUs
-    without bf16 units (AVX2-only) bf16 is emulated and dozens of times slower, so auto means fp32 there.
-    LoRA + bf16: frozen base weights in bf16 (half the memory, native bf16 matmuls) while PEFT keeps the
-    adapter weights - the only ones the optimizer updates - in fp32. Full + bf16: fp32 master weights
-    with bf16 autocast, because AdamW updates are lost in bf16's 8-bit mantissa.
-    """
-    import torch
-
-    from honing.precision import auto_dtype
-
-    resolved = auto_dtype(config.dtype, "cpu")
-    if resolved != torch.bfloat16:
-        return "fp32", torch.float32, None
-    if config.method == "lora":
-        return "bf16", torch.bfloat16, None
-    return "bf16", torch.float32, torch.bfloat16
 
 
 def _attach_lora(model, config: TrainConfig):
@@ -189,381 +661,4 @@ def _linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def _prepare_run_dir(config: TrainConfig, resume: bool, dist: DistContext) -> tuple[Path, Path | None]:
-    """(run dir, checkpoint to resume from or None). Refuses to overwrite a run unless resuming."""
-    run_dir = Path(config.out)
-    ckpt = None
-    if resume and (run_dir / "run.json").is_file():
-        import json
-
-        previous = json.loads((run_dir / "run.json").read_text())
-        before = {k: v for k, v in previous.get("config", {}).items() if k not in RESUME_NEUTRAL_KEYS}
-        now = {k: v for k, v in config.resolved_dict().items() if k not in RESUME_NEUTRAL_KEYS}
-        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-        if changed:
-            raise ConfigError(
-                f"--resume: the configuration differs from the run in {run_dir} in: {', '.join(changed)} "
-                "(a resumed run must train with the same settings)"
-            )
-        dist.barrier()  # every rank must list checkpoints before rank 0 cleans partial ones
-        if dist.is_main:
-            remove_partial_checkpoints(run_dir)
-        dist.barrier()
-        found = complete_checkpoints(run_dir)
-        ckpt = found[-1] if found else None
-    elif (run_dir / "run.json").is_file():
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
-        )
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    return run_dir, ckpt
-
-
-def _load_datasets(config: TrainConfig, tokenizer, log):
-    train_examples = read_examples(config.data, config.data_format)
-    train_sha = file_sha256(config.data)
-    if config.eval_data:
-        eval_examples = read_examples(config.eval_data, config.data_format)
-        eval_path, eval_sha, split = config.eval_data, file_sha256(config.eval_data), None
-        if len(eval_examples) > config.eval_max_examples:
-            # Eval loss runs every eval_every steps: a seeded subset bounds its cost on big eval files.
-            _, keep = held_out_split(len(eval_examples), 1.0, config.eval_max_examples, config.seed)
-            split = {"subset_of": config.eval_data, "examples": len(eval_examples), "seed": config.seed}
-            eval_examples = [eval_examples[i] for i in keep]
-            log(f"eval loss on a seeded subset of {len(eval_examples)} of the {split['examples']} eval examples "
-                "(eval_max_examples)")
-    else:
-        tr_idx, ev_idx = held_out_split(
-            len(train_examples), config.eval_fraction, config.eval_max_examples, config.seed
-        )
-        eval_examples = [train_examples[i] for i in ev_idx]
-        train_examples = [train_examples[i] for i in tr_idx]
-        eval_path, eval_sha = config.data, train_sha
-        split = {"held_out_of": config.data, "fraction": config.eval_fraction, "seed": config.seed,
-                 "lines": [getattr(e, "line", None) for e in eval_examples]}
-        if eval_examples:
-            log(f"no eval_data: holding out {len(eval_examples)} of {len(tr_idx) + len(ev_idx)} examples "
-                f"(seed {config.seed}) for eval loss")
-    train_set = render_set(tokenizer, train_examples, config.max_length, config.data, train_sha, config.objective)
-    eval_set = None
-    if eval_examples:
-        eval_set = render_set(tokenizer, eval_examples, config.max_length, eval_path, eval_sha, config.objective)
-        if split:
-            eval_set.source["split"] = split
-    return train_set, eval_set
-
-
-def train(
-    config: TrainConfig,
-    *,
-    resume: bool = False,
-    progress: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> RunResult:
-    """Fine-tune ``config.model`` on ``config.data`` into the run directory ``config.out``.
-
-    ``resume``: continue from the newest complete checkpoint in ``config.out`` (bitwise identical to an
-    uninterrupted run on CPU). ``progress``: show a progress bar. ``log``: where messages go (rank 0
-    only; default print). Works alone or under ``torchrun`` (one DDP process per rank).
-    """
-    import torch
-
-    from honing.models.loading import load_model
-
-    dist = setup_distributed()
-    release_heap = _heap_releaser()
-    say = (log or print) if dist.is_main else (lambda _msg: None)
-    t_start = time.time()
-    run_dir, ckpt = _prepare_run_dir(config, resume, dist)
-    if resume and ckpt is None:
-        say(f"--resume: no complete checkpoint in {run_dir}; starting from the beginning")
-
-    # Seed before anything random is created (LoRA init, dropout) so runs are reproducible.
-    seed_everything(config.seed)
-    dtype_name, load_dtype, autocast_dtype = _compute_dtypes(config)
-    say(f"compute dtype: {dtype_name}" + (" (auto: measured on this machine)" if config.dtype == "auto" else ""))
-    model, tokenizer, resolved = load_model(config.model, dtype=load_dtype)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    train_set, eval_set = _load_datasets(config, tokenizer, say)
-    warnings = list(train_set.warnings) + (list(eval_set.warnings) if eval_set else [])
-    for w in warnings:
-        say(f"warning: {w}")
-    mean_tokens = sum(len(item.input_ids) for item in train_set.items) / max(1, len(train_set))
-    hp = resolve_hyperparameters(config, len(train_set), dist.world_size, mean_tokens,
-                                 on_gpu=next(model.parameters()).is_cuda)
-    say(f"training {len(train_set)} examples ({train_set.source['trained_tokens']} trained tokens), "
-        f"eval {len(eval_set) if eval_set else 0}; {hp.describe()}")
-
-    if config.method == "lora":
-        model = _attach_lora(model, config)
-        say(_enable_fused_lora(model, config, recompute_mlp=config.activation_checkpointing == "mlp"))
-    else:
-        for p in model.parameters():
-            p.requires_grad_(True)
-    model.config.use_cache = False
-    if config.activation_checkpointing == "mlp" and config.method != "lora":
-        say("activation_checkpointing: mlp applies to the fused LoRA layers only; full fine-tuning runs without it")
-    if config.activation_checkpointing == "layers":
-        # Non-reentrant: works with frozen inputs (no enable_input_require_grads) and with the fused layers.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        say("activation checkpointing: layers (each decoder layer recomputed in the backward)")
-    core = model  # the unwrapped model: saved, evaluated, merged
-    params = [p for p in core.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in params)
-    n_total = sum(p.numel() for p in core.parameters())
-    say(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.2f}%)")
-
-    from transformers import get_scheduler
-
-    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * hp.total_steps),
-        num_training_steps=hp.total_steps,
-    )
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(core)
-    objective = OBJECTIVES[config.objective]()
-    collate = make_collate(config.packing, pad_id)
-    autocast = (
-        (lambda: torch.autocast("cpu", dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
-    )
-
-    state = {"step": 0, "best_step": None, "best_eval_loss": None, "evals_since_best": 0,
-             "nonfinite_consecutive": 0, "nonfinite_total": 0, "trained_tokens": 0, "train_seconds": 0.0}
-    if ckpt is not None:
-        state.update(load_checkpoint(ckpt, core, optimizer, scheduler, dist.rank))
-        say(f"resuming from {ckpt} (step {state['step']} of {hp.total_steps})")
-
-    run_info = {
-        "base_model": resolved.identity(), "method": config.method, "objective": config.objective,
-        "config": config.resolved_dict(), "dtype": dtype_name, "hyperparameters": hp.as_dict(), "versions": library_versions(),
-        "dataset": {"train": train_set.source, "eval": eval_set.source if eval_set else None},
-        "world_size": dist.world_size, "status": "running", "best": None, "started": t_start,
-    }
-    if dist.is_main:
-        write_json_atomic(run_dir / "run.json", run_info)
-    metrics = MetricsLog(run_dir, config.tensorboard, resume_step=state["step"]) if dist.is_main else None
-    bar = Progress(hp.total_steps, state["step"], progress and dist.is_main)
-
-    def evaluate() -> float | None:
-        """Eval loss over the eval set: each process takes every world_size-th example."""
-        if eval_set is None:
-            return None
-        core.eval()
-        mine = list(range(dist.rank, len(eval_set), dist.world_size))
-        loss_sum, tokens = 0.0, 0
-        chunk = max(1, hp.micro_batch_size)
-        with torch.no_grad(), autocast():
-            for i in range(0, len(mine), chunk):
-                batch = collate([eval_set.items[j] for j in mine[i : i + chunk]])
-                s, n = objective.loss(core, batch)
-                loss_sum += float(s)
-                tokens += n
-        loss_sum, tokens = dist.all_reduce_sum([loss_sum, tokens])
-        core.train()
-        return loss_sum / tokens if tokens else None
-
-    status = "completed"
-    try:
-        if state["step"] == 0 and eval_set is not None:
-            base_eval = evaluate()
-            if dist.is_main and metrics is not None:
-                metrics.log({"step": 0, "epoch": 0, "eval_loss": base_eval})
-            bar.update(0, eval_loss=base_eval)
-            say(f"eval loss before training: {base_eval:.4f}")
-
-        model.train()
-        while state["step"] < hp.total_steps:
-            step = state["step"]
-            t0 = time.perf_counter()
-            epoch, indices = step_indices(len(train_set), hp.batch_size, config.seed, step)
-            mine = micro_batches(indices, hp.grad_accumulation, hp.micro_batch_size, dist.rank, dist.world_size)
-            local_tokens = sum(objective.trained_tokens(train_set.items[i]) for mb in mine for i in mb)
-            local_inputs = sum(len(train_set.items[i]) for mb in mine for i in mb)
-            global_tokens, global_inputs = dist.all_reduce_sum([local_tokens, local_inputs])
-            # DDP averages gradients over processes; scaling by world_size turns that into a sum, so the
-            # gradient is sum over all trained tokens / global_tokens.
-            scale = dist.world_size / max(global_tokens, 1)
-            step_loss_sum = 0.0
-            for j, mb in enumerate(mine):
-                if not mb and not dist.enabled:
-                    continue
-                # An empty shard (epoch end) still joins DDP's gradient all-reduce, with zero weight.
-                items = [train_set.items[i] for i in mb] or [train_set.items[0]]
-                weight = scale if mb else 0.0
-                sync = (j == len(mine) - 1) or not dist.enabled
-                ctx = contextlib.nullcontext() if sync else model.no_sync()
-                with ctx:
-                    with autocast():
-                        loss_sum, _n = objective.loss(model, collate(items))
-                    (loss_sum * weight).backward()
-                if mb:
-                    step_loss_sum += float(loss_sum.detach())
-            (total_loss_sum,) = dist.all_reduce_sum([step_loss_sum])
-            train_loss = total_loss_sum / max(global_tokens, 1)
-            max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
-                # Skip: no update from a NaN/inf; the data of this step is consumed (order stays fixed).
-                optimizer.zero_grad(set_to_none=True)
-                state["nonfinite_consecutive"] += 1
-                state["nonfinite_total"] += 1
-                say(f"warning: step {step + 1}: non-finite loss ({train_loss}) or gradient norm ({grad_norm}); "
-                    "step skipped")
-                if state["nonfinite_consecutive"] >= config.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"{state['nonfinite_consecutive']} consecutive steps had a NaN/inf loss or gradient "
-                        f"(last at step {step + 1}); lower learning_rate, check the data, or use dtype fp32"
-                    )
-            else:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["nonfinite_consecutive"] = 0
-            release_heap()  # the step's freed activations go back to the OS: peak RSS stops creeping up
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            state["step"] = step + 1
-            state["epoch"] = epoch
-            state["step_in_epoch"] = step % hp.steps_per_epoch + 1
-            state["trained_tokens"] += int(global_tokens)
-            state["input_tokens"] = state.get("input_tokens", 0) + int(global_inputs)
-            dt = time.perf_counter() - t0
-            state["train_seconds"] += dt
-            row = {"step": step + 1, "epoch": round(epoch + state["step_in_epoch"] / hp.steps_per_epoch, 4),
-                   "train_loss": train_loss if math.isfinite(train_loss) else None, "lr": lr,
-                   "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
-                   "tokens_per_s": round(global_tokens / dt, 1) if dt > 0 else None,
-                   "trained_tokens": state["trained_tokens"],
-                   # The data file lines of this step's examples: the data order, auditable after a resume.
-                   "lines": [train_set.lines[i] for i in indices]}
-
-            last = state["step"] == hp.total_steps
-            new_best = stop_early = False
-            if eval_set is not None and (state["step"] % hp.eval_every == 0 or last):
-                eval_loss = evaluate()
-                row["eval_loss"] = eval_loss
-                if eval_loss is not None and math.isfinite(eval_loss) and (
-                    state["best_eval_loss"] is None or eval_loss < state["best_eval_loss"]
-                ):
-                    state["best_eval_loss"], state["best_step"], state["evals_since_best"] = eval_loss, state["step"], 0
-                    new_best = True
-                else:
-                    state["evals_since_best"] += 1
-                    patience = config.early_stopping_patience
-                    stop_early = patience is not None and state["evals_since_best"] >= patience
-            if metrics is not None:
-                metrics.log(row)
-                warn = overfitting_warning(metrics.rows)
-                if warn and warn not in warnings:
-                    warnings.append(warn)
-                    say(f"warning: {warn}")
-            bar.update(state["step"], loss=row["train_loss"], eval_loss=row.get("eval_loss"),
-                       tps=row["tokens_per_s"])
-            if state["step"] % hp.save_every == 0 or new_best or last or stop_early:
-                save_checkpoint(run_dir, state["step"], core, optimizer, scheduler, state, dist)
-                if dist.is_main:
-                    prune_checkpoints(run_dir, config.keep_checkpoints, state["best_step"])
-            if stop_early:
-                status = "early_stopped"
-                say(f"early stopping at step {state['step']}: no better eval loss in "
-                    f"{config.early_stopping_patience} evals (best {state['best_eval_loss']:.4f} "
-                    f"at step {state['best_step']})")
-                break
-    except BaseException as e:
-        bar.close()
-        if dist.is_main:
-            run_info.update(status="failed", error=f"{type(e).__name__}: {e}")
-            write_json_atomic(run_dir / "run.json", run_info)
-        if metrics is not None:
-            metrics.close()
-        dist.close()
-        raise
-    bar.close()
-
-    # The result is the best checkpoint by eval loss (the last weights when there is no eval set).
-    final_dir = run_dir / "final"
-    merged_dir = None
-    if state["best_step"] is not None and state["best_step"] != state["step"]:
-        load_trainable(core, run_dir / "checkpoints" / f"step-{state['best_step']}")
-    tokens_per_s = round(state["trained_tokens"] / state["train_seconds"], 1) if state["train_seconds"] else 0.0
-    # All tokens through the model (prompts too): the throughput to compare with other trainers.
-    input_tokens_per_s = round(state.get("input_tokens", 0) / state["train_seconds"], 1) if state["train_seconds"] else 0.0
-    if dist.is_main:
-        _save_final(core, tokenizer, final_dir, config.method)
-        if config.merge and config.method == "lora":
-            from honing.export.merge import merge_run
-
-            run_info["status"] = status  # merge reads run.json for the base model
-            write_json_atomic(run_dir / "run.json", run_info)
-            merged_dir = merge_run(run_dir)
-        rows = metrics.rows if metrics else []
-        if rows:
-            plot_loss_curve(rows, run_dir / "loss_curve.png")
-        run_info.update(
-            status=status, steps_done=state["step"],
-            best={"step": state["best_step"], "eval_loss": state["best_eval_loss"]},
-            final_train_loss=next((r["train_loss"] for r in reversed(rows) if r.get("train_loss") is not None), None),
-            peak_memory_mb=peak_memory_mb(), tokens_per_s=tokens_per_s, input_tokens_per_s=input_tokens_per_s,
-            merged=merged_dir is not None,
-            nonfinite_steps=state["nonfinite_total"], warnings=warnings, finished=time.time(),
-            wall_seconds=round(time.time() - t_start, 1),
-        )
-        write_json_atomic(run_dir / "run.json", run_info)
-        summary = write_summary(run_dir, run_info, hp.as_dict(), warnings)
-        say(summary.rstrip())
-        if metrics is not None:
-            metrics.close()
-    dist.barrier()
-    dist.close()
-    rows = metrics.rows if metrics else []
-    return RunResult(
-        run_dir=run_dir, status=status, final_dir=final_dir, best_step=state["best_step"],
-        best_eval_loss=state["best_eval_loss"], steps=state["step"],
-        train_losses=[r["train_loss"] if r.get("train_loss") is not None else float("nan")
-                      for r in rows if "train_loss" in r],
-        eval_losses=[(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None],
-        tokens_per_s=tokens_per_s, input_tokens_per_s=input_tokens_per_s, peak_memory_mb=peak_memory_mb(),
-        merged_dir=merged_dir,
-        hyperparameters=hp.as_dict(), warnings=warnings,
-    )
-
-
-def _save_final(core, tokenizer, final_dir: Path, method: str) -> None:
-    """final/: a PEFT adapter (or full model) + tokenizer, written to a temp dir then renamed."""
-    tmp = final_dir.with_name(".final.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    from honing.train.checkpoint import assert_finite_weights
-
-    assert_finite_weights(core)
-    core.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.rename(tmp, final_dir)
-
-
-def _heap_releaser() -> Callable[[], None]:
-    """glibc only: a function that returns freed heap pages to the OS (``malloc_trim(0)``), called once
-    per optimizer step. Without it, fragmented freed activations make peak RSS grow step after step
-    (3.1 -> 4.2 GB over two identical steps of SmolLM2-135M; flat at 3.13 GB with it, at no measured speed
-    cost: docs/performance.md). HONING_MALLOC_MMAP_THRESHOLD=<bytes> also serves allocations of at least
-    that size with mmap (2.3 GB peak in the benchmark, ~30% slower)."""
-    import ctypes
-
-    if not sys.platform.startswith("linux"):
-        return lambda: None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        return lambda: None
-    threshold = int(os.environ.get("HONING_MALLOC_MMAP_THRESHOLD", "0"))
-    if threshold > 0:
-        libc.mallopt(-3, threshold)  # -3 = M_MMAP_THRESHOLD (malloc.h)
-    return lambda: trim(0)
-
+__all__ = ["PAUSE_FILE", "RunResult", "TrainerState", "train"]

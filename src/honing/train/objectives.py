@@ -1,64 +1,131 @@
-"""Training objectives. The loop only needs ``loss(model, batch) -> (loss_sum, n_tokens)``: the loss
-summed over trained tokens (not averaged), so the loop can divide by the trained tokens of the whole
-optimizer step across accumulation and processes. A new objective (DPO next) plugs in by implementing
-the same two methods and being listed in ``OBJECTIVES``.
+"""Training objectives: what a run optimizes, as components the one loop calls.
+
+An objective owns everything that differs between ways of training (the loop owns everything that does
+not): how examples are rendered into items, how a micro-batch is collated, the loss of a micro-batch as
+a *sum* over its normalizer units (trained tokens for SFT, pairs for preference tuning), the statistics
+it logs, the eval metric that picks the best checkpoint, and any one-time setup (e.g. reference
+log-probabilities). The loop divides the summed loss by the normalizer of the whole optimizer step
+across accumulation and processes, so batch 4 x accumulation 1 and 2 processes x batch 2 give the same
+gradient, whatever the objective.
+
+A new objective subclasses :class:`Objective` and is listed in ``OBJECTIVES`` (built from its own config
+section by ``build_objective``).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass, field
 
 from honing.data.render import IGNORE_INDEX
 
 
-class Objective(Protocol):
-    name: str
+@dataclass
+class LossOutput:
+    """One micro-batch's loss. ``loss_sum``: 0-dim tensor with grad, summed over the micro-batch's
+    normalizer units. ``stats``: detached sums over the same units (e.g. ``rewards/chosen``); the loop sums
+    them over the step and processes and divides by the step's normalizer before logging."""
 
-    def loss(self, model, batch: dict):
-        """(loss_sum: 0-dim float32 tensor with grad, n_tokens: int) for one micro-batch."""
-        ...
+    loss_sum: object
+    stats: dict = field(default_factory=dict)
 
-    def trained_tokens(self, item) -> int:
-        """Tokens ``item`` contributes to n_tokens (for the global normalizer, known before the forward)."""
-        ...
+
+@dataclass
+class SetupContext:
+    """What ``Objective.setup`` may use, once, before the first optimizer step."""
+
+    model: object  # the unwrapped trainable model
+    run_dir: object
+    train_set: object
+    eval_set: object | None
+    runtime: object
+    config: object
+    resumed: bool
+    log: object
+
+
+class Objective:
+    """The base: subclasses implement ``render_set``, ``normalizer`` and ``loss`` at least."""
+
+    name = "base"
+    eval_metric = "eval_loss"  # the logged metric that picks the best checkpoint (lower is better)
+    packing_supported = True  # may items of a micro-batch share one packed row
+
+    def __init__(self, config):
+        self.config = config
+
+    def render_set(self, tokenizer, examples: list, path: str, sha256: str):
+        """A ``honing.train.dataset.RenderedSet`` of this objective's items."""
+        raise NotImplementedError
+
+    def collate(self, items: list, pad_id: int) -> dict:
+        from honing.train.batching import make_collate
+
+        return make_collate(self.config.packing and self.packing_supported, pad_id)(items)
+
+    def normalizer(self, item) -> int:
+        """Units ``item`` adds to the step's normalizer (known before the forward)."""
+        raise NotImplementedError
+
+    def tokens(self, item) -> int:
+        """Tokens ``item`` puts through the model (throughput, token budgets)."""
+        return len(item)
+
+    def loss(self, model, batch: dict) -> LossOutput:
+        raise NotImplementedError
+
+    def setup(self, ctx: SetupContext) -> None:
+        """One-time work before training (default: none)."""
 
 
 def token_cross_entropy_sum(model, batch: dict):
-    """Sum of next-token cross-entropy over positions whose (unshifted) label is not -100.
+    """(sum of next-token cross-entropy over positions whose unshifted label is not -100, their count).
 
-    Uses the performance engineer's chunked loss (``honing.train.losses``) when present: it never builds
-    the full fp32 [tokens, vocab] logits. Fallback: logits from the model, upcast to fp32, plain CE.
-    """
-    import torch.nn.functional as F
+    The chunked loss (``honing.train.losses``) never builds the full fp32 [tokens, vocab] logits."""
+    from honing.train.losses import causal_lm_loss_sum
 
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    try:
-        from honing.train.losses import causal_lm_loss_sum  # type: ignore[attr-defined]
-    except ImportError:
-        causal_lm_loss_sum = None
-    if causal_lm_loss_sum is not None:
-        return causal_lm_loss_sum(model, inputs, labels)
-    logits = model(**inputs, use_cache=False).logits  # [B, T, V]
-    shift_logits = logits[:, :-1, :].float()  # position t predicts token t+1
-    shift_labels = labels[:, 1:]
-    loss_sum = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum",
-    )
-    return loss_sum, int((shift_labels != IGNORE_INDEX).sum())
+    return causal_lm_loss_sum(model, inputs, labels)
 
 
-class SFTObjective:
+class SFTObjective(Objective):
     """Supervised fine-tuning: cross-entropy on the assistant tokens (the render's loss mask)."""
 
     name = "sft"
 
-    def loss(self, model, batch: dict):
-        return token_cross_entropy_sum(model, batch)
+    def render_set(self, tokenizer, examples, path, sha256):
+        from honing.train.dataset import render_set
 
-    def trained_tokens(self, item) -> int:
+        return render_set(tokenizer, examples, self.config.max_length, path, sha256, self.name)
+
+    def normalizer(self, item) -> int:
         return sum(item.loss_mask[1:])
 
+    def loss(self, model, batch):
+        loss_sum, _n = token_cross_entropy_sum(model, batch)
+        return LossOutput(loss_sum)
 
-OBJECTIVES = {"sft": SFTObjective}
+
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective}
+
+
+def build_objective(config) -> Objective:
+    try:
+        cls = OBJECTIVES[config.objective]
+    except KeyError:
+        from honing.errors import ConfigError
+
+        raise ConfigError(f"objective: unknown objective {config.objective!r} (known: {', '.join(OBJECTIVES)})") from None
+    return cls(config)
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "OBJECTIVES",
+    "LossOutput",
+    "Objective",
+    "SFTObjective",
+    "SetupContext",
+    "build_objective",
+    "token_cross_entropy_sum",
+]

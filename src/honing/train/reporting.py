@@ -52,6 +52,49 @@ class MetricsLog:
             self.tb.close()
 
 
+class EventLog:
+    """``events.jsonl``: what happened during the run as structured events, one JSON object per line, so
+    the CLI, the service's API and the dashboard show the same facts. Each event: ``seq`` (increasing over
+    the run's life, resumes included), ``created_at`` (unix seconds), ``type`` (``message`` | ``metrics``),
+    ``level`` (``info`` | ``warning`` | ``error``), ``message`` and ``data`` (a metrics row for metrics
+    events). Append-only: a resumed run adds a "resumed" message and re-emits the metrics of the steps it
+    replays (same ``step``), so consumers key metrics by step."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path = run_dir / "events.jsonl"
+        self.enabled = enabled
+        self.seq = 0
+        if enabled and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    self.seq = max(self.seq, int(json.loads(line).get("seq", 0)))
+                except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
+                    continue  # a line cut by kill -9
+
+    def emit(self, type_: str, message: str, data: dict | None = None, level: str = "info") -> None:
+        if not self.enabled:
+            return
+        import time
+
+        self.seq += 1
+        event = {"seq": self.seq, "created_at": round(time.time(), 3), "type": type_, "level": level,
+                 "message": message, "data": data or {}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(event, default=str) + "\n")
+
+    def message(self, text: str, level: str = "info") -> None:
+        self.emit("message", text, level=level)
+
+    def metrics(self, row: dict, total_steps: int) -> None:
+        data = {k: v for k, v in row.items() if k != "lines"}
+        data["total_steps"] = total_steps
+        parts = [f"step {row['step']}/{total_steps}"]
+        for key in ("train_loss", "eval_loss"):
+            if row.get(key) is not None:
+                parts.append(f"{key.replace('_', ' ')} {row[key]:.4f}")
+        self.emit("metrics", ", ".join(parts), data)
+
+
 def plot_loss_curve(rows: list[dict], out: Path) -> None:
     """Train and eval loss against optimizer step, as a PNG."""
     import matplotlib
