@@ -4,6 +4,8 @@ worker and dashboard, compare/retrain) goes through :class:`RunDir` instead of p
     RUN/
       run.json          the run record: config, base model, data fingerprints, status, results, lineage
       metrics.jsonl     one JSON object per optimizer step / eval (a line cut by kill -9 is skipped)
+      events.jsonl      structured events (messages and metrics) for the CLI, the API and the dashboard
+      PAUSE             present: the training process checkpoints after its current step and stops
       checkpoints/step-N/  complete when COMPLETE exists (honing.train.checkpoint)
       final/            the result: a PEFT adapter (adapter_config.json) or a full model (config.json)
       merged/           optional merged model
@@ -22,6 +24,7 @@ from honing.fileio import write_json_atomic
 
 RUN_RECORD = "run.json"
 METRICS = "metrics.jsonl"
+EVENTS = "events.jsonl"
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,31 @@ class RunDir:
             return json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ModelError(f"{path} is not valid JSON ({e})") from e
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / EVENTS
+
+    def events(self, after_seq: int = 0) -> list[dict]:
+        """Events of events.jsonl with ``seq`` > ``after_seq``, oldest first (honing.train.reporting.EventLog:
+        seq, created_at, type message|metrics, level, message, data). A cut last line is skipped."""
+        out = []
+        if self.events_path.is_file():
+            for line in self.events_path.read_text().splitlines():
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(event, dict) and event.get("seq", 0) > after_seq:
+                    out.append(event)
+        return out
+
+    def request_pause(self) -> None:
+        """Ask a running training process to save a checkpoint after its current step and stop (status
+        "paused"); resuming the run continues it."""
+        from honing.train.loop import PAUSE_FILE
+
+        (self.path / PAUSE_FILE).touch()
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Complete checkpoints, oldest first."""
