@@ -29,11 +29,20 @@ def eval_cmd(
     forgetting: bool = typer.Option(True, "--forgetting/--no-forgetting",
                                     help="Check general text perplexity and general QA before/after."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (measured: bf16 only where it is fast), fp32, bf16."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     threads: str = typer.Option("auto", "--threads", help="CPU threads: auto (measured: 1 when the cores are "
                                 "busy, else torch's default) or a number."),
     as_json: bool = typer.Option(False, "--json", help="Print every number as JSON on stdout."),
+    gate: bool = typer.Option(False, "--gate", help="Release gate (the run's gate: section; docs/maintenance.md): "
+                              "exit 1 with the reason unless the fine-tuned model beats the cheaper approaches by "
+                              "the margin, is not worse than --production, and forgets within the thresholds."),
+    margin: float = typer.Option(None, "--margin", help="With --gate: same as gate.margin (e.g. 0.02 = 2 points)."),
+    production: str = typer.Option(None, "--production", help="With --gate: the production run directory, "
+                                   "evaluated on the same examples (same as gate.production)."),
 ) -> None:
-    """Evaluate a fine-tuned run against the cheaper options (prompting, retrieval) and write a report."""
+    """Evaluate a fine-tuned run against the cheaper options (prompting, retrieval) and write a report.
+
+    Exit status with --gate: 0 when the gate passes, 1 when it fails; 2 on bad input."""
     from honing.evaluate import evaluate
 
     def progress(msg: str) -> None:
@@ -42,14 +51,23 @@ def eval_cmd(
     result = evaluate(
         model, data, train_path=train_data, baselines=[b for b in baselines.split(",") if b.strip()],
         docs_dir=docs, metric=metric, schema=schema, out_dir=out, max_examples=max_examples,
-        max_new_tokens=max_new_tokens, k_shots=k_shots, forgetting=forgetting, dtype=dtype, threads=threads,
+        max_new_tokens=max_new_tokens, k_shots=k_shots, forgetting=forgetting, dtype=dtype, device=device, threads=threads,
         progress=progress,
     )
+    verdict = None
+    if gate:
+        from honing.lifecycle.gate import gate_evaluation
+
+        verdict = gate_evaluation(result, margin=margin, production=production, progress=progress)
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), **({"gate": verdict.to_dict()} if verdict else {})}, indent=2))
     else:
         print(result.summary_table())
         print(f"report: {result.report_html}")
+        if verdict:
+            print(verdict.summary())
+    if verdict is not None and not verdict.passed:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
