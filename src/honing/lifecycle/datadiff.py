@@ -39,7 +39,8 @@ class DataDiff:
     removed: list[dict] = field(default_factory=list)
     changed: list[dict] = field(default_factory=list)  # {"old_line", "new_line", "prompt", "old_answer", "new_answer"}
     counts: dict = field(default_factory=dict)  # exact numbers of added/removed/changed
-    answer_changes: list[tuple[str, str, int]] = field(default_factory=list)  # (old, new, count), most common first
+    # (old answer, new answer, count) over changed examples whose answer differs, most common first
+    answer_changes: list[tuple[str, str, int]] = field(default_factory=list)
     new_problems: list[dict] = field(default_factory=list)  # Problem.as_dict() of the new file
     fixed_problems: int = 0  # problems of the old version whose record no longer has them
     old_sha256: str = ""
@@ -143,7 +144,8 @@ def diff_data(old_path: str | os.PathLike, new_path: str | os.PathLike, data_for
     old = list(read_examples(old_path, data_format, on_error="skip"))
     new = list(read_examples(new_path, data_format, on_error="skip"))
     unchanged, added, removed, changed = match_examples(old, new)
-    transitions = Counter((_preview(_answer(a)), _preview(_answer(b))) for a, b in changed)
+    transitions = Counter((_preview(_answer(a)), _preview(_answer(b))) for a, b in changed
+                          if _answer(a) != _answer(b))
 
     old_report = validate_file(old_path, data_format, tokenizer=tokenizer, max_length=max_length)
     new_report = validate_file(new_path, data_format, tokenizer=tokenizer, max_length=max_length)
