@@ -44,6 +44,7 @@ def chat_cmd(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest reply, in tokens."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 only where it is fast here), fp32 or bf16."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
 ) -> None:
     """Chat with a base model or a fine-tuned run (same chat template as training)."""
     from honing.data.conversation import Message
@@ -53,7 +54,10 @@ def chat_cmd(
 
     if dtype not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"--dtype: expected auto, fp32 or bf16, got {dtype!r}")
-    m, tok, info = load_for_inference(model, dtype=auto_dtype(dtype))
+    from honing.train.runtime import resolve_device
+
+    dev = resolve_device(device)
+    m, tok, info = load_for_inference(model, dtype=auto_dtype(dtype, dev.type), device=dev)
     history: list[Message] = [Message("system", system)] if system else []
     if prompt is not None:
         stream_reply(m, tok, [*history, Message("user", prompt)], max_new_tokens, temperature)

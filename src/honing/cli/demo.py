@@ -81,7 +81,7 @@ def demo_cmd(
 
     evaluation = evaluate(result.run_dir, eval_path, train_path=train_path, docs_dir=docs_dir,
                           baselines=("zero-shot", "few-shot", "rag"), max_examples=eval_examples,
-                          progress=console.print)
+                          device=config.device, progress=console.print)
     _print_samples(console, evaluation)
     console.print(evaluation.summary_table())
     minutes = (time.perf_counter() - started) / 60

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-FLAG_KEYS = ("model", "data", "eval_data", "method", "epochs", "out", "merge")
+FLAG_KEYS = ("model", "data", "eval_data", "method", "epochs", "out", "merge", "device")
 
 
 def _epilog() -> str:
@@ -32,6 +32,7 @@ def train_cmd(
     epochs: str = typer.Option(None, "--epochs", help="Same as --set epochs=N|auto."),
     out: str = typer.Option(None, "--out", help="Same as --set out=runs/NAME."),
     merge: bool = typer.Option(None, "--merge", help="Same as --set merge=true."),
+    device: str = typer.Option(None, "--device", help="Same as --set device=auto|cpu|cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest complete checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     evaluate_after: bool = typer.Option(
@@ -57,10 +58,14 @@ def train_cmd(
 
             raise ConfigError(f"--epochs: expected a positive integer or 'auto', got {epochs!r}") from None
     values = {"model": model, "data": data, "eval_data": eval_data, "method": method, "epochs": epochs,
-              "out": out, "merge": merge}
+              "out": out, "merge": merge, "device": device}
     config = build_config(recipe, overrides=set_ or [], values=values)
     console.print(f"[bold]hone train[/] -> {config.out}")
     result = train(config, resume=resume, progress=not quiet, log=console.print)
+    if result.status == "paused":
+        console.print(f"[bold yellow]paused[/] at step {result.steps}: continue with "
+                      f"`hone train --resume --out {result.run_dir}` and the same settings")
+        return
     console.print(
         f"[bold green]{result.status}[/]: result in {result.final_dir}"
         + (f", merged model in {result.merged_dir}" if result.merged_dir else "")
@@ -68,7 +73,7 @@ def train_cmd(
     console.print(f"peak memory (RSS): {result.peak_memory_mb:.0f} MB; trained tokens/s: {result.tokens_per_s:,.1f} "
                   f"(all example tokens/s: {result.input_tokens_per_s:,.1f})")
     if evaluate_after and config.eval_data and _is_main_process():
-        _evaluate_run(console, result.run_dir, config.eval_data, eval_baselines)
+        _evaluate_run(console, result.run_dir, config.eval_data, eval_baselines, config.device)
 
 
 def register(app: typer.Typer) -> None:
@@ -87,13 +92,13 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _evaluate_run(console, run_dir, eval_path: str, baselines: str) -> None:
+def _evaluate_run(console, run_dir, eval_path: str, baselines: str, device: str = "auto") -> None:
     """The end-of-training evaluation: the library's ``evaluate``, printed as ``hone eval`` prints it."""
     from honing.evaluate import evaluate
 
     console.rule("[bold]evaluation")
     wanted = tuple(b.strip() for b in baselines.split(",") if b.strip())
-    result = evaluate(run_dir, eval_path, baselines=wanted, progress=console.print)
+    result = evaluate(run_dir, eval_path, baselines=wanted, device=device, progress=console.print)
     console.print(result.summary_table())
     console.print(f"report: {result.report_html}")
 

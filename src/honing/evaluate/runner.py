@@ -19,7 +19,7 @@ from pathlib import Path
 from honing.errors import ConfigError, DataError
 from honing.evaluate import baselines as B
 from honing.evaluate.bootstrap import Interval, mean_ci, paired_difference_ci
-from honing.evaluate.dataset import EvalItem, read_eval_items
+from honing.evaluate.dataset import EvalItem, read_eval_items, read_task_declaration
 from honing.evaluate.generation import auto_max_new_tokens, generate, reference_loss
 from honing.evaluate.metrics import TASKS, TaskScores, detect_task, score
 
@@ -209,6 +209,22 @@ def compare(approaches: Sequence[ApproachResult], primary: str, seed: int = 0) -
     return best.name, comparisons, verdict
 
 
+def _declared_task(eval_path, metric: str, schema, say: Callable[[str], None]):
+    """(metric, schema) with what the data's ``hone_eval.json`` declares filling in what the caller
+    left at auto / None (an explicit metric or schema always wins)."""
+    declared, where = read_task_declaration(eval_path)
+    if not declared:
+        return metric, schema
+    if metric == "auto":
+        if declared["metric"] not in TASKS:
+            raise DataError(f"{where}: metric {declared['metric']!r}: choose {', '.join(TASKS)}")
+        metric = declared["metric"]
+    if schema is None and declared["schema"] is not None and metric == "json":
+        schema = declared["schema"]
+    say(f"task: {metric}{f', schema {schema}' if schema is not None else ''} (declared in {where})")
+    return metric, schema
+
+
 def _read_loss_curve(run_dir: Path) -> list[dict]:
     from honing.rundir import RunDir
 
@@ -225,23 +241,23 @@ def _run_info(model_ref: str) -> dict | None:
     return RunDir(model_ref).record()
 
 
-def _load_models(model_ref: str, run: dict | None, dtype):
+def _load_models(model_ref: str, run: dict | None, dtype, device=None):
     """(base_context, fine_tuned_model_or_None, tokenizer). ``base_context()`` is a context manager
     yielding the base model: for an adapter run, the same weights with the adapter switched off."""
     from honing.models.loading import load_for_inference, load_model
 
     if run is None:
-        m, tok, _ = load_model(model_ref, dtype=dtype)
+        m, tok, _ = load_model(model_ref, dtype=dtype, device=device)
         m.eval()
         return (lambda: contextlib.nullcontext(m)), None, tok
-    ft, tok, info = load_for_inference(model_ref, dtype=dtype)
+    ft, tok, info = load_for_inference(model_ref, dtype=dtype, device=device)
     if info["kind"] == "adapter":
         @contextlib.contextmanager
         def base_ctx():
             with ft.disable_adapter():
                 yield ft
         return base_ctx, ft, tok
-    base, _, _ = load_model(run["base_model"]["reference"], dtype=dtype)
+    base, _, _ = load_model(run["base_model"]["reference"], dtype=dtype, device=device)
     base.eval()
     return (lambda: contextlib.nullcontext(base)), ft, tok
 
@@ -261,6 +277,7 @@ def evaluate(
     k_shots: int = 3,
     forgetting: bool = True,
     dtype: str = "auto",
+    device: str = "auto",
     threads: int | str = "auto",
     progress: Callable[[str], None] | None = None,
     write_report: bool = True,
@@ -274,6 +291,7 @@ def evaluate(
     """
     from honing.evaluate.threads import fastest_thread_count, torch_threads
     from honing.precision import auto_dtype
+    from honing.train.runtime import resolve_device
 
     say = progress or (lambda _msg: None)
     model_ref = str(model_ref)
@@ -282,6 +300,7 @@ def evaluate(
         raise ConfigError(f"--metric {metric}: choose auto, {', '.join(TASKS)}")
     if k_shots < 1:
         raise ConfigError(f"k_shots must be >= 1, got {k_shots}")
+    metric, schema = _declared_task(eval_path, metric, schema, say)
     if isinstance(schema, (str, Path)):
         try:
             schema = json.loads(Path(schema).read_text())
@@ -313,9 +332,11 @@ def evaluate(
     else:
         raise ConfigError(f"--threads {threads}: use auto or a positive number")
     with torch_threads(n_threads):
-        torch_dtype = auto_dtype(dtype)
-        say(f"loading {model_ref} ({str(torch_dtype).replace('torch.', '')}, {n_threads} thread(s))")
-        base_ctx, fine_tuned, tok = _load_models(model_ref, run, torch_dtype)
+        dev = resolve_device(device)
+        torch_dtype = auto_dtype(dtype, dev.type)
+        say(f"loading {model_ref} ({str(torch_dtype).replace('torch.', '')} on {dev}"
+            + (f", {n_threads} CPU thread(s))" if dev.type == "cpu" else ")"))
+        base_ctx, fine_tuned, tok = _load_models(model_ref, run, torch_dtype, dev)
         new_tokens = max_new_tokens or auto_max_new_tokens(tok, references + [p.reference for p in pool[:500]])
 
         def run_approach(name: str, model_label: str, model, prompts) -> ApproachResult:

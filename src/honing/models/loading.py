@@ -60,7 +60,7 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return RunDir.is_run(path)
 
 
-def load_for_inference(reference: str | os.PathLike, dtype=None):
+def load_for_inference(reference: str | os.PathLike, dtype=None, device=None):
     """Load a base model, a model directory, or a fine-tuned run directory for generation.
 
     Run directory contract (written by honing.train): ``run.json`` with ``base_model.reference``;
@@ -69,7 +69,7 @@ def load_for_inference(reference: str | os.PathLike, dtype=None):
     """
     p = Path(reference)
     if not is_run_dir(p):
-        m, tok, resolved = load_model(reference, dtype=dtype)
+        m, tok, resolved = load_model(reference, dtype=dtype, device=device)
         m.eval()
         return m, tok, {"kind": "base", **resolved.identity()}
     from honing.rundir import RunDir
@@ -79,8 +79,10 @@ def load_for_inference(reference: str | os.PathLike, dtype=None):
     if (final / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base, tok, resolved = load_model(run["base_model"]["reference"], dtype=dtype)
+        base, tok, resolved = load_model(run["base_model"]["reference"], dtype=dtype, device=device)
         m = PeftModel.from_pretrained(base, str(final))
+        if device:
+            m.to(device)  # the adapter weights load on the CPU
         # The run's tokenizer (saved beside the adapter) wins: training may have set a template.
         if (final / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
@@ -89,7 +91,7 @@ def load_for_inference(reference: str | os.PathLike, dtype=None):
         m.eval()
         return m, tok, {"kind": "adapter", "run_dir": str(p), "base_model": run["base_model"]}
     if (final / "config.json").is_file():
-        m, tok, _ = load_model(str(final), dtype=dtype)
+        m, tok, _ = load_model(str(final), dtype=dtype, device=device)
         m.eval()
         return m, tok, {"kind": "full", "run_dir": str(p), "base_model": run["base_model"]}
     raise ModelError(f"{p} is a run directory without a finished model in {final} (did training complete?)")
