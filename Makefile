@@ -42,6 +42,8 @@ demo: setup
 	$(VENV)/bin/hone demo
 
 test: setup
+	# PostgreSQL and Chromium for the service and dashboard tests (installs what is missing when root).
+	sh scripts/system_deps.sh
 	$(PY) -m pytest -q
 
 lint: setup
