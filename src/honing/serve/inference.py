@@ -161,9 +161,21 @@ class ModelPool:
                       num_return_sequences=p.n)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if p.stop:
-            kw.update(stop_strings=list(p.stop), tokenizer=tok)
         return kw
+
+    @staticmethod
+    def _stop_on_text(tok, prompt_len: int, stops: tuple[str, ...]):
+        """Stop a row once its generated text (not the prompt: transformers' stop_strings also match across
+        the prompt's end) contains a stop string."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _StopText(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                texts = tok.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+                return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
+
+        return StoppingCriteriaList([_StopText()]) if stops else None
 
     def complete(self, t: Target, prompt_ids: list[int], p: Params) -> list[Choice]:
         import torch
@@ -178,6 +190,7 @@ class ModelPool:
                 torch.manual_seed(p.seed)
             with torch.no_grad(), self._context(slot, t):
                 out = slot.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                          stopping_criteria=self._stop_on_text(slot.tok, len(prompt_ids), p.stop),
                                           **self._gen_kwargs(slot, p))
         stops = set(stop_token_ids(slot.tok))
         rows = [out[i, len(prompt_ids):].tolist() for i in range(out.shape[0])]
