@@ -125,6 +125,19 @@ class CPTConfig(_Strict):
         "blocks; nothing truncated away); null: max_length.")
 
 
+class ReplayConfig(_Strict):
+    """Replay of general instruction data during supervised training, against forgetting (honing.train.replay)."""
+
+    fraction: float = Field(
+        0.0, ge=0, lt=1,
+        description="Share of each step's loss spent on general instructions (0: off). The step minimises "
+        "(1 - fraction) x task loss + fraction x replay loss, each a mean over its own trained tokens.",
+    )
+    examples_per_step: int = Field(2, ge=1, description="Replay examples per process per optimizer step.")
+    data: str | None = Field(
+        None, description="Chat examples to replay (JSONL, ...); null: the general set shipped with Honing.")
+
+
 class TrainConfig(_Strict):
     """Everything a fine-tuning run needs. ``auto`` values are resolved from the dataset size before
     training starts (see :mod:`honing.train.auto`) and printed."""
@@ -205,6 +218,13 @@ class TrainConfig(_Strict):
         "split's size) are used for eval loss, which bounds the cost of each eval."
     )
     eval_every: int | Auto = Field("auto", description="Eval loss every N optimizer steps; auto: ~8 times per run.")
+    forgetting_budget: float | None = Field(
+        None, gt=0,
+        description="Stop when the general-text perplexity probe (measured at every eval) rises by more than this "
+        "fraction over the base model (0.15 = +15%); the result is the best checkpoint within the budget. "
+        "null: measure and report only.",
+    )
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="Replay of general instruction data.")
     early_stopping_patience: int | None = Field(
         3, ge=1, description="Stop after this many evals without a new best eval loss; null: never stop early."
     )
