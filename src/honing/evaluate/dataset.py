@@ -6,6 +6,7 @@ Uses ``honing.data.formats.read_examples``, so every input format training accep
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,3 +56,29 @@ def to_eval_items(conversations: list[Conversation], path: str | Path = "<data>"
 
 def read_eval_items(path: str | Path) -> list[EvalItem]:
     return to_eval_items(read_conversations(path), path)
+
+
+# A dataset may say what its evaluation measures in a file beside its data (the shipped examples do):
+# ``{"metric": "classification" | "json" | "text", "schema": "schema.json"}``, the schema path relative
+# to that file. Auto-detection cannot know, e.g., that 24 distinct answers are labels, not free text.
+TASK_DECLARATION = "hone_eval.json"
+
+
+def read_task_declaration(data_path: str | Path) -> tuple[dict, Path | None]:
+    """``({"metric": ..., "schema": Path | None}, declaration path)`` from ``hone_eval.json`` beside
+    ``data_path``, or ``({}, None)`` when there is none."""
+    path = Path(data_path).parent / TASK_DECLARATION
+    if not path.is_file():
+        return {}, None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read the task declaration ({e})") from e
+    if not isinstance(raw, dict) or not isinstance(raw.get("metric"), str):
+        raise DataError(f"{path}: expected an object with a \"metric\" string (and optionally \"schema\")")
+    declared: dict = {"metric": raw["metric"], "schema": None}
+    if raw.get("schema") is not None:
+        if not isinstance(raw["schema"], str):
+            raise DataError(f"{path}: \"schema\" must be a file name relative to {path.parent}")
+        declared["schema"] = path.parent / raw["schema"]
+    return declared, path
