@@ -7,7 +7,7 @@
 //   #/chat         chat with any served model, streamed (server-sent events)
 //
 // Safety rule for the next engineer: every string that comes from the API goes into the page through
-// h() / textContent, never through innerHTML. The evaluation report is HTML by design: it goes into a
+// h() / textContent, never through an HTML-parsing property. The evaluation report is HTML by design: it goes into a
 // sandboxed srcdoc frame (no scripts, opaque origin).
 "use strict";
 
@@ -228,7 +228,13 @@
     if (TERMINAL.has(job.status) && progressCache.has(job.id)) return progressCache.get(job.id);
     const events = listOf(await api.get(`${jobPath(job.id)}/events?limit=50`));
     const m = events.find((e) => e.type === "metrics" && e.data && e.data.step !== undefined);
-    const p = m ? { step: m.data.step, total_steps: m.data.total_steps } : null;
+    let p = m ? { step: m.data.step, total_steps: m.data.total_steps } : null;
+    if (!p && job.status !== "validating_files" && job.status !== "queued") {
+      // Many log lines after the last step (the end-of-job evaluation): ask the run's metrics instead.
+      const body = await api.optional(`${jobPath(job.id)}/metrics`);
+      const rows = listOf(body).filter((r) => typeof r.step === "number");
+      if (rows.length) p = { step: rows[rows.length - 1].step, total_steps: body.total_steps };
+    }
     progressCache.set(job.id, p);
     return p;
   }
@@ -303,7 +309,10 @@
 
   // ---------------------------------------------------------------- #/new : upload + start a job
   function newJobView(ctx, view) {
-    const model = h("select", { name: "model", id: "model", required: true });
+    // A served model from the list, or any local model directory / .gguf path the server can read.
+    const modelList = h("datalist", { id: "model-list" });
+    const model = h("input", { type: "text", name: "model", id: "model", list: "model-list", required: true,
+      placeholder: "catalog name or local model path", size: 48 });
     const existing = h("select", { name: "existing", id: "existing-file" }, h("option", { value: "" }, "— upload a new file —"));
     const training = h("input", { type: "file", name: "training", id: "training-file", accept: ".jsonl,.json,.csv,.parquet" });
     const validation = h("input", { type: "file", name: "validation", id: "validation-file", accept: ".jsonl,.json,.csv,.parquet" });
@@ -312,10 +321,12 @@
     const batch = number("batch_size", { min: 1, step: 1 });
     const lrm = number("learning_rate_multiplier", { min: 0, step: "any" });
     const suffix = h("input", { type: "text", name: "suffix", id: "suffix", maxlength: 64, placeholder: "optional" });
+    const extra = h("textarea", { name: "honing_config", id: "honing-config", rows: 2,
+      placeholder: '{"max_steps": 50, "method": "lora"}' });
     const submit = h("button", { type: "submit", id: "start-job" }, "Upload and start");
     const result = h("div", { id: "upload-result" });
     const form = h("form", { class: "stack", id: "new-job" },
-      h("label", { for: "model" }, "Base model"), model,
+      h("label", { for: "model" }, "Base model"), h("div", null, model, modelList),
       h("label", { for: "training-file" }, "Training file"),
       h("div", null, training, h("div", { class: "hint" }, "JSONL chat / prompt-completion, CSV or Parquet; validated on upload")),
       h("label", { for: "existing-file" }, "…or an uploaded file"), existing,
@@ -324,6 +335,8 @@
       h("label", { for: "batch_size" }, "Batch size"), batch,
       h("label", { for: "learning_rate_multiplier" }, "Learning-rate multiplier"), lrm,
       h("label", { for: "suffix" }, "Suffix"), suffix,
+      h("label", { for: "honing-config" }, "Honing training keys (JSON)"),
+      h("div", null, extra, h("div", { class: "hint" }, "optional: sent as honing_config (max_steps, method, lora, …)")),
       h("div", { class: "full" }, submit));
     replace(view, h("h1", null, "New fine-tuning job"), h("div", { class: "panel" }, form), result);
 
@@ -333,7 +346,8 @@
       if (!ctx.alive) return;
       // Base models first (fine-tuned ones can be tuned further, but are rarely what one wants).
       const ids = listOf(models).map((m) => m.id).sort((a, b) => a.startsWith("ft:") - b.startsWith("ft:"));
-      replace(model, ids.map((id) => h("option", { value: id }, id)));
+      replace(modelList, ids.map((id) => h("option", { value: id })));
+      if (!model.value && ids.length) model.value = ids[0];
       append(existing, listOf(files).map((f) => h("option", { value: f.id }, `${f.filename} (${f.id})`)));
     })().catch((e) => flash(e.message));
 
@@ -346,14 +360,16 @@
       ev.preventDefault();
       flash(null);
       if (!training.files.length && !existing.value) { flash("Choose a training file or an uploaded one."); return; }
+      let honingConfig = null;
+      if (extra.value.trim()) {
+        try { honingConfig = JSON.parse(extra.value); } catch (e) { flash(`Honing training keys: not JSON (${e.message})`); return; }
+      }
       submit.disabled = true;
       try {
         const trainingId = await uploadChecked(training.files[0], existing.value, result, "Training file");
-        if (!trainingId) return;
         let validationId = null;
         if (validation.files.length) {
           validationId = await uploadChecked(validation.files[0], "", result, "Validation file");
-          if (!validationId) return;
         }
         const body = {
           model: model.value,
@@ -363,6 +379,7 @@
         };
         if (validationId) body.validation_file = validationId;
         if (suffix.value.trim()) body.suffix = suffix.value.trim();
+        if (honingConfig) body.honing_config = honingConfig;
         const job = await api.post("/v1/fine_tuning/jobs", body);
         location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
       } catch (e) {
@@ -373,7 +390,8 @@
     });
   }
 
-  // Upload (or reuse) a file and show its validation; returns its id, or null when it has problems.
+  // Upload (or reuse) a file and show its validation. A file with errors is still submitted: the server
+  // decides (the job then fails at validating_files with the same line-numbered problems in its error).
   async function uploadChecked(file, existingId, out, label) {
     let id = existingId;
     if (file) {
@@ -381,21 +399,28 @@
       id = (await api.upload(file, "fine-tune")).id;
     }
     const v = await api.optional(`/v1/files/${encodeURIComponent(id)}/validation`);
-    const panel = h("div", { class: "panel" }, h("h2", null, `${label} ${id}`), validationBlock(v));
-    append(out, panel);
-    return v && v.ok === false ? null : id;
+    append(out, h("div", { class: "panel" }, h("h2", null, `${label} ${id}`), validationBlock(v)));
+    return id;
   }
 
   function validationBlock(v) {
     if (!v) return h("p", { class: "muted" }, "No validation result for this file.");
-    const stats = v.stats && Object.keys(v.stats).length ?
-      h("table", { class: "kv" }, Object.entries(v.stats).map(([k, x]) => h("tr", null, h("th", null, k), h("td", null, fmt(x))))) : null;
     const problems = v.problems || [];
+    const count = (sev) => (typeof v[`${sev}s`] === "number" ? v[`${sev}s`] : problems.filter((p) => p.severity === sev).length);
+    const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+    const errors = count("error");
+    const warnings = count("warning");
+    const headline = v.ok ?
+      h("p", { class: "ok" }, "✓ valid", warnings ? h("span", { class: "muted" }, ` (${plural(warnings, "warning")})`) : null) :
+      h("p", { class: "bad" }, `✗ ${plural(errors, "error")}`, warnings ? `, ${plural(warnings, "warning")}` : "");
+    const stats = v.stats && Object.keys(v.stats).length ?
+      h("table", { class: "kv" }, Object.entries(v.stats).map(([k, x]) => h("tr", null, h("th", null, k), h("td", { class: "mono" }, fmt(x))))) : null;
     return h("div", { class: "validation", dataset: { ok: String(!!v.ok) } },
-      v.ok ? h("p", { class: "ok" }, "✓ valid") :
-        h("p", { class: "bad" }, `✗ ${problems.length} problem${problems.length === 1 ? "" : "s"}`),
+      headline,
       problems.length ? h("ul", { class: "problems" }, problems.slice(0, 50).map((p) =>
-        h("li", null, h("span", { class: "mono" }, `line ${p.line ?? "?"}`), ` · ${p.category} · `, p.message))) : null,
+        h("li", { class: p.severity === "error" ? "bad-line" : null },
+          h("span", { class: "mono" }, p.line === null || p.line === undefined ? "file" : `line ${p.line}`),
+          ` · ${p.severity ? `${p.severity} · ` : ""}${p.category} · `, p.message))) : null,
       problems.length > 50 ? h("p", { class: "muted" }, `… and ${problems.length - 50} more`) : null,
       stats);
   }
@@ -430,13 +455,13 @@
       const job = await api.get(jobPath(id));
       const [evs, rows, ckpts] = await Promise.all([
         api.get(`${jobPath(id)}/events?limit=100`).then(listOf),
-        api.optional(`${jobPath(id)}/metrics`).then((b) => (b === null ? null : listOf(b))),
+        api.optional(`${jobPath(id)}/metrics`),
         api.get(`${jobPath(id)}/checkpoints?limit=100`).then(listOf),
       ]);
       if (!ctx.alive) return false;
       flash(null);
       renderHeader(title, job, () => refresh());
-      const series = lossSeries(rows, evs);
+      const series = lossSeries(rows === null ? null : listOf(rows), evs, rows && rows.total_steps);
       replace(chart, series.train.length || series.evals.length ? lossChart(series) : h("p", { class: "muted" }, "No metrics yet."));
       progressText.textContent = series.step !== null ?
         `step ${series.step}${series.total ? ` of ${series.total}` : ""}` : "";
@@ -516,8 +541,8 @@
         h("td", null, fmt(c.step_number)),
         h("td", { class: "mono" }, h("a", { href: `#/chat?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` },
           c.fine_tuned_model_checkpoint)),
-        h("td", { class: "mono" }, Object.entries(c.metrics || {}).filter(([, v]) => v !== null)
-          .map(([k, v]) => `${k}=${fmt(v)}`).join("  "))))));
+        h("td", { class: "mono metrics" }, Object.entries(c.metrics || {}).filter(([k, v]) => v !== null && k !== "step")
+          .map(([k, v]) => h("div", null, `${k} ${fmt(v)}`)))))));
   }
 
   function eventTable(evs) {
@@ -547,7 +572,7 @@
 
   // ---------------------------------------------------------------- loss curves (inline SVG)
   // Rows of GET .../metrics ({step, train_loss, eval_loss}); without that extension, the metrics events.
-  function lossSeries(rows, evs) {
+  function lossSeries(rows, evs, totalSteps) {
     let points = rows;
     if (!points) {
       points = evs.filter((e) => e.type === "metrics" && e.data).map((e) => ({
@@ -560,7 +585,8 @@
     const steps = points.map((r) => r.step).filter(finite);
     const totals = points.map((r) => r.total_steps).filter(finite);
     const fromEvents = evs.find((e) => e.type === "metrics" && e.data && finite(e.data.total_steps));
-    const total = totals.length ? Math.max(...totals) : fromEvents ? fromEvents.data.total_steps : null;
+    const total = finite(totalSteps) ? totalSteps : totals.length ? Math.max(...totals)
+      : fromEvents ? fromEvents.data.total_steps : null;
     return { train, evals, step: steps.length ? Math.max(...steps) : null, total };
   }
 
