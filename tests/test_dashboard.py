@@ -204,3 +204,30 @@ def save_screenshot(page, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path))
     page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_dashboard_asks_for_a_key_on_401(browser, tmp_path):
+    """With keys on, the page shows the key form on the API's 401, and works once a project key is saved;
+    a wrong key brings the form back."""
+    from serve_helpers import create_key, start_server
+
+    server = start_server(tmp_path, no_auth=False)
+    page = browser.new_page()
+    log = PageLog(page)
+    try:
+        key = create_key(server.data_dir, "dash-team")
+        page.goto(server.url + "/")
+        page.wait_for_selector("#key-panel:not([hidden])")
+        assert "API key" in page.text_content("#flash")
+        page.fill("#key-input", "sk-wrong")
+        page.click("#key-form button[type=submit]")
+        page.wait_for_selector("#key-panel:not([hidden])")
+        page.fill("#key-input", key)
+        page.click("#key-form button[type=submit]")
+        page.wait_for_selector("#jobs >> text=No jobs yet")
+        assert page.is_hidden("#key-panel") and page.is_hidden("#flash")
+        assert page.evaluate("localStorage.getItem('honing.apiKey')") == key
+        assert all("401" in e for e in log.errors), log.errors  # only the refused requests
+    finally:
+        page.close()
+        server.stop()
