@@ -18,8 +18,11 @@ def read_examples(path: str | Path, data_format: str = "auto") -> list:
     The first bad record raises the data module's ``DataError`` naming ``path:line`` and what is wrong.
     """
     from honing.data.formats import load_examples
+    from honing.train.cpt import is_raw_text_source, read_raw_documents
 
     p = Path(path)
+    if p.exists() and is_raw_text_source(p):  # continued pre-training: .txt/.md files or a folder of them
+        return read_raw_documents(p)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     examples = load_examples(p, format=data_format)
@@ -29,6 +32,10 @@ def read_examples(path: str | Path, data_format: str = "auto") -> list:
 
 
 def file_sha256(path: str | Path) -> str:
+    if Path(path).is_dir():
+        from honing.train.cpt import source_sha256
+
+        return source_sha256(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 22):

@@ -109,6 +109,17 @@ class SFTObjective(Objective):
 OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective}
 
 
+def _register_other_objectives() -> None:
+    # Their modules import this one (LossOutput, Objective, SFTObjective), so they register afterwards.
+    from honing.train.cpt import CPTObjective
+    from honing.train.preference import DPOObjective, SimPOObjective
+
+    OBJECTIVES.update(dpo=DPOObjective, simpo=SimPOObjective, cpt=CPTObjective)
+
+
+_register_other_objectives()
+
+
 def build_objective(config) -> Objective:
     try:
         cls = OBJECTIVES[config.objective]

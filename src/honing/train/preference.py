@@ -387,7 +387,7 @@ def prepare_reference(ctx, objective: DPOObjective) -> None:
         tensors[f"{name}.chosen"] = torch.tensor([v[0] for v in values], dtype=torch.float64)
         tensors[f"{name}.rejected"] = torch.tensor([v[1] for v in values], dtype=torch.float64)
     meta = {f"{k}.fingerprint": _set_fingerprint(v) for k, v in sets.items()}
-    if getattr(ctx, "is_main", True):
+    if ctx.runtime.dist.is_main:
         from safetensors.torch import save
 
         from honing.fileio import write_bytes_atomic
