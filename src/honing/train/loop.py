@@ -157,7 +157,7 @@ def train(
 
 # ----------------------------------------------------------------------------------------------- setup
 def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
-    from honing.models.loading import load_model
+    from honing.train.chain import load_starting_model
 
     runtime = create_runtime(config)
     dist = runtime.dist
@@ -172,7 +172,8 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     # Seed before anything random is created (LoRA init, dropout) so runs are reproducible.
     seed_everything(config.seed)
     say(runtime.describe() + (" (dtype auto: measured on this machine)" if config.dtype == "auto" else ""))
-    model, tokenizer, resolved = load_model(config.model, dtype=runtime.load_dtype, device=runtime.device)
+    # The base (4-bit for qlora), or an earlier run's result with init_from.
+    model, tokenizer, resolved, start = load_starting_model(config, runtime, say)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     objective = build_objective(config)
@@ -185,7 +186,7 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     say(f"training {len(train_set)} examples ({train_set.source.get('trained_tokens')} trained tokens), "
         f"eval {len(eval_set) if eval_set else 0}; {hp.describe()}")
 
-    core = _prepare_trainable(model, config, say)
+    core = _prepare_trainable(model, config, say, start)
     params = [p for p in core.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in core.parameters())
     say(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.2f}%)")
@@ -205,6 +206,7 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
         "hyperparameters": hp.as_dict(), "versions": library_versions(),
         "dataset": {"train": train_set.source, "eval": eval_set.source if eval_set else None},
         "world_size": dist.world_size, "status": "running", "best": None, "started": started,
+        "init_from": start.record,
     }
     if dist.is_main:
         write_json_atomic(run_dir / "run.json", info)
@@ -290,10 +292,13 @@ def _load_datasets(config: TrainConfig, objective: Objective, tokenizer, say):
     return train_set, eval_set
 
 
-def _prepare_trainable(model, config: TrainConfig, say):
-    """Attach LoRA (fused layers where eligible) or unfreeze everything; activation checkpointing."""
+def _prepare_trainable(model, config: TrainConfig, say, start=None):
+    """Attach LoRA (or continue init_from's adapter; fused layers where eligible) or unfreeze everything;
+    activation checkpointing."""
     if config.method in ("lora", "qlora"):
-        model = _attach_lora(model, config)
+        from honing.train.chain import load_trainable_adapter
+
+        model = (load_trainable_adapter(model, start, config) if start else None) or _attach_lora(model, config)
         say(_enable_fused_lora(model, config, recompute_mlp=config.activation_checkpointing == "mlp"))
     else:
         for p in model.parameters():
