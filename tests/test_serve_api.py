@@ -12,11 +12,10 @@ import urllib.parse
 import urllib.request
 
 import pytest
-
 from serve_helpers import chat_rows, create_key, start_server
 
 openai = pytest.importorskip("openai")
-from openai import OpenAI  # noqa: E402
+OpenAI = openai.OpenAI
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +60,8 @@ def trained(served):
     c, tmp = served["a"], served["tmp"]
     (tmp / "train.jsonl").write_text(chat_rows(12))
     (tmp / "valid.jsonl").write_text(chat_rows(10))
-    train = c.files.create(file=open(tmp / "train.jsonl", "rb"), purpose="fine-tune")
-    valid = c.files.create(file=(tmp / "valid.jsonl").open("rb"), purpose="fine-tune")
+    train = c.files.create(file=("train.jsonl", (tmp / "train.jsonl").read_bytes()), purpose="fine-tune")
+    valid = c.files.create(file=("valid.jsonl", (tmp / "valid.jsonl").read_bytes()), purpose="fine-tune")
     job = c.fine_tuning.jobs.create(
         model=str(served["tiny"]), training_file=train.id, validation_file=valid.id, suffix="codes", seed=7,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
@@ -83,7 +82,7 @@ def trained(served):
 def test_files_roundtrip(served):
     c, tmp = served["a"], served["tmp"]
     (tmp / "f.jsonl").write_text(chat_rows(10))
-    f = c.files.create(file=open(tmp / "f.jsonl", "rb"), purpose="fine-tune")
+    f = c.files.create(file=("f.jsonl", (tmp / "f.jsonl").read_bytes()), purpose="fine-tune")
     assert f.id.startswith("file-") and f.bytes == len(chat_rows(10).encode()) and f.status == "processed"
     assert f.filename == "f.jsonl" and f.purpose == "fine-tune"
     assert c.files.retrieve(f.id).id == f.id
@@ -215,7 +214,7 @@ def test_models_listed_retrieved_and_deleted(served, trained):
 def test_bad_file_fails_the_job_with_line_numbers(served):
     c, tmp = served["a"], served["tmp"]
     (tmp / "bad.jsonl").write_text(chat_rows(12, bad_lines={3: "{not json", 7: json.dumps({"messages": []})}))
-    f = c.files.create(file=open(tmp / "bad.jsonl", "rb"), purpose="fine-tune")
+    f = c.files.create(file=("bad.jsonl", (tmp / "bad.jsonl").read_bytes()), purpose="fine-tune")
     job = c.fine_tuning.jobs.create(model=str(served["tiny"]), training_file=f.id)
     job = wait_job(c, job.id, timeout=60)
     assert job.status == "failed" and job.error.code == "invalid_training_file"
@@ -243,8 +242,8 @@ def test_bad_requests_are_openai_errors(served, trained):
 
 def test_idempotency_key_gives_one_job(served, trained):
     c = served["a"]
-    kw = dict(model=str(served["tiny"]), training_file=trained["train"].id,
-              extra_headers={"Idempotency-Key": "retry-123"}, extra_body={"honing_config": {"max_steps": 1}})
+    kw = {"model": str(served["tiny"]), "training_file": trained["train"].id,
+          "extra_headers": {"Idempotency-Key": "retry-123"}, "extra_body": {"honing_config": {"max_steps": 1}}}
     j1 = c.fine_tuning.jobs.create(**kw)
     j2 = c.fine_tuning.jobs.create(**kw)
     assert j1.id == j2.id

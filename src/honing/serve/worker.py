@@ -39,7 +39,7 @@ from honing.serve.settings import Settings
 
 log = logging.getLogger("honing.serve.worker")
 
-PAUSE_FILE = "PAUSE"
+PAUSE_FILE = "PAUSE"  # honing.train.loop.PAUSE_FILE (not imported: that pulls in torch)
 # Problems listed in a failed job's error message (all of them are events).
 MAX_PROBLEMS_IN_ERROR = 20
 
@@ -61,15 +61,6 @@ def add_event(session, job: Job, key: str, message: str, *, level: str = "info",
     insert_ignore(session, JobEvent, [{"id": new_id("ftevent"), "job_id": job.id, "project": job.project,
                                        "key": key, "created_at": now(), "level": level, "type": type,
                                        "message": message, "data": data}])
-
-
-def loop_honours_pause_file() -> bool:
-    """Whether the training loop stops at a checkpoint when RUN_DIR/PAUSE appears (else: SIGTERM and
-    resume from the last complete checkpoint)."""
-    import honing.train
-
-    root = Path(honing.train.__file__).parent
-    return any(f'"{PAUSE_FILE}"' in p.read_text() for p in root.glob("*.py"))
 
 
 def _libc():
@@ -100,7 +91,6 @@ class Worker:
         self.stop_event = threading.Event()
         # SQLite serves one worker per database: whatever another process was running is orphaned.
         self.takeover_all = settings.is_sqlite
-        self.pause_by_file = loop_honours_pause_file()
 
     # -- the loop -----------------------------------------------------------------------------
     def run_forever(self) -> None:
@@ -290,11 +280,8 @@ class Worker:
         if control == "cancel":
             _kill_group(proc)
         elif control == "pause":
-            if self.pause_by_file:
-                (run_dir / PAUSE_FILE).touch()
-            else:
-                # Until the loop honours RUN_DIR/PAUSE: stop now; resume continues from the last checkpoint.
-                _kill_group(proc, signal.SIGTERM)
+            # The loop saves a checkpoint after its current step and exits with run.json status "paused".
+            RunDir(run_dir).request_pause()
 
     def _finish(self, job: Job, rc: int, ingest: Ingestor, log_path: Path) -> None:
         rd = RunDir(job.run_dir)
@@ -348,14 +335,18 @@ class Worker:
 
 
 class Ingestor:
-    """Turns what a run writes into rows, idempotently: metrics rows -> metrics events (key: step), log lines
-    -> message events (key: attempt + line number), complete checkpoints -> checkpoint rows (key: step)."""
+    """Turns what a run writes into rows, idempotently: the loop's events.jsonl -> events (messages keyed by
+    their ``seq``, metrics by step: a resumed run re-emits the steps it replays), metrics.jsonl rows ->
+    metrics events too (same keys: whichever is read first wins, the other inserts nothing), error lines of
+    the process output -> error events (key: attempt + line number), complete checkpoints -> checkpoint
+    rows (key: step)."""
 
     def __init__(self, worker: Worker, job: Job):
         self.w, self.job = worker, job
         self.rd = RunDir(job.run_dir)
         self.log_offsets: dict[Path, tuple[int, int]] = {}  # path -> (byte offset, lines read)
         self.steps_seen: set[int] = set()
+        self.last_seq = 0
         self.ckpts_seen: set[int] = set()
         self.total_steps: int | None = None
         self.resolved: dict | None = None
@@ -373,6 +364,7 @@ class Ingestor:
             self._log_lines(s, log_path)
             if metrics:
                 self._record(s)
+                self._events(s)
                 self._metrics(s)
                 self._checkpoints(s)
 
@@ -391,11 +383,9 @@ class Ingestor:
         for line in lines:
             n += 1
             text = line.strip()
-            if not text or "%|" in text:  # blank, or a progress bar's frame
-                continue
-            low = text.lower()
-            level = "error" if low.startswith(("error", "traceback")) else "warn" if "warning" in low else "info"
-            add_event(s, self.job, f"log:{attempt}:{n}", text[:2000], level=level)
+            # Progress is in events.jsonl; the output adds what the loop could not log (a failed start).
+            if text.lower().startswith(("error", "traceback")):
+                add_event(s, self.job, f"log:{attempt}:{n}", text[:2000], level="error")
         self.log_offsets[path] = (offset + end + 1, n)
 
     def _record(self, s) -> None:
@@ -409,28 +399,45 @@ class Ingestor:
             self.resolved = hp
             self.total_steps = hp.get("total_steps")
 
+    def _events(self, s) -> None:
+        for e in self.rd.events(after_seq=self.last_seq):
+            self.last_seq = max(self.last_seq, int(e.get("seq", 0)))
+            data = e.get("data") or {}
+            if e.get("type") == "metrics" and isinstance(data.get("step"), int):
+                self._metrics_event(s, data)
+                continue
+            level = {"warning": "warn"}.get(e.get("level"), e.get("level") or "info")
+            add_event(s, self.job, f"ev:{e.get('seq')}", str(e.get("message", ""))[:2000],
+                      level=level if level in ("info", "warn", "error") else "info", data=data or None)
+
     def _metrics(self, s) -> None:
         for r in self.rd.metrics():
-            step = r.get("step")
-            if not isinstance(step, int) or step in self.steps_seen:
-                continue
-            self.steps_seen.add(step)
-            if step == 0:
-                add_event(s, self.job, "metrics:0", f"Eval loss before training: {r.get('eval_loss')}",
-                          type="metrics", data={"step": 0, "total_steps": self.total_steps,
-                                                "valid_loss": r.get("eval_loss")})
-                continue
-            self.trained_tokens = r.get("trained_tokens", self.trained_tokens)
-            t = time.time()
-            self.first_step = self.first_step or (step, t)
-            self.last_step = (step, t)
-            data = {"step": step, "total_steps": self.total_steps, "train_loss": r.get("train_loss"),
-                    "valid_loss": r.get("eval_loss"), "train_mean_token_accuracy": r.get("train_mean_token_accuracy"),
-                    "learning_rate": r.get("lr"), "epoch": r.get("epoch")}
-            loss = r.get("train_loss")
-            add_event(s, self.job, f"metrics:{step}",
-                      f"Step {step}/{self.total_steps}: training loss={loss:.4f}" if isinstance(loss, float)
-                      else f"Step {step}/{self.total_steps}", type="metrics", data=data)
+            if isinstance(r.get("step"), int):
+                self._metrics_event(s, r)
+
+    def _metrics_event(self, s, r: dict) -> None:
+        """One metrics event per step, in OpenAI's names (valid_loss is Honing's eval_loss)."""
+        step = r["step"]
+        if step in self.steps_seen:
+            return
+        self.steps_seen.add(step)
+        self.total_steps = self.total_steps or r.get("total_steps")
+        if step == 0:
+            add_event(s, self.job, "metrics:0", f"Eval loss before training: {r.get('eval_loss')}",
+                      type="metrics", data={"step": 0, "total_steps": self.total_steps,
+                                            "valid_loss": r.get("eval_loss")})
+            return
+        self.trained_tokens = r.get("trained_tokens", self.trained_tokens)
+        t = time.time()
+        self.first_step = self.first_step or (step, t)
+        self.last_step = (step, t)
+        data = {"step": step, "total_steps": self.total_steps, "train_loss": r.get("train_loss"),
+                "valid_loss": r.get("eval_loss"), "train_mean_token_accuracy": r.get("train_mean_token_accuracy"),
+                "learning_rate": r.get("lr"), "epoch": r.get("epoch")}
+        loss = r.get("train_loss")
+        add_event(s, self.job, f"metrics:{step}",
+                  f"Step {step}/{self.total_steps}: training loss={loss:.4f}" if isinstance(loss, float)
+                  else f"Step {step}/{self.total_steps}", type="metrics", data=data)
 
     def _checkpoints(self, s) -> None:
         rows = {r.get("step"): r for r in self.rd.metrics()}
