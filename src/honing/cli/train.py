@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-FLAG_KEYS = ("model", "data", "eval_data", "method", "epochs", "out", "merge", "device")
+FLAG_KEYS = ("model", "data", "eval_data", "method", "objective", "init_from", "epochs", "out", "merge", "device")
 
 
 def _epilog() -> str:
@@ -28,7 +28,10 @@ def train_cmd(
     model: str = typer.Option(None, "--model", help="Same as --set model=... ."),
     data: str = typer.Option(None, "--data", help="Same as --set data=... ."),
     eval_data: str = typer.Option(None, "--eval-data", help="Same as --set eval_data=... ."),
-    method: str = typer.Option(None, "--method", help="Same as --set method=lora|full."),
+    method: str = typer.Option(None, "--method", help="Same as --set method=lora|qlora|full."),
+    objective: str = typer.Option(None, "--objective", help="Same as --set objective=sft|dpo|simpo|cpt."),
+    init_adapter: str = typer.Option(
+        None, "--init-adapter", help="Start from an earlier run's result (RUN_DIR): same as --set init_from=RUN_DIR."),
     epochs: str = typer.Option(None, "--epochs", help="Same as --set epochs=N|auto."),
     out: str = typer.Option(None, "--out", help="Same as --set out=runs/NAME."),
     merge: bool = typer.Option(None, "--merge", help="Same as --set merge=true."),
@@ -57,7 +60,8 @@ def train_cmd(
             from honing.errors import ConfigError
 
             raise ConfigError(f"--epochs: expected a positive integer or 'auto', got {epochs!r}") from None
-    values = {"model": model, "data": data, "eval_data": eval_data, "method": method, "epochs": epochs,
+    values = {"model": model, "data": data, "eval_data": eval_data, "method": method, "objective": objective,
+              "init_from": init_adapter, "epochs": epochs,
               "out": out, "merge": merge, "device": device}
     config = build_config(recipe, overrides=set_ or [], values=values)
     console.print(f"[bold]hone train[/] -> {config.out}")
@@ -72,7 +76,7 @@ def train_cmd(
     )
     console.print(f"peak memory (RSS): {result.peak_memory_mb:.0f} MB; trained tokens/s: {result.tokens_per_s:,.1f} "
                   f"(all example tokens/s: {result.input_tokens_per_s:,.1f})")
-    if evaluate_after and config.eval_data and _is_main_process():
+    if evaluate_after and config.eval_data and config.objective == "sft" and _is_main_process():
         _evaluate_run(console, result.run_dir, config.eval_data, eval_baselines, config.device)
 
 
