@@ -6,6 +6,7 @@ of another project is the same 404 as one that does not exist.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -213,7 +214,7 @@ def create_job(request: Request, project: Project, body: JobCreate, idem: IdemKe
                       validation_file=body.validation_file, status="validating_files", method=method,
                       config=J.training_config(requested, seed, extra), suffix=body.suffix or None, seed=seed,
                       job_metadata=body.metadata, result_files=[], run_dir=str(settings.runs_dir / job_id),
-                      created_at=now(), attempts=0, model_deleted=False)
+                      created_at=now(), enqueued_at=time.time(), attempts=0, model_deleted=False)
             s.add(job)
             s.flush()
             add_event(s, job, "status:created", f"Created fine-tuning job: {job_id}")

@@ -91,6 +91,7 @@ class Job(Base):
     result_files: Mapped[list] = mapped_column(JSON, default=list)
     run_dir: Mapped[str] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    enqueued_at: Mapped[float] = mapped_column(Float, default=0.0)  # FIFO order within the same second
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # The queue: who runs it, since when it last said so, what it was asked to do, how often it started.

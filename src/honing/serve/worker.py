@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 
 from honing.rundir import RunDir
 from honing.serve import jobs as J
@@ -113,7 +113,7 @@ class Worker:
     # -- validating_files -> queued | failed --------------------------------------------------
     def validate_pending(self) -> None:
         with self.Session() as s:
-            ids = s.scalars(select(Job.id).where(Job.status == "validating_files").order_by(Job.created_at)
+            ids = s.scalars(select(Job.id).where(Job.status == "validating_files").order_by(Job.enqueued_at)
                             .limit(20)).all()
         for job_id in ids:
             self._validate(job_id)
@@ -167,7 +167,9 @@ class Worker:
         with self.Session.begin() as s:
             job = s.scalar(
                 select(Job).where(or_(Job.status == "queued", and_(Job.status == "running", orphaned)))
-                .order_by(Job.created_at, Job.id).limit(1).with_for_update(skip_locked=True)
+                # interrupted jobs first (they hold a half-done run), then first come, first served
+                .order_by(case((Job.status == "running", 0), else_=1), Job.enqueued_at, Job.id).limit(1)
+                .with_for_update(skip_locked=True)
             )
             if job is None:
                 return None
