@@ -41,6 +41,10 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
     """Load (model, tokenizer, resolved) from any model reference. ``dtype`` defaults to float32."""
     from transformers import AutoModelForCausalLM
 
+    from honing.quiet import quiet_libraries
+
+    quiet_libraries()
+
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
     try:
         m = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=_dtype(dtype))

@@ -146,25 +146,34 @@ def overfitting_warning(rows: list[dict], window: int = 2) -> str | None:
 
 
 class Progress:
-    """A rich progress bar: step, loss, eval loss, tokens/s, ETA. Silent when disabled."""
+    """A rich progress bar: step, loss, eval loss, examples/s and tokens/s (all tokens through the model,
+    prompts included), the forgetting probe, and an ETA. Silent when disabled.
+
+    The ETA is the wall time per step so far (evals and checkpoints included, as they will recur) times
+    the steps left; rich's own estimate only sees the last few steps and jumps at every eval."""
 
     def __init__(self, total: int, start: int, enabled: bool):
         self.enabled = enabled
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        import time
+
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
         from rich.progress import Progress as RichProgress
 
+        self.total, self.start, self.t0, self.clock = total, start, time.perf_counter(), time.perf_counter
         self.bar = RichProgress(
             TextColumn("step"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("loss {task.fields[loss]}  eval {task.fields[eval]}  {task.fields[tps]} tok/s  ETA"),
-            TimeRemainingColumn(),
+            TextColumn("loss {task.fields[loss]}  eval {task.fields[eval]}  {task.fields[eps]} ex/s  "
+                       "{task.fields[tps]} tok/s  forgetting {task.fields[forget]}  ETA {task.fields[eta]}"),
             transient=False,
         )
         self.bar.start()
-        self.task = self.bar.add_task("train", total=total, completed=start, loss="-", eval="-", tps="-")
+        self.task = self.bar.add_task("train", total=total, completed=start, loss="-", eval="-", tps="-",
+                                      eps="-", forget="-", eta="-")
 
-    def update(self, step: int, loss: float | None = None, eval_loss: float | None = None, tps: float | None = None):
+    def update(self, step: int, loss: float | None = None, eval_loss: float | None = None, tps: float | None = None,
+               eps: float | None = None, forgetting: float | None = None):
         if not self.enabled:
             return
         fields = {}
@@ -174,6 +183,13 @@ class Progress:
             fields["eval"] = f"{eval_loss:.4f}"
         if tps is not None:
             fields["tps"] = f"{tps:,.0f}"
+        if eps is not None:
+            fields["eps"] = f"{eps:.1f}"
+        if forgetting is not None:
+            fields["forget"] = f"ppl {forgetting - 1:+.0%}"
+        if step > self.start:
+            left = (self.clock() - self.t0) / (step - self.start) * (self.total - step)
+            fields["eta"] = f"{int(left // 60)}:{int(left % 60):02d}"
         self.bar.update(self.task, completed=step, **fields)
 
     def close(self) -> None:
