@@ -2,8 +2,10 @@
 a real ``hone serve`` subprocess: upload a file and start a job through the form, watch it succeed with its
 loss curve drawn, then chat with the fine-tuned model (streamed).
 
-``HONING_DASHBOARD_SCREENSHOT=docs/dashboard.png pytest tests/test_dashboard.py`` also saves the job page
-as the documentation's screenshot (not on ordinary runs).
+The documentation's screenshot is made by a separate test, skipped unless asked for (it fine-tunes the
+embedded model for a few minutes, so the picture shows a real curve and a real report):
+
+    HONING_DASHBOARD_SCREENSHOT=docs/dashboard.png .venv/bin/python -m pytest tests/test_dashboard.py -k screenshot
 """
 
 from __future__ import annotations
@@ -85,16 +87,6 @@ class PageLog:
         return [e for e in self.errors if not any(a in e for a in allowed)]
 
 
-def write_chats(path: Path, n: int, seed: int) -> Path:
-    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma"]
-    with path.open("w") as f:
-        for i in range(n):
-            q = f"What comes after {words[(i + seed) % len(words)]}?"
-            a = words[(i + seed + 1) % len(words)]
-            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
-    return path
-
-
 def api_json(server, path: str, body: dict | None = None) -> dict:
     """The same API the page calls, from Python (to compare what the page shows with what the API says)."""
     import urllib.request
@@ -104,6 +96,28 @@ def api_json(server, path: str, body: dict | None = None) -> dict:
                                           "Authorization": f"Bearer {server.api_key}"})
     with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read())
+
+
+def start_job_through_form(page, *, model: str, train: Path, valid: Path, epochs: int, honing_config: dict,
+                           suffix: str, timeout_s: float) -> str:
+    """Fill the New job form, submit, and wait on the job page (updated in place by polling, no reload)
+    until the job ends. Returns the job id."""
+    page.click("nav >> text=New job")
+    # The model list comes from GET /v1/models; the embedded model is always there.
+    page.wait_for_selector("#model-list option[value='smollm2-135m-instruct']", state="attached")
+    page.fill("#model", model)
+    page.set_input_files("#training-file", str(train))
+    page.set_input_files("#validation-file", str(valid))
+    page.fill("#n_epochs", str(epochs))
+    page.fill("#suffix", suffix)
+    page.fill("#honing-config", json.dumps(honing_config))
+    page.click("#start-job")
+    page.wait_for_selector("#loss-chart")
+    first = page.text_content(".headline [data-status]", timeout=30_000)
+    assert first in ("validating_files", "queued", "running", "succeeded")
+    page.wait_for_selector(".headline [data-status=succeeded], .headline [data-status=failed]",
+                           timeout=timeout_s * 1000)
+    return page.text_content(".headline h1")
 
 
 def test_dashboard_end_to_end(browser, tiny_llama_dir, tmp_path):
@@ -121,23 +135,8 @@ def test_dashboard_end_to_end(browser, tiny_llama_dir, tmp_path):
     try:
         page.goto(server.url + "/")
         page.wait_for_selector("#jobs >> text=No jobs yet")
-        page.click("nav >> text=New job")
-        # The model list comes from GET /v1/models; the embedded model is always there.
-        page.wait_for_selector("#model-list option[value='smollm2-135m-instruct']", state="attached")
-        page.fill("#model", str(tiny_llama_dir))
-        page.set_input_files("#training-file", str(train))
-        page.set_input_files("#validation-file", str(valid))
-        page.fill("#n_epochs", "2")
-        page.fill("#suffix", "dash")
-        page.fill("#honing-config", json.dumps({"max_steps": 4}))
-        page.click("#start-job")
-
-        # The job page, updated in place by polling (no reload): first a live status, then the end.
-        page.wait_for_selector("#loss-chart")
-        first = page.text_content(".headline [data-status]", timeout=30_000)
-        assert first in ("validating_files", "queued", "running", "succeeded")
-        page.wait_for_selector(".headline [data-status=succeeded], .headline [data-status=failed]", timeout=180_000)
-        job_id = page.text_content(".headline h1")
+        job_id = start_job_through_form(page, model=str(tiny_llama_dir), train=train, valid=valid, epochs=2,
+                                        honing_config={"max_steps": 4}, suffix="dash", timeout_s=180)
         job = api_json(server, f"/fine_tuning/jobs/{job_id}")
         assert job["status"] == "succeeded", (job["error"], server.log()[-3000:])
 
@@ -161,8 +160,6 @@ def test_dashboard_end_to_end(browser, tiny_llama_dir, tmp_path):
         page.wait_for_selector("#report-frame", timeout=60_000)
         report = page.frame_locator("#report-frame").locator("body")
         assert "zero-shot" in report.inner_text() and "fine-tuned" in report.inner_text()
-        if os.environ.get("HONING_DASHBOARD_SCREENSHOT"):
-            save_screenshot(page, Path(os.environ["HONING_DASHBOARD_SCREENSHOT"]))
 
         # The jobs list shows it finished, with its progress.
         page.click("nav >> text=Jobs")
@@ -228,6 +225,34 @@ def test_dashboard_asks_for_a_key_on_401(browser, tmp_path):
         assert page.is_hidden("#key-panel") and page.is_hidden("#flash")
         assert page.evaluate("localStorage.getItem('honing.apiKey')") == key
         assert all("401" in e for e in log.errors), log.errors  # only the refused requests
+    finally:
+        page.close()
+        server.stop()
+
+
+@pytest.mark.skipif(not os.environ.get("HONING_DASHBOARD_SCREENSHOT"),
+                    reason="makes docs/dashboard.png: set HONING_DASHBOARD_SCREENSHOT=docs/dashboard.png")
+def test_dashboard_screenshot(browser, tmp_path):
+    """The embedded model, a few dozen LoRA steps on the docstring example through the form, evaluated on
+    40 held-out examples; the job page when it ends is the documentation's screenshot."""
+    from serve_helpers import start_server
+
+    steps = int(os.environ.get("HONING_DASHBOARD_SCREENSHOT_STEPS", "30"))
+    example = REPO / "examples" / "docstring_module"
+    valid = tmp_path / "eval.jsonl"
+    valid.write_text("".join((example / "eval.jsonl").read_text().splitlines(keepends=True)[:40]))
+    server = start_server(tmp_path)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(server.url + "/")
+        job_id = start_job_through_form(page, model="smollm2-135m-instruct", train=example / "train.jsonl",
+                                        valid=valid, epochs=1, suffix="docstrings",
+                                        honing_config={"max_steps": steps, "eval_max_examples": 40},
+                                        timeout_s=3600)
+        assert page.text_content(".headline [data-status]") == "succeeded", server.log()[-3000:]
+        page.wait_for_selector("#report-frame", timeout=120_000)
+        save_screenshot(page, Path(os.environ["HONING_DASHBOARD_SCREENSHOT"]))
+        print(f"saved {os.environ['HONING_DASHBOARD_SCREENSHOT']} ({job_id})")
     finally:
         page.close()
         server.stop()
