@@ -9,7 +9,12 @@ chat           ``{"messages": [{"role", "content", "weight"?}, ...]}``         C
 completion     ``{"prompt": str, "completion": str}``                          Conversation
 alpaca         ``{"instruction", "input"?, "output", "system"?}``              Conversation
 sharegpt       ``{"conversations": [{"from", "value"}, ...], "system"?}``      Conversation
-preference     ``{"prompt", "chosen", "rejected"}`` (strings or message lists)  PreferencePair
+preference     ``{"prompt", "chosen", "rejected"}`` (strings or message lists;  PreferencePair
+               TRL's implicit prompt: ``chosen``/``rejected`` whole conversations
+               sharing every turn but the last)
+openai_dpo     ``{"input": {"messages"}, "preferred_output",                    PreferencePair
+               "non_preferred_output"}`` (OpenAI's DPO format; the older
+               ``preferred_completion``/``non_preferred_completion`` too)
 text           ``{"text": str}``                                               RawText
 =============  ==============================================================  ===================
 
@@ -43,7 +48,7 @@ from typing import Any
 from honing.data.conversation import Conversation, Example, Message, PreferencePair, RawText
 from honing.errors import DataError
 
-FORMATS: tuple[str, ...] = ("chat", "completion", "alpaca", "sharegpt", "preference", "text")
+FORMATS: tuple[str, ...] = ("chat", "completion", "alpaca", "sharegpt", "preference", "openai_dpo", "text")
 CONTAINERS: dict[str, str] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
     ".parquet": "parquet", ".pq": "parquet",
@@ -57,12 +62,15 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "sharegpt": ("conversations",),
-    "preference": ("prompt", "chosen", "rejected"),
+    "preference": ("chosen", "rejected"),  # and "prompt", unless both sides are whole conversations
+    "openai_dpo": ("input", "preferred_output", "non_preferred_output"),
     "text": ("text",),
 }
+# OpenAI's first DPO files named the replies *_completion; read them as the *_output keys.
+OPENAI_DPO_ALIASES = {"preferred_completion": "preferred_output", "non_preferred_completion": "non_preferred_output"}
 OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     "chat": (), "completion": (), "alpaca": ("input", "system"), "sharegpt": ("system",),
-    "preference": (), "text": (),
+    "preference": ("prompt",), "openai_dpo": (), "text": (),
 }
 CHAT_MESSAGE_KEYS = frozenset({"role", "content", "weight", "name"})
 SHAREGPT_MESSAGE_KEYS = frozenset({"from", "value", "weight"})
@@ -106,6 +114,7 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     "eval_leak": ("error", "an eval example whose prompt also appears in the training file"),
     "system_not_first": ("warning", "a system message that is not the first message"),
     "identical_pair": ("warning", "chosen and rejected are the same text"),
+    "prompt_not_ending_with_user": ("error", "a preference prompt whose last message is not from the user"),
     "near_duplicate": ("warning", "the same as an earlier example after normalizing case/space/punctuation"),
     "no_system_message": ("warning", "conversations without a system message"),
     "short_answer": ("warning", "a very short trained answer"),
@@ -431,6 +440,8 @@ def detect_format(record: dict) -> str | None:
         return "sharegpt"
     if "chosen" in keys and "rejected" in keys:
         return "preference"
+    if "input" in keys and ("preferred_output" in keys or "preferred_completion" in keys):
+        return "openai_dpo"
     if "prompt" in keys and "completion" in keys:
         return "completion"
     if "instruction" in keys and "output" in keys:
@@ -682,31 +693,91 @@ def _reply(c: _Checker, value: Any, key: str) -> str | None:
     return c.text(value, repr(key))
 
 
-def _parse_preference(c: _Checker, record: dict) -> PreferencePair | None:
-    ok = _require(c, record, "preference")
-    prompt: tuple[Message, ...] | None = None
-    if "prompt" in record:
-        p = record["prompt"]
-        if isinstance(p, list):
-            items = _message_list(c, p, "prompt")
-            msgs = _chat_messages(c, items, "role", "content", CHAT_ROLES, CHAT_MESSAGE_KEYS,
-                                  where="prompt message") if items is not None else None
-            if msgs is not None:
-                if msgs[-1].role == "assistant":
-                    c.add("invalid_field", "'prompt' must end with a user message (the replies are 'chosen' "
-                                           "and 'rejected')")
-                else:
-                    prompt = tuple(msgs)
-        else:
-            text = c.text(p, "'prompt'")
-            prompt = (Message("user", text),) if text is not None else None
-    chosen = _reply(c, record["chosen"], "chosen") if "chosen" in record else None
-    rejected = _reply(c, record["rejected"], "rejected") if "rejected" in record else None
-    if not ok or prompt is None or chosen is None or rejected is None:
+def _prompt_messages(c: _Checker, value: Any, key: str) -> tuple[Message, ...] | None:
+    """A preference prompt: a string (one user turn) or a message list ending with a user turn."""
+    if not isinstance(value, list):
+        text = c.text(value, repr(key))
+        return (Message("user", text),) if text is not None else None
+    items = _message_list(c, value, key)
+    msgs = _chat_messages(c, items, "role", "content", CHAT_ROLES, CHAT_MESSAGE_KEYS,
+                          where=f"{key} message") if items is not None else None
+    if msgs is None:
+        return None
+    if msgs[-1].role != "user":
+        c.add("prompt_not_ending_with_user", f"{key!r} ends with a {msgs[-1].role} message; the prompt must end "
+                                             "with the user turn the chosen and rejected replies answer")
+        return None
+    return tuple(msgs)
+
+
+def _implicit_prompt(c: _Checker, record: dict) -> tuple[tuple[Message, ...], str, str] | None:
+    """TRL's implicit-prompt records: chosen and rejected are whole conversations that share every turn but
+    the last (the prompt). Returns (prompt, chosen reply, rejected reply)."""
+    sides = {}
+    for key in ("chosen", "rejected"):
+        items = _message_list(c, record[key], key)
+        msgs = _chat_messages(c, items, "role", "content", CHAT_ROLES, CHAT_MESSAGE_KEYS,
+                              where=f"{key} message") if items is not None else None
+        if msgs is None:
+            return None
+        if msgs[-1].role != "assistant":
+            c.add("not_ending_with_assistant", f"{key!r} must end with an assistant message")
+            return None
+        sides[key] = msgs
+    prompt_c, prompt_r = tuple(sides["chosen"][:-1]), tuple(sides["rejected"][:-1])
+    if not prompt_c or prompt_c != prompt_r:
+        c.add("missing_field", "missing 'prompt': without it, 'chosen' and 'rejected' must be whole conversations "
+                               "that share every turn but the last")
+        return None
+    if prompt_c[-1].role != "user":
+        c.add("prompt_not_ending_with_user", f"the shared turns end with a {prompt_c[-1].role} message, not the "
+                                             "user turn the replies answer")
+        return None
+    return prompt_c, sides["chosen"][-1].content, sides["rejected"][-1].content
+
+
+def _pair(c: _Checker, prompt, chosen, rejected) -> PreferencePair | None:
+    if prompt is None or chosen is None or rejected is None:
         return None
     if chosen == rejected:
         c.add("identical_pair", "'chosen' and 'rejected' are the same text, so the pair teaches nothing")
     return PreferencePair(prompt, chosen, rejected, line=c.line)
+
+
+def _parse_preference(c: _Checker, record: dict) -> PreferencePair | None:
+    ok = _require(c, record, "preference")
+    if not ok:
+        return None
+    if "prompt" not in record:
+        if isinstance(record["chosen"], list) and isinstance(record["rejected"], list):
+            found = _implicit_prompt(c, record)
+            return _pair(c, *found) if found else None
+        c.add("missing_field", "missing 'prompt' (the preference format needs 'prompt', 'chosen', 'rejected')")
+        return None
+    prompt = _prompt_messages(c, record["prompt"], "prompt")
+    chosen = _reply(c, record["chosen"], "chosen")
+    rejected = _reply(c, record["rejected"], "rejected")
+    return _pair(c, prompt, chosen, rejected)
+
+
+def _parse_openai_dpo(c: _Checker, record: dict) -> PreferencePair | None:
+    """OpenAI's DPO format: ``input.messages`` is the prompt, ``preferred_output`` / ``non_preferred_output``
+    are one-message assistant lists (older files: ``preferred_completion`` / ``non_preferred_completion``)."""
+    record = {OPENAI_DPO_ALIASES.get(k, k): v for k, v in record.items()}
+    if not _require(c, record, "openai_dpo"):
+        return None
+    inp = record["input"]
+    if not isinstance(inp, dict):
+        c.add("invalid_field", f"'input' must be an object with 'messages', not {_type_name(inp)}")
+        return None
+    c.keys(inp, ("messages", "tools", "parallel_tool_calls"), where="'input': ")
+    if "messages" not in inp:
+        c.add("missing_messages", "no 'input.messages' list")
+        return None
+    prompt = _prompt_messages(c, inp["messages"], "input.messages")
+    chosen = _reply(c, record["preferred_output"], "preferred_output")
+    rejected = _reply(c, record["non_preferred_output"], "non_preferred_output")
+    return _pair(c, prompt, chosen, rejected)
 
 
 def _parse_text(c: _Checker, record: dict) -> RawText | None:
@@ -718,7 +789,8 @@ def _parse_text(c: _Checker, record: dict) -> RawText | None:
 
 
 _PARSERS = {"chat": _parse_chat, "sharegpt": _parse_sharegpt, "completion": _parse_completion,
-            "alpaca": _parse_alpaca, "preference": _parse_preference, "text": _parse_text}
+            "alpaca": _parse_alpaca, "preference": _parse_preference, "openai_dpo": _parse_openai_dpo,
+            "text": _parse_text}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -93,6 +93,21 @@ def _render(tokenizer, example: Example, max_length: int):
     return [render_raw_text(tokenizer, example, max_length)]
 
 
+def _too_long(example: Example, renderings: list, max_length: int) -> str | None:
+    """The too_long message, or None. For a preference pair it names the side(s) that would be cut."""
+    if isinstance(example, PreferencePair):
+        sides = [f"{side} side {r.full_length} tokens" for side, r in zip(("chosen", "rejected"), renderings)
+                 if r.full_length > max_length]
+        if sides:
+            return (f"the {' and the '.join(sides)} (prompt + reply with the chat template) are over the max length "
+                    f"{max_length}; the reply's end would be cut off")
+        return None
+    full = max(r.full_length for r in renderings)
+    if full > max_length:
+        return f"{full} tokens with the chat template, over the max length {max_length} (the end would be cut off)"
+    return None
+
+
 def validate_file(
     path: str | os.PathLike,
     format: str = "auto",
@@ -158,14 +173,14 @@ def validate_file(
                 report.add(Problem(line, "template_error", f"{type(e).__name__}: {e}"))
                 continue
             tokens.add(renderings)
-            full = max(r.full_length for r in renderings)
-            if full > max_length:
-                report.add(Problem(line, "too_long", f"{full} tokens with the chat template, over the max length "
-                                                     f"{max_length} (the end would be cut off)"))
+            too_long = _too_long(example, renderings, max_length)
+            if too_long:
+                report.add(Problem(line, "too_long", too_long))
 
     n_examples = sum(kinds.values())
     if n_examples < min_examples:
-        report.add(Problem(None, "too_few_examples", f"{n_examples} valid example(s); fine-tuning needs at "
+        what = "preference pair(s)" if kinds and set(kinds) == {"preference"} else "example(s)"
+        report.add(Problem(None, "too_few_examples", f"{n_examples} valid {what}; fine-tuning needs at "
                                                      f"least {min_examples}"))
     labels = answers.label_set_size(n_examples)
     if labels is not None:
