@@ -112,8 +112,7 @@ def functions(paths: list[Path]) -> Iterator[ast.FunctionDef]:
 
 
 def info(name: str, licence: str, train: list, held_out: list, **extra) -> str:
-    return dump({"dataset": name, "python": sys.version.split()[0], "unicode": unicodedata.unidata_version,
-                 "seed": SEED, "train": len(train), "eval": len(held_out), **extra, "licence": licence})
+    return dump({"dataset": name, "python": sys.version.split()[0], "seed": SEED, "train": len(train), "eval": len(held_out), **extra, "licence": licence})
 
 
 # ------------------------------------------------------------------------------- unicode_category
@@ -170,7 +169,7 @@ def build_unicode_category() -> dict[str, str]:
         "hone_eval.json": dump({"metric": "classification"}),
         "build_info.json": info(
             "unicode_category", "Unicode-DFS-2016 (Unicode Character Database data files, via Python's unicodedata)",
-            train, held_out, labels=list(CATEGORIES.values()),
+            train, held_out, unicode=unicodedata.unidata_version, labels=list(CATEGORIES.values()),
             train_per_label=dict(sorted(Counter(label for _, label in train).items())),
             eval_per_label=dict(sorted(Counter(label for _, label in held_out).items()))),
     }
