@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import random
@@ -99,16 +100,18 @@ def stdlib_sources() -> list[Path]:
     return sorted(out)
 
 
-def functions(paths: list[Path]) -> Iterator[ast.FunctionDef]:
-    """Every public ``def`` (functions and methods; no dunders, no ``_private``) in ``paths``."""
-    for path in paths:
+@functools.cache
+def stdlib_functions() -> tuple[ast.FunctionDef, ...]:
+    """Every public ``def`` (functions and methods; no dunders, no ``_private``) in the standard
+    library's sources, parsed once for both tasks that read them (nothing here mutates the trees)."""
+    out = []
+    for path in stdlib_sources():
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         except (SyntaxError, UnicodeDecodeError):  # a few files are templates or Python 2 on purpose
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
-                yield node
+        out += [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
+    return tuple(out)
 
 
 def info(name: str, licence: str, train: list, held_out: list, **extra) -> str:
@@ -222,7 +225,7 @@ def signature_facts(node: ast.FunctionDef) -> dict:
 
 
 def signature_pairs() -> Iterator[tuple[str, str]]:
-    for node in functions(stdlib_sources()):
+    for node in stdlib_functions():
         a = node.args
         params = a.posonlyargs + a.args + a.kwonlyargs + [p for p in (a.vararg, a.kwarg) if p]
         if not params or len(params) > SIGNATURE_MAX_PARAMS or any(p.annotation for p in params):
@@ -323,7 +326,7 @@ def without_docstring(node: ast.FunctionDef) -> str | None:
 
 
 def summary_pairs() -> Iterator[tuple[str, str]]:
-    for node in functions(stdlib_sources()):
+    for node in stdlib_functions():
         summary = house_summary(ast.get_docstring(node))
         if summary is None:
             continue
