@@ -66,6 +66,8 @@ def train_cmd(
     config = build_config(recipe, overrides=set_ or [], values=values)
     console.print(f"[bold]hone train[/] -> {config.out}")
     result = train(config, resume=resume, progress=not quiet, log=console.print)
+    if not _is_main_process():
+        return  # rank 0 reports for all processes
     if result.status == "paused":
         console.print(f"[bold yellow]paused[/] at step {result.steps}: continue with "
                       f"`hone train --resume --out {result.run_dir}` and the same settings")
@@ -76,7 +78,7 @@ def train_cmd(
     )
     console.print(f"peak memory (RSS): {result.peak_memory_mb:.0f} MB; trained tokens/s: {result.tokens_per_s:,.1f} "
                   f"(all example tokens/s: {result.input_tokens_per_s:,.1f})")
-    if evaluate_after and config.eval_data and config.objective == "sft" and _is_main_process():
+    if evaluate_after and config.eval_data and config.objective == "sft":
         _evaluate_run(console, result.run_dir, config.eval_data, eval_baselines, config.device)
 
 

@@ -35,10 +35,16 @@ def trainable_state(model) -> dict:
 
 
 def assert_finite_weights(model) -> None:
+    """Every trainable parameter finite (under FSDP: this process's shards)."""
+    assert_finite_tensors({n: p for n, p in model.named_parameters() if p.requires_grad})
+
+
+def assert_finite_tensors(tensors: dict) -> None:
     import torch
 
-    for n, p in model.named_parameters():
-        if p.requires_grad and not torch.isfinite(p).all():
+    for n, t in tensors.items():
+        local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor: check this process's shard
+        if local.is_floating_point() and not torch.isfinite(local).all():
             raise TrainingError(f"parameter {n} holds NaN/inf values; refusing to save it")
 
 
@@ -69,25 +75,33 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, train
     import torch
     from safetensors.torch import save_file
 
+    from honing.train.sharding import is_fsdp, save_sharded
+
     root = run_dir / "checkpoints"
     tmp = root / f".tmp-step-{step}"
     final = root / f"step-{step}"
-    if dist.is_main:
+    sharded = is_fsdp(model)
+    if dist.is_main or sharded:
         assert_finite_weights(model)
+    if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
     torch.save(capture_rng(), tmp / f"rng-rank{dist.rank}.pt")
+    if sharded:  # FSDP2: each process writes its own shards (torch.distributed.checkpoint)
+        save_sharded(model, optimizer, tmp / "sharded")
     dist.barrier()
     if not dist.is_main:
         dist.barrier()
         return None
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    if not sharded:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     delay = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
     if delay:
         time.sleep(delay)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if not sharded:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
     _fsync_dir_files(tmp)
@@ -100,9 +114,10 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, train
 
 
 def _fsync_dir_files(d: Path) -> None:
-    for f in d.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in d.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, best_step: int | None) -> None:
@@ -120,6 +135,12 @@ def load_trainable(model, ckpt: Path) -> None:
     """Copy a checkpoint's trainable tensors into ``model`` (names must match exactly)."""
     import torch
     from safetensors.torch import load_file
+
+    from honing.train.sharding import is_fsdp, load_sharded
+
+    if is_fsdp(model):
+        load_sharded(model, None, ckpt / "sharded")
+        return
 
     saved = load_file(str(ckpt / "trainable.safetensors"))
     params = dict(model.named_parameters())
@@ -139,8 +160,15 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int) -> dict:
     """Restore everything from ``ckpt``; return its trainer state."""
     import torch
 
-    load_trainable(model, ckpt)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    from honing.train.sharding import is_fsdp, load_sharded
+
+    if is_fsdp(model):
+        if not (ckpt / "sharded").is_dir():
+            raise TrainingError(f"{ckpt} is not a sharded (FSDP) checkpoint: resume with the same distributed setting")
+        load_sharded(model, optimizer, ckpt / "sharded")
+    else:
+        load_trainable(model, ckpt)
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng_file = ckpt / f"rng-rank{rank}.pt"
     if not rng_file.is_file():

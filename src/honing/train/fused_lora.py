@@ -338,7 +338,9 @@ def _fused_layer_body(layer, projs, hidden_states, attention_mask, position_embe
 
 
 def _eligible_layer(layer) -> bool:
-    if type(layer).__name__ not in SUPPORTED_LAYERS:
+    # The MRO, not the class name: FSDP2's fully_shard swaps a layer's class for a subclass named
+    # FSDP<Original>, and the patch must keep engaging on sharded layers.
+    if not any(c.__name__ in SUPPORTED_LAYERS for c in type(layer).__mro__):
         return False
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     if attn is None or mlp is None or any(hasattr(attn, n) for n in ("q_norm", "k_norm")):

@@ -52,6 +52,7 @@ from honing.train.reporting import (
     write_summary,
 )
 from honing.train.runtime import Runtime, create_runtime, seed_everything
+from honing.train.sharding import full_state_dict, gradient_sync, is_fsdp, strategy_for, wrap_model
 
 # A file the service's worker (or a user) creates in the run directory to pause a run: the loop saves a
 # checkpoint after the current step and exits with status "paused"; `--resume` continues bitwise.
@@ -93,6 +94,7 @@ class TrainerState:
     trained_tokens: int = 0  # normalizer units so far (trained tokens for SFT)
     input_tokens: int = 0  # all tokens through the model so far
     train_seconds: float = 0.0
+    probe_base_ppl: float | None = None  # the forgetting probe's perplexity before training
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainerState:
@@ -127,6 +129,8 @@ class Run:
     warnings: list[str]
     started: float
     status: str = "running"
+    probe: object | None = None  # honing.evaluate.forgetting.TextProbe, run at every eval
+    replay: object | None = None  # honing.train.replay.ReplaySet, mixed into every step
 
 
 def train(
@@ -187,11 +191,16 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
         f"eval {len(eval_set) if eval_set else 0}; {hp.describe()}")
 
     core = _prepare_trainable(model, config, say, start)
-    params = [p for p in core.parameters() if p.requires_grad]
-    n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in core.parameters())
+    n_trainable = sum(p.numel() for p in core.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in core.parameters())
     say(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.2f}%)")
+    strategy = strategy_for(config, runtime)
+    # Wrap before building the optimizer: FSDP2 replaces the parameters with sharded ones.
+    wrapped = wrap_model(core, runtime, strategy)
+    if strategy != "none":
+        say(f"distributed: {strategy} over {dist.world_size} processes ({dist.backend})")
+    params = [p for p in core.parameters() if p.requires_grad]
     optimizer, scheduler = _optimizer_and_schedule(config, hp, params)
-    wrapped = _wrap_distributed(core, runtime)
 
     state = TrainerState()
     if ckpt is not None:
@@ -199,6 +208,13 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
         say(f"resuming from {ckpt} (step {state.step} of {hp.total_steps})")
     objective.setup(SetupContext(model=core, run_dir=run_dir, train_set=train_set, eval_set=eval_set,
                                  runtime=runtime, config=config, resumed=ckpt is not None, log=say))
+    from honing.evaluate.forgetting import TextProbe
+    from honing.train.replay import build_replay
+
+    replay = build_replay(config, objective, tokenizer)
+    if replay is not None:
+        say(replay.describe())
+    probe = TextProbe(tokenizer) if eval_set is not None else None
 
     info = {
         "base_model": resolved.identity(), "method": config.method, "objective": config.objective,
@@ -215,7 +231,7 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     return Run(config=config, runtime=runtime, run_dir=run_dir, say=say, events=events, model=wrapped, core=core,
                tokenizer=tokenizer, objective=objective, train_set=train_set, eval_set=eval_set, hp=hp,
                optimizer=optimizer, scheduler=scheduler, params=params, pad_id=pad_id, state=state,
-               metrics=metrics, bar=bar, info=info, warnings=warnings, started=started)
+               metrics=metrics, bar=bar, info=info, warnings=warnings, started=started, probe=probe, replay=replay)
 
 
 def _sayer(log, events: EventLog, is_main: bool):
@@ -325,15 +341,6 @@ def _optimizer_and_schedule(config: TrainConfig, hp: Hyperparameters, params: li
     return optimizer, scheduler
 
 
-def _wrap_distributed(core, runtime: Runtime):
-    """DDP across processes (gradients all-reduced in the backward); alone, the model itself."""
-    if not runtime.dist.enabled:
-        return core
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return DDP(core, device_ids=[runtime.device.index] if runtime.is_cuda else None)
-
-
 # ----------------------------------------------------------------------------------------------- steps
 def _evaluate_base(run: Run) -> None:
     """Eval metrics of the model before any update (step 0 of the curves)."""
@@ -356,22 +363,39 @@ def _evaluate(run: Run) -> dict:
     run.core.eval()
     mine = list(range(dist.rank, len(items), dist.world_size))
     chunk = max(1, run.hp.micro_batch_size)
+    # Sharded (FSDP) forwards are collectives: every process runs the same number, the short ones on a
+    # stand-in batch whose result is dropped.
+    per_rank = -(-len(items) // dist.world_size) if is_fsdp(run.core) else len(mine)
     loss_sum, norm, stats = 0.0, 0, {}
     with torch.no_grad(), run.runtime.autocast():
-        for i in range(0, len(mine), chunk):
+        for i in range(0, per_rank, chunk):
             part = [items[j] for j in mine[i : i + chunk]]
-            out = objective.loss(run.core, run.runtime.to_device(objective.collate(part, run.pad_id)))
+            out = objective.loss(run.core, run.runtime.to_device(objective.collate(part or [items[0]], run.pad_id)))
+            if not part:
+                continue
             loss_sum = loss_sum + out.loss_sum.detach()
             norm += sum(objective.normalizer(it) for it in part)
             for k, v in out.stats.items():
                 stats[k] = stats.get(k, 0.0) + v
     keys = sorted(stats)
     totals = dist.all_reduce_sum([loss_sum, norm, *[stats[k] for k in keys]])
+    probe = _forgetting_probe(run)
     run.core.train()
     loss_total, norm_total = totals[0], totals[1]
     out = {"eval_loss": loss_total / norm_total if norm_total else None}
     out.update({f"eval_{k}": v / norm_total for k, v in zip(keys, totals[2:]) if norm_total})
-    return out
+    return {**out, **probe}
+
+
+def _forgetting_probe(run: Run) -> dict:
+    """General-text perplexity on the probe's fixed slice, and its ratio to the value before training (the
+    first probe of a run; carried in the checkpoint so a resumed run keeps the same reference)."""
+    if run.probe is None:
+        return {}
+    ppl = run.probe.perplexity(run.core)
+    if run.state.probe_base_ppl is None:
+        run.state.probe_base_ppl = ppl
+    return {"forgetting_ppl": round(ppl, 4), "forgetting_ppl_ratio": round(ppl / run.state.probe_base_ppl, 4)}
 
 
 def _optimizer_step(run: Run) -> dict:
@@ -386,12 +410,18 @@ def _optimizer_step(run: Run) -> dict:
     mine = micro_batches(indices, hp.grad_accumulation, hp.micro_batch_size, dist.rank, dist.world_size)
     local_norm = sum(objective.normalizer(items[i]) for mb in mine for i in mb)
     local_tokens = sum(objective.tokens(items[i]) for mb in mine for i in mb)
-    global_norm, global_tokens = dist.all_reduce_sum([local_norm, local_tokens])
+    replay = run.replay.for_step(step, dist.rank, dist.world_size) if run.replay is not None else []
+    local_replay_norm = sum(objective.normalizer(it) for it in replay)
+    local_tokens += sum(objective.tokens(it) for it in replay)
+    global_norm, global_tokens, replay_norm = dist.all_reduce_sum([local_norm, local_tokens, local_replay_norm])
     # DDP averages gradients over processes; scaling by world_size turns that into a sum, so the
-    # gradient is (sum over all normalizer units) / global_norm.
-    scale = dist.world_size / max(global_norm, 1)
+    # gradient is (sum over all normalizer units) / global_norm. With replay, the task's share of the loss
+    # is 1 - fraction and the replay batch (first, never the syncing micro-batch) carries the rest.
+    task_share = 1.0 - run.replay.fraction if replay else 1.0
+    scale = task_share * dist.world_size / max(global_norm, 1)
     loss_total = torch.zeros((), dtype=torch.float64, device=run.runtime.device)
     stats: dict = {}
+    replay_loss = _replay_backward(run, replay, replay_norm) if replay else None
     for j, mb in enumerate(mine):
         if not mb and not dist.enabled:
             continue
@@ -399,7 +429,7 @@ def _optimizer_step(run: Run) -> dict:
         batch_items = [items[i] for i in mb] or [items[0]]
         weight = scale if mb else 0.0
         sync = (j == len(mine) - 1) or not dist.enabled
-        with (run.model.no_sync() if not sync else _nullcontext()):
+        with gradient_sync(run.model, sync):
             with run.runtime.autocast():
                 out = objective.loss(run.model, run.runtime.to_device(objective.collate(batch_items, run.pad_id)))
             (out.loss_sum * weight).backward()
@@ -410,7 +440,7 @@ def _optimizer_step(run: Run) -> dict:
     keys = sorted(stats)
     # The one host read of the step: loss and statistics summed over micro-batches and processes.
     totals = dist.all_reduce_sum([loss_total, *[stats[k] for k in keys]])
-    train_loss = totals[0] / max(global_norm, 1)
+    train_loss = totals[0] / max(global_norm, 1)  # the task's loss alone (replay is logged apart)
     grad_norm = _clip_and_update(run, train_loss)
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
@@ -430,9 +460,25 @@ def _optimizer_step(run: Run) -> dict:
            "examples_per_s": round(len(indices) / dt, 2) if dt > 0 else None,
            "trained_tokens": s.trained_tokens}
     row.update({f"train_{k}": v / max(global_norm, 1) for k, v in zip(keys, totals[1:])})
+    if replay_loss is not None:
+        row["replay_loss"] = replay_loss
     # The data file lines of this step's examples: the data order, auditable after a resume.
     row["lines"] = [run.train_set.lines[i] for i in indices]
     return row
+
+
+def _replay_backward(run: Run, replay: list, replay_norm: float) -> float:
+    """Forward and backward of this process's replay items, weighted so that they carry ``fraction`` of the
+    step's loss; gradients accumulate locally (the task's last micro-batch syncs). Returns the replay loss
+    (mean over the replay's trained tokens of all processes)."""
+    dist, objective = run.runtime.dist, run.objective
+    weight = run.replay.fraction * dist.world_size / max(replay_norm, 1)
+    with gradient_sync(run.model, not dist.enabled):
+        with run.runtime.autocast():
+            out = objective.loss(run.model, run.runtime.to_device(objective.collate(replay, run.pad_id)))
+        (out.loss_sum * weight).backward()
+    (total,) = dist.all_reduce_sum([out.loss_sum.detach()])
+    return float(total) / max(replay_norm, 1)
 
 
 def _clip_and_update(run: Run, train_loss: float) -> float:
@@ -441,7 +487,8 @@ def _clip_and_update(run: Run, train_loss: float) -> float:
     import torch
 
     max_norm = run.config.max_grad_norm if run.config.max_grad_norm is not None else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, max_norm))
+    norm = torch.nn.utils.clip_grad_norm_(run.params, max_norm)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
     s = run.state
     if math.isfinite(train_loss) and math.isfinite(grad_norm):
         run.optimizer.step()
@@ -465,10 +512,12 @@ def _after_step(run: Run, row: dict) -> None:
     """Eval when due, track the best checkpoint and early stopping, log, checkpoint, honour a pause."""
     s, hp = run.state, run.hp
     last = s.step == hp.total_steps
-    new_best = stop_early = False
+    new_best = stop_early = over_budget = False
     if run.eval_set is not None and (s.step % hp.eval_every == 0 or last):
         row.update(_evaluate(run))
-        new_best, stop_early = _track_best(run, row.get(run.objective.eval_metric))
+        over_budget = _over_forgetting_budget(run, row)
+        # An eval past the forgetting budget is never the best: the result stays within the budget.
+        new_best, stop_early = (False, True) if over_budget else _track_best(run, row.get(run.objective.eval_metric))
     if run.metrics is not None:
         run.metrics.log(row)
         run.events.metrics(row, hp.total_steps)
@@ -476,19 +525,32 @@ def _after_step(run: Run, row: dict) -> None:
         if warn and warn not in run.warnings:
             run.warnings.append(warn)
             run.say(f"warning: {warn}", level="warning")
-    run.bar.update(s.step, loss=row["train_loss"], eval_loss=row.get("eval_loss"), tps=row["input_tokens_per_s"])
+    run.bar.update(s.step, loss=row["train_loss"], eval_loss=row.get("eval_loss"), tps=row["input_tokens_per_s"],
+                   eps=row.get("examples_per_s"), forgetting=row.get("forgetting_ppl_ratio"))
     pause = (run.run_dir / PAUSE_FILE).exists()
+    if run.runtime.dist.enabled:  # every process must agree: saving is collective
+        pause = run.runtime.dist.all_reduce_sum([float(pause)])[0] > 0
     if s.step % hp.save_every == 0 or new_best or last or stop_early or pause:
         save_checkpoint(run.run_dir, s.step, run.core, run.optimizer, run.scheduler, asdict(s), run.runtime.dist)
         if run.runtime.dist.is_main:
             prune_checkpoints(run.run_dir, run.config.keep_checkpoints, s.best_step)
-    if stop_early:
+    if stop_early and over_budget:
+        run.status = "early_stopped"
+        run.say(f"early stopping at step {s.step}: general-text perplexity probe x{row['forgetting_ppl_ratio']:.3f} "
+                f"of the base model's, past forgetting_budget {run.config.forgetting_budget:+.0%}; the result is "
+                + (f"the best checkpoint within it (step {s.best_step})" if s.best_step else "the last weights (no eval within it)"))
+    elif stop_early:
         run.status = "early_stopped"
         run.say(f"early stopping at step {s.step}: no better {run.objective.eval_metric} in "
                 f"{run.config.early_stopping_patience} evals (best {s.best_eval_loss:.4f} at step {s.best_step})")
     elif pause and not last:
         run.status = "paused"
         run.say(f"paused at step {s.step} of {hp.total_steps} (checkpoint saved); resume to continue")
+
+
+def _over_forgetting_budget(run: Run, row: dict) -> bool:
+    budget, ratio = run.config.forgetting_budget, row.get("forgetting_ppl_ratio")
+    return budget is not None and ratio is not None and ratio > 1.0 + budget
 
 
 def _track_best(run: Run, value: float | None) -> tuple[bool, bool]:
@@ -526,8 +588,10 @@ def _finish(run: Run) -> RunResult:
     if run.status != "paused":
         if s.best_step is not None and s.best_step != s.step:
             load_trainable(run.core, run.run_dir / "checkpoints" / f"step-{s.best_step}")
+        # Under FSDP the weights are sharded: gather them to rank 0 (a collective) before saving.
+        gathered = full_state_dict(run.core, run.config.method != "full") if is_fsdp(run.core) else None
         if dist.is_main:
-            _save_final(run.core, run.tokenizer, final_dir)
+            _save_final(run.core, run.tokenizer, final_dir, gathered)
             if run.config.merge and run.config.method in ("lora", "qlora"):
                 from honing.export.merge import merge_run
 
@@ -566,24 +630,23 @@ def _finish(run: Run) -> RunResult:
     )
 
 
-def _save_final(core, tokenizer, final_dir: Path) -> None:
-    """final/: a PEFT adapter (or full model) + tokenizer, written to a temp dir then renamed."""
+def _save_final(core, tokenizer, final_dir: Path, state_dict: dict | None = None) -> None:
+    """final/: a PEFT adapter (or full model) + tokenizer, written to a temp dir then renamed.
+    ``state_dict``: the gathered weights of a sharded model (else the model's own)."""
     from honing.fileio import atomic_path
-    from honing.train.checkpoint import assert_finite_weights
+    from honing.train.checkpoint import assert_finite_tensors, assert_finite_weights
 
-    assert_finite_weights(core)
+    if state_dict is None:
+        assert_finite_weights(core)
+    else:
+        assert_finite_tensors(state_dict)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
     with atomic_path(final_dir, overwrite=True) as tmp:
-        core.save_pretrained(str(tmp), safe_serialization=True)
+        core.save_pretrained(str(tmp), safe_serialization=True, **extra)
         tokenizer.save_pretrained(str(tmp))
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
 def library_versions() -> dict:
     import peft
     import torch
