@@ -144,4 +144,6 @@ def test_auto_micro_batch_fits_a_token_budget_per_forward_on_cpu():
     assert auto_micro_batch_size(8, 1, mean_tokens=90) == 4  # 512 // 90 = 5 -> divisor 4
     assert auto_micro_batch_size(4, 1, mean_tokens=511) == 1  # long examples: one per forward
     assert auto_micro_batch_size(4, 1, mean_tokens=511, on_gpu=True) == 4
+    assert auto_micro_batch_size(64, 1, mean_tokens=500, on_gpu=True) == 32  # 16k-token packed rows on a GPU
+    assert auto_micro_batch_size(64, 1, mean_tokens=2000, on_gpu=True) == 8
     assert auto_micro_batch_size(12, 2, mean_tokens=100) == 3  # per process 6, at most 5 -> 3
