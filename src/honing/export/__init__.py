@@ -120,12 +120,14 @@ def _declared_pre(run) -> str | None:
 
 def _merged_gguf(run, path: Path, quant: str, log):
     """Write the merged model as GGUF at ``path``; returns (merged model, tokenizer metadata)."""
+    from honing.export.gguf_names import arch_spec
     from honing.export.gguf_writer import write_model_gguf
     from honing.export.merge import load_merged
     from honing.export.tokenizer_meta import tokenizer_meta
 
     log("merging the run into its fp32 base")
     merged = load_merged(run.path)
+    arch_spec(merged.model.config)  # an unsupported architecture is named before anything else is checked
     meta = tokenizer_meta(merged.tokenizer, merged.tokenizer_dir, merged.model.config.vocab_size, _declared_pre(run))
     log(f"writing the GGUF ({quant}; tokenizer {meta.model}, pre-tokenizer {meta.pre})")
     write_model_gguf(path, merged.model, meta, quant, name=run.path.name)
@@ -136,6 +138,7 @@ def _base_and_adapter_gguf(run, folder: Path, quant: str, log) -> tuple[str, str
     """The base model (run's tokenizer and chat template) and the adapter as two GGUF files in ``folder``."""
     import torch
 
+    from honing.export.gguf_names import arch_spec
     from honing.export.gguf_writer import check_lora_exportable, write_lora_gguf, write_model_gguf
     from honing.export.merge import _run_tokenizer
     from honing.export.tokenizer_meta import tokenizer_meta
@@ -143,6 +146,7 @@ def _base_and_adapter_gguf(run, folder: Path, quant: str, log) -> tuple[str, str
 
     check_lora_exportable(json.loads((run.final_dir / "adapter_config.json").read_text()))
     base, _, resolved = load_model(run.base_model_reference(), dtype=torch.float32)
+    arch_spec(base.config)
     tok, tok_dir = _run_tokenizer(run, Path(resolved.path))
     meta = tokenizer_meta(tok, tok_dir, base.config.vocab_size, _declared_pre(run))
     base_name, adapter_name = f"base.{quant}.gguf", "adapter.f32.gguf"

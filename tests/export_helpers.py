@@ -1,0 +1,59 @@
+"""Shared helpers for the export tests: small trained runs and the merged model's outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SYSTEM = "You add numbers. Answer with one sentence."
+
+# Mixed text for tokenizer round trips: code, Unicode, digits, whitespace runs and the chat template's
+# special tokens written as text.
+MIXED_TEXT = (
+    "def add(a, b):\n    return a + b  # 12 + 3456 = 3468\n\n"
+    "Grüße, naïve café — 日本語のテキスト, emoji 🙂 and tabs\tand  double  spaces.\n"
+    "<|im_start|>user\nWhat is 7 plus 8?<|im_end|>\n<|im_start|>assistant\n7 plus 8 is 15.<|im_end|>\n"
+)
+
+
+def write_system_chat(path: Path, n: int, seed: int = 0) -> Path:
+    """Arithmetic chats that all start with the same system prompt (Ollama's SYSTEM comes from it)."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, 50), rng.randint(1, 50)
+        rows.append({"messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"What is {a} plus {b}?"},
+            {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
+        ]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def train_run(model: str, data: Path, out: Path, **values):
+    from honing.train import build_config, train
+
+    base = {"model": model, "data": str(data), "out": str(out), "batch_size": 4, "dtype": "fp32",
+            "tensorboard": False, "seed": 0, "max_steps": 3, "learning_rate": 5e-3}
+    base.update(values)
+    return train(build_config(values=base), log=lambda _m: None)
+
+
+def logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0]
+
+
+def greedy_ids(model, prompt_ids, n: int) -> list[int]:
+    """Honing's greedy decoding (transformers generate, no sampling, no early stop) of ``n`` tokens."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                             temperature=None, top_p=None, top_k=None, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
