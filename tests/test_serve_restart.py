@@ -97,7 +97,7 @@ def test_kill9_restart_resumes_bitwise_and_keeps_the_queue(tmp_path, tiny_llama_
     assert not _same(nudged, ref)
     # nothing duplicated: one event per key, one metrics event per step, every pre-kill event kept
     after = _event_keys(data, a.id)
-    assert events_before <= set(after) and len(after) == len(set(after))
+    assert set(events_before) <= set(after) and len(after) == len(set(after))
     steps = [k for k in after if k.startswith("metrics:") and k != "metrics:0"]
     assert sorted(int(k.split(":")[1]) for k in steps) == [1, 2, 3, 4, 5, 6]
     with sqlite3.connect(data / "honing.db") as db:

@@ -13,12 +13,16 @@ examples — and decoding stops at the model's end-of-turn tokens (``honing.eval
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from honing.serve.errors import APIError
+
+# Most greedy requests one generate() call takes together.
+MAX_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,18 @@ class _Slot:
         self.base.eval()
         self.model = self.base  # becomes a PeftModel with the first adapter
         self.adapters: OrderedDict[str, str] = OrderedDict()  # adapter key -> PEFT adapter name
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one generate() at a time on this model
+        self.pending: list[_Pending] = []  # greedy requests waiting: the next generate() takes them all
+        self.pending_lock = threading.Lock()
+
+
+@dataclass
+class _Pending:
+    target: Target
+    prompt_ids: list[int]
+    params: Params
+    result: list[Choice] | None = None
+    error: BaseException | None = None
 
 
 def _adapter_name(key: str) -> str:
@@ -104,13 +119,17 @@ class ModelPool:
         """Make ``t``'s adapter active (loading it, evicting the least recently used). Under slot.lock."""
         if t.adapter_key is None:
             return
+        self._ensure_loaded(slot, t, keep={t.adapter_key})
+        slot.model.set_adapter(slot.adapters[t.adapter_key])
+
+    def _ensure_loaded(self, slot: _Slot, t: Target, keep: set) -> None:
+        """Load ``t``'s adapter if needed; evict least recently used ones, never those in ``keep``."""
         if t.adapter_key in slot.adapters:
             slot.adapters.move_to_end(t.adapter_key)
-        else:
-            self._load(slot, t)
-            while len(slot.adapters) > self.adapter_cache:
-                self._delete(slot, next(iter(slot.adapters)))
-        slot.model.set_adapter(slot.adapters[t.adapter_key])
+            return
+        self._load(slot, t)
+        for key in [k for k in slot.adapters if k not in keep][: max(0, len(slot.adapters) - self.adapter_cache)]:
+            self._delete(slot, key)
 
     def _load(self, slot: _Slot, t: Target) -> None:
         from peft import PeftModel
@@ -119,10 +138,13 @@ class ModelPool:
         if not (t.adapter_dir / "adapter_config.json").is_file():
             raise APIError(409, "This model's adapter is not available on the server (was its run removed?)",
                            code="model_not_ready")
-        if isinstance(slot.model, PeftModel):
-            slot.model.load_adapter(str(t.adapter_dir), adapter_name=name)
-        else:
-            slot.model = PeftModel.from_pretrained(slot.base, str(t.adapter_dir), adapter_name=name)
+        with warnings.catch_warnings():
+            # PEFT asks transformers a deprecated question while wrapping (transformers 5): not our concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            if isinstance(slot.model, PeftModel):
+                slot.model.load_adapter(str(t.adapter_dir), adapter_name=name)
+            else:
+                slot.model = PeftModel.from_pretrained(slot.base, str(t.adapter_dir), adapter_name=name)
         slot.model.eval()
         if t.weights is not None:
             self._put_checkpoint(slot, name, t.weights)
@@ -178,6 +200,93 @@ class ModelPool:
         return StoppingCriteriaList([_StopText()]) if stops else None
 
     def complete(self, t: Target, prompt_ids: list[int], p: Params) -> list[Choice]:
+        """Greedy single-choice requests are batched: whoever gets the model next runs every such request
+        waiting for it, across adapters (PEFT ``adapter_names``: one adapter per row). Sampled requests
+        run alone (their seed must reproduce them)."""
+        if p.temperature > 0 or p.n != 1:
+            return self._complete_alone(t, prompt_ids, p)
+        slot = self.slot(t.base)
+        me = _Pending(t, prompt_ids, p)
+        with slot.pending_lock:
+            slot.pending.append(me)
+        with slot.lock:
+            if me.result is None and me.error is None:  # not already served by an earlier batch
+                self._run_batch(slot, self._take_batch(slot, me))
+        if me.error is not None:
+            raise me.error
+        return me.result
+
+    def _take_batch(self, slot: _Slot, me: _Pending) -> list[_Pending]:
+        with slot.pending_lock:
+            batch, keys = [me], {me.target.adapter_key} - {None}
+            for r in slot.pending:
+                if r is me or len(batch) >= MAX_BATCH:
+                    continue
+                new_keys = keys | ({r.target.adapter_key} - {None})
+                if len(new_keys) <= self.adapter_cache:  # every adapter of a batch must be loaded at once
+                    batch.append(r)
+                    keys = new_keys
+            slot.pending = [r for r in slot.pending if r not in batch]
+        return batch
+
+    def _run_batch(self, slot: _Slot, batch: list[_Pending]) -> None:
+        try:
+            results = self._generate_batch(slot, batch)
+            for r, choice in zip(batch, results, strict=True):
+                r.result = [choice]
+        except BaseException as e:  # noqa: BLE001 (each waiting request re-raises it)
+            for r in batch:
+                r.error = e
+
+    def _generate_batch(self, slot: _Slot, batch: list[_Pending]) -> list[Choice]:
+        import torch
+
+        from honing.evaluate.generation import stop_token_ids
+
+        keys = {r.target.adapter_key for r in batch} - {None}
+        for r in batch:
+            if r.target.adapter_key is not None:
+                self._ensure_loaded(slot, r.target, keep=keys)
+        pad = slot.tok.pad_token_id if slot.tok.pad_token_id is not None else slot.tok.eos_token_id
+        width = max(len(r.prompt_ids) for r in batch)
+        # left padding: every row's next token sits at the last position
+        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in batch])
+        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in batch])
+        kwargs = self._gen_kwargs(slot, Params(max_new_tokens=max(r.params.max_new_tokens for r in batch),
+                                               temperature=0))
+        kwargs["stopping_criteria"] = self._stop_rows(slot.tok, width, [r.params for r in batch])
+        targets = {(r.target.adapter_key) for r in batch}
+        if len(targets) > 1:
+            kwargs["adapter_names"] = [slot.adapters[r.target.adapter_key] if r.target.adapter_key else "__base__"
+                                       for r in batch]
+            context = _nullcontext()
+        else:
+            self._activate(slot, batch[0].target)
+            context = self._context(slot, batch[0].target)
+        with torch.no_grad(), context:
+            out = slot.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        stops = set(stop_token_ids(slot.tok))
+        return [self._choice(slot.tok, out[i, width:width + r.params.max_new_tokens].tolist(), stops, r.params)
+                for i, r in enumerate(batch)]
+
+    @staticmethod
+    def _stop_rows(tok, prompt_width: int, params: list[Params]):
+        """Per row: stop at its own max_new_tokens or once its generated text holds one of its stop strings."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _StopRows(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                n = input_ids.shape[1] - prompt_width
+                done = [n >= p.max_new_tokens for p in params]
+                if any(p.stop for p in params):
+                    texts = tok.batch_decode(input_ids[:, prompt_width:], skip_special_tokens=True)
+                    done = [d or any(s in t for s in p.stop) for d, t, p in zip(done, texts, params, strict=True)]
+                return torch.tensor(done, device=input_ids.device)
+
+        return StoppingCriteriaList([_StopRows()])
+
+    def _complete_alone(self, t: Target, prompt_ids: list[int], p: Params) -> list[Choice]:
         import torch
 
         from honing.evaluate.generation import stop_token_ids
@@ -269,6 +378,12 @@ class ModelPool:
             raise state["error"]
         finish = "stop" if state["stop"] and _cut_at_stop(text, p.stop) is not None or state["eos"] else "length"
         yield "", finish, state["tokens"]
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str | None:
