@@ -16,8 +16,10 @@ same tokens.
 
 Usage (CPU, ~10-15 min on 2 cores):
     HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/bench.py --mode cpu
-GPU mode (random-weight Llama of a real shape, reports MFU; needs CUDA):
-    python benchmarks/bench.py --mode gpu
+GPU mode (random-weight Llama of Llama-3.2-1B's shape, bf16, max length 2,048; reports MFU and peak GPU
+memory; the Honing side is `honing.train.train` with device cuda, the same loop as `hone train`):
+    python benchmarks/bench.py --mode gpu --max-length 2048 --examples 512 --steps 6 \
+        --sides honing,trl,trl-packed,trl-packed-liger [--method full]
 """
 
 from __future__ import annotations
@@ -91,10 +93,11 @@ def run_honing(job: dict) -> dict:
 
     out = Path(job["workdir"]) / job.get("out_name", "honing-run")
     config = build_config(values=dict(  # noqa: C408 - keyword form reads like the TRL side
-        model=job["model"], data=job["train_file"], eval_data=job["eval_file"], out=str(out), method="lora",
+        model=job["model"], data=job["train_file"], eval_data=job["eval_file"], out=str(out), method=job["method"],
         lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-        batch_size=4, micro_batch_size=job["micro_batch_size"], learning_rate=job["lr"], lr_scheduler="linear",
-        warmup_ratio=0.0, max_steps=job["steps"], max_length=job["max_length"], dtype=job["dtype"],
+        batch_size=job["batch_size"], micro_batch_size=job["micro_batch_size"], learning_rate=job["lr"],
+        lr_scheduler="linear", warmup_ratio=0.0, max_steps=job["steps"], max_length=job["max_length"],
+        dtype=job["dtype"], device="cuda" if job["mode"] == "gpu" else "cpu",
         packing=True, seed=job["seed"], eval_every=10_000, save_every=10_000, tensorboard=False,
     ), overrides=job.get("honing_set", []))  # --honing-set: what `hone train --set` would do
     # CPU seconds per step: the loop logs one metrics row per step (row 0 = the base model's eval), so
@@ -123,7 +126,7 @@ def run_honing(job: dict) -> dict:
     tok = load_tokenizer(job["model"])
     examples = read_examples(job["train_file"], "auto")
     items = render_set(tok, examples, job["max_length"], job["train_file"], "-").items
-    steps = [step_indices(len(items), 4, job["seed"], s)[1] for s in range(len(rows))]
+    steps = [step_indices(len(items), job["batch_size"], job["seed"], s)[1] for s in range(len(rows))]
     step_tokens = [sum(len(items[i]) for i in idx) for idx in steps]
     step_flops = [sum(example_flops(len(items[i]), sum(items[i].loss_mask[1:])) for i in idx) for idx in steps]
     # The loop logs trained-token throughput per step; its duration is trained tokens / that rate.
@@ -188,14 +191,17 @@ def run_trl(job: dict) -> dict:
 
     chats = [json.loads(line) for line in Path(job["train_file"]).read_text().splitlines()]
     # Same examples in the same order as Honing's steps; TRL then reads them sequentially.
-    order = [i for s in range(job["steps"]) for i in step_indices(len(chats), 4, job["seed"], s)[1]]
+    bs = job["batch_size"]
+    order = [i for s in range(job["steps"]) for i in step_indices(len(chats), bs, job["seed"], s)[1]]
     records = [{"prompt": chats[i]["messages"][:-1], "completion": chats[i]["messages"][-1:]} for i in order]
     path = str(resolve_model(job["model"]).path)
     dtype = torch.bfloat16 if job["dtype"] == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(path)
+    variant = job.get("trl_variant", "")  # "", "packed", "packed-liger"
     args = SFTConfig(
-        output_dir=str(Path(job["workdir"]) / "trl-run"), per_device_train_batch_size=4,
+        output_dir=str(Path(job["workdir"]) / "trl-run"), per_device_train_batch_size=bs,
+        packing="packed" in variant, padding_free="packed" in variant, use_liger_kernel="liger" in variant,
         gradient_accumulation_steps=1, max_steps=job["steps"], max_length=job["max_length"],
         learning_rate=job["lr"], lr_scheduler_type="linear", warmup_steps=0, logging_steps=1,
         save_strategy="no", report_to=[], bf16=dtype == torch.bfloat16, use_cpu=job["mode"] == "cpu",
@@ -223,14 +229,23 @@ def run_trl(job: dict) -> dict:
 
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SequentialSFT(model=model, args=args, train_dataset=Dataset.from_list(records),
-                            processing_class=tok, peft_config=lora, callbacks=[Clock()])
-    lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
-    step_tokens = [sum(lengths[s * 4 : s * 4 + 4]) for s in range(job["steps"])]
+                            processing_class=tok, peft_config=lora if job["method"] == "lora" else None,
+                            callbacks=[Clock()])
+    if "packed" in variant:  # packed rows hold several examples: count tokens per optimizer step directly
+        lengths = [len(x) for x in records_tokens(tok, records)]
+    else:
+        lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
+    step_tokens = [sum(lengths[s * bs : s * bs + bs]) for s in range(job["steps"])]
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return _summary("trl", step_tokens, times, losses, wall, cpu_times)
+
+
+def records_tokens(tok, records: list[dict]) -> list[list[int]]:
+    """Token ids of each prompt/completion record under the chat template (what TRL trains on)."""
+    return [tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True) for r in records]
 
 
 def _summary(side, step_tokens, seconds, losses, wall, cpu_seconds=None) -> dict:
@@ -264,9 +279,10 @@ def child(side: str, job_path: str) -> None:
         res = run_honing(job)
         res["side"] = side
     elif side == "honing":
-        res = run_honing_gpu(job) if job["mode"] == "gpu" else run_honing(job)
-    else:
-        res = run_trl(job)
+        res = run_honing(job)  # the product's own loop, on CPU or CUDA
+    else:  # trl, trl-packed, trl-packed-liger
+        res = run_trl(dict(job, trl_variant=side.removeprefix("trl").lstrip("-")))
+        res["side"] = side
     if job["mode"] == "gpu":
         import torch
 
@@ -285,9 +301,13 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
                     help="both sides; default fp32 on CPU (see docs/performance.md), bf16 on GPU")
-    ap.add_argument("--micro-batch-size", type=int, default=1, help="Honing: examples per packed forward")
+    ap.add_argument("--micro-batch-size", default=None,
+                    help="Honing: examples per packed forward (default 1 on CPU, auto on GPU: 16k-token rows)")
+    ap.add_argument("--batch-size", type=int, default=None, help="examples per optimizer step (default 4 on CPU, 32 on GPU)")
+    ap.add_argument("--method", choices=["lora", "full"], default="lora")
     ap.add_argument("--sides", default="honing,trl",
-                    help="comma-separated: honing (default settings), honing-lean (activation_checkpointing=layers), trl")
+                    help="comma-separated: honing (default settings), honing-lean (activation_checkpointing=layers), "
+                         "trl (padded batches), trl-packed (packing + padding-free), trl-packed-liger (+ Liger kernels)")
     ap.add_argument("--malloc-mmap-threshold", type=int, default=0,
                     help="Honing side: glibc M_MMAP_THRESHOLD in bytes (0 = glibc default); see loop_patches.md")
     ap.add_argument("--threads", type=int, default=0,
@@ -312,7 +332,8 @@ def main() -> None:
     job = {"mode": a.mode, "model": "smollm2-135m-instruct", "train_file": str(train_file),
            "eval_file": str(eval_file), "workdir": workdir, "steps": a.steps, "max_length": a.max_length,
            "dtype": a.dtype or ("fp32" if a.mode == "cpu" else "bf16"), "lr": 2e-4, "seed": 42,
-           "micro_batch_size": a.micro_batch_size, "threads": a.threads,
+           "micro_batch_size": a.micro_batch_size or ("auto" if a.mode == "gpu" else 1),
+           "batch_size": a.batch_size or (32 if a.mode == "gpu" else 4), "method": a.method, "threads": a.threads,
            "malloc_mmap_threshold": a.malloc_mmap_threshold, "honing_set": a.honing_set}
     if a.mode == "gpu":
         job.update(gpu_model_dir(workdir))
@@ -348,10 +369,15 @@ def main() -> None:
     report = {"job": job, "results": rounds[-1], "rounds": rounds, "host": host_info()}
     import statistics
 
-    ours = [s_ for s_ in sides if s_.startswith("honing")] if "trl" in sides else []
+    peers = [s_ for s_ in sides if s_.startswith("trl")]
+    ours = [s_ for s_ in sides if s_.startswith("honing")] if peers else []
+
+    def best_peer(r: dict) -> dict:
+        """The fastest TRL variant of a round: the ratio is against TRL at its best."""
+        return max((r[p] for p in peers), key=lambda x: x.get("tokens_per_s") or 0)
 
     def ratio(side, key, rs):
-        vals = [r[side][key] / r["trl"][key] for r in rs if r[side].get(key) and r["trl"].get(key)]
+        vals = [r[side][key] / best_peer(r)[key] for r in rs if r[side].get(key) and best_peer(r).get(key)]
         return statistics.median(vals) if vals else None
 
     keys = {"tokens_per_s": "tokens_per_s", "tokens_per_cpu_s": "tokens_per_cpu_s", "peak_rss": "peak_rss_gb"}
@@ -432,55 +458,6 @@ def gpu_model_dir(workdir: str) -> dict:
     tok.save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())
     return {"model": str(out), "n_params": n, "peak_flops": 989e12}
-
-
-def run_honing_gpu(job: dict) -> dict:
-    """GPU: honing.train.train has no device placement yet, so this side runs Honing's own pieces
-    (packed rows + chunked loss over the PEFT model, bf16 base / fp32 LoRA) in a minimal loop on CUDA,
-    with the same order, batch, LR schedule and clipping as the product loop."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import get_scheduler
-
-    from honing.models.loading import load_model, load_tokenizer
-    from honing.train.batching import step_indices
-    from honing.train.dataset import read_examples, render_set
-    from honing.train.losses import causal_lm_loss_sum
-    from honing.train.packing import collate_packed
-
-    tok = load_tokenizer(job["model"])
-    items = render_set(tok, read_examples(job["train_file"], "auto"), job["max_length"], job["train_file"], "-").items
-    model, _, _ = load_model(job["model"], dtype=torch.bfloat16 if job["dtype"] == "bf16" else torch.float32)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                             task_type="CAUSAL_LM")).cuda()
-    model.config.use_cache = False
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=job["lr"], fused=True)
-    sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=job["steps"])
-    step_tokens, seconds, losses = [], [], []
-    t_start = time.perf_counter()
-    for s in range(job["steps"]):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        idx = step_indices(len(items), 4, job["seed"], s)[1]
-        mbs = [idx[i : i + job["micro_batch_size"]] for i in range(0, len(idx), job["micro_batch_size"])]
-        n_total = sum(sum(items[i].loss_mask[1:]) for i in idx)
-        loss_sum = torch.zeros((), device="cuda")
-        for mb in mbs:
-            batch = {k: v.cuda(non_blocking=True) for k, v in collate_packed([items[i] for i in mb]).items()}
-            labels = batch.pop("labels")
-            part, _ = causal_lm_loss_sum(model, batch, labels)
-            (part / n_total).backward()
-            loss_sum += part.detach()  # stays on the GPU: no host sync inside the step
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - t0)
-        step_tokens.append(sum(len(items[i]) for i in idx))
-        losses.append(float(loss_sum) / n_total)
-    return _summary("honing", step_tokens, seconds, losses, time.perf_counter() - t_start)
 
 
 if __name__ == "__main__":
