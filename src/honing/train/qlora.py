@@ -60,7 +60,9 @@ def load_quantized(reference, runtime):
 
     from honing.models.catalog import resolve_model
     from honing.models.loading import load_tokenizer
+    from honing.quiet import quiet_libraries
 
+    quiet_libraries()
     check_supported(runtime.device)
     resolved = reference if hasattr(reference, "identity") else resolve_model(reference)
     compute = runtime.load_dtype
