@@ -211,6 +211,31 @@ def test_models_listed_retrieved_and_deleted(served, trained):
     assert job.fine_tuned_model not in [m.id for m in c.models.list()]
 
 
+def test_dpo_job(served):
+    """method dpo: OpenAI's preference format trains Honing's dpo objective; beta is passed through."""
+    c, tmp = served["a"], served["tmp"]
+    rows = [json.dumps({"input": {"messages": [{"role": "user", "content": f"Greet person {i}."}]},
+                        "preferred_output": [{"role": "assistant", "content": f"Hello, person {i}!"}],
+                        "non_preferred_output": [{"role": "assistant", "content": "Go away."}]}) for i in range(10)]
+    (tmp / "pairs.jsonl").write_text("\n".join(rows) + "\n")
+    f = c.files.create(file=("pairs.jsonl", (tmp / "pairs.jsonl").read_bytes()), purpose="fine-tune")
+    job = c.fine_tuning.jobs.create(
+        model=str(served["tiny"]), training_file=f.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": 1, "batch_size": 5}}},
+        extra_body={"honing_config": {"dtype": "fp32"}})
+    job = wait_job(c, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.25
+    from honing.rundir import RunDir
+
+    record = RunDir(served["tmp"] / "data" / "runs" / job.id).record()
+    assert record["config"]["objective"] == "dpo" and record["config"]["dpo"]["beta"] == 0.25
+    with pytest.raises(openai.BadRequestError) as e:
+        c.fine_tuning.jobs.create(model=str(served["tiny"]), training_file=f.id,
+                                  method={"type": "reinforcement"})
+    assert e.value.body["param"] == "method.type"
+
+
 def test_bad_file_fails_the_job_with_line_numbers(served):
     c, tmp = served["a"], served["tmp"]
     (tmp / "bad.jsonl").write_text(chat_rows(12, bad_lines={3: "{not json", 7: json.dumps({"messages": []})}))

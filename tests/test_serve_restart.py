@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+import urllib.request
 
 import pytest
 from serve_helpers import chat_rows, start_server
@@ -56,6 +57,11 @@ def test_kill9_restart_resumes_bitwise_and_keeps_the_queue(tmp_path, tiny_llama_
     cancelled = c.fine_tuning.jobs.create(model=str(tiny_llama_dir), training_file=f.id, **JOB)
     _wait(c, a.id, ("running",), what=lambda j: len(c.fine_tuning.jobs.checkpoints.list(a.id).data) >= 2)
     assert c.fine_tuning.jobs.retrieve(b.id).status == "queued"
+    # the server stays responsive while a job trains (training runs in its own process)
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(server.url + "/health", timeout=5) as r:
+        assert r.status == 200
+    assert time.perf_counter() - t0 < 2.0
     server.kill9()
     time.sleep(1.0)  # the kernel delivers the parent-death signal to the training process
     events_before = _event_keys(data, a.id)
@@ -125,3 +131,11 @@ def _training_processes_of(job_id: str) -> list[int]:
             if job_id.encode() in cmd and b"train" in cmd:
                 pids.append(int(p))
     return pids
+
+
+def test_no_auth_is_refused_off_localhost(tmp_path):
+    from serve_helpers import hone
+
+    r = hone("serve", "--host", "0.0.0.0", "--no-auth", "--data-dir", str(tmp_path), check=False)
+    assert r.returncode == 2 and "no_auth" in r.stderr and "localhost" in r.stderr
+    assert not (tmp_path / "honing.db").exists()  # refused before touching anything

@@ -18,13 +18,14 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from honing.serve import jobs as J
+from honing.serve import schemas as S
 from honing.serve.auth import project_for
 from honing.serve.db import Checkpoint, File, IdempotentRequest, Job, JobEvent, new_id, now
 from honing.serve.errors import APIError, not_found
 from honing.serve.files import UPLOAD_PURPOSES, clean_filename, file_object, get_file, store_upload
 from honing.serve.worker import add_event
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=S.ERROR_RESPONSES)
 bearer = HTTPBearer(auto_error=False, description="An API key: `hone serve keys create --project NAME`.")
 
 
@@ -62,7 +63,7 @@ def _remembered(Session, project: str, key: str | None, path: str) -> str | None
 
 
 # -- files ----------------------------------------------------------------------------------------
-@router.post("/files", tags=["files"])
+@router.post("/files", tags=["files"], response_model=S.FileObject)
 def upload_file(request: Request, project: Project, file: UploadFile,
                 purpose: Annotated[str, Form(max_length=40)], idem: IdemKey = None) -> dict:
     S = request.app.state.Session
@@ -92,7 +93,7 @@ def upload_file(request: Request, project: Project, file: UploadFile,
     return file_object(row)
 
 
-@router.get("/files", tags=["files"])
+@router.get("/files", tags=["files"], response_model=S.FilePage)
 def list_files(request: Request, project: Project, purpose: str | None = None,
                limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
                order: Literal["asc", "desc"] = "desc", after: str | None = None) -> dict:
@@ -111,7 +112,7 @@ def list_files(request: Request, project: Project, purpose: str | None = None,
     return _page(rows, limit, file_object)
 
 
-@router.get("/files/{file_id}", tags=["files"])
+@router.get("/files/{file_id}", tags=["files"], response_model=S.FileObject)
 def retrieve_file(request: Request, project: Project, file_id: str) -> dict:
     with request.app.state.Session() as s:
         return file_object(get_file(s, project, file_id))
@@ -126,7 +127,7 @@ def file_content(request: Request, project: Project, file_id: str):
     return FileResponse(f.path, media_type="application/octet-stream", filename=f.filename)
 
 
-@router.get("/files/{file_id}/validation", tags=["honing"])
+@router.get("/files/{file_id}/validation", tags=["honing"], response_model=S.ValidationReport)
 def file_validation(request: Request, project: Project, file_id: str) -> dict:
     """Honing: the `hone data validate` report of a file ({ok, problems: [{line, category, message}], stats})."""
     with request.app.state.Session() as s:
@@ -138,7 +139,7 @@ def file_validation(request: Request, project: Project, file_id: str) -> dict:
     return f.validation
 
 
-@router.delete("/files/{file_id}", tags=["files"])
+@router.delete("/files/{file_id}", tags=["files"], response_model=S.Deleted)
 def delete_file(request: Request, project: Project, file_id: str) -> dict:
     with request.app.state.Session.begin() as s:
         f = get_file(s, project, file_id)
@@ -190,7 +191,7 @@ def get_job(s, project: str, job_id: str, *, lock: bool = False) -> Job:
     return job
 
 
-@router.post("/fine_tuning/jobs", tags=["fine-tuning"])
+@router.post("/fine_tuning/jobs", tags=["fine-tuning"], response_model=S.FineTuningJob)
 def create_job(request: Request, project: Project, body: JobCreate, idem: IdemKey = None) -> dict:
     S, settings = request.app.state.Session, request.app.state.settings
     known = _remembered(S, project, idem, "/v1/fine_tuning/jobs")
@@ -230,7 +231,7 @@ def create_job(request: Request, project: Project, body: JobCreate, idem: IdemKe
     return J.job_object(job)
 
 
-@router.get("/fine_tuning/jobs", tags=["fine-tuning"])
+@router.get("/fine_tuning/jobs", tags=["fine-tuning"], response_model=S.JobPage)
 def list_jobs(request: Request, project: Project, after: str | None = None,
               limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict:
     # metadata[k]=v filters (deepObject style, as the client sends them)
@@ -250,13 +251,13 @@ def list_jobs(request: Request, project: Project, after: str | None = None,
     return _page(rows, limit, J.job_object)
 
 
-@router.get("/fine_tuning/jobs/{job_id}", tags=["fine-tuning"])
+@router.get("/fine_tuning/jobs/{job_id}", tags=["fine-tuning"], response_model=S.FineTuningJob)
 def retrieve_job(request: Request, project: Project, job_id: str) -> dict:
     with request.app.state.Session() as s:
         return J.job_object(get_job(s, project, job_id))
 
 
-@router.post("/fine_tuning/jobs/{job_id}/cancel", tags=["fine-tuning"])
+@router.post("/fine_tuning/jobs/{job_id}/cancel", tags=["fine-tuning"], response_model=S.FineTuningJob)
 def cancel_job(request: Request, project: Project, job_id: str) -> dict:
     with request.app.state.Session.begin() as s:
         job = get_job(s, project, job_id, lock=True)
@@ -272,7 +273,7 @@ def cancel_job(request: Request, project: Project, job_id: str) -> dict:
     return J.job_object(job)
 
 
-@router.post("/fine_tuning/jobs/{job_id}/pause", tags=["fine-tuning"])
+@router.post("/fine_tuning/jobs/{job_id}/pause", tags=["fine-tuning"], response_model=S.FineTuningJob)
 def pause_job(request: Request, project: Project, job_id: str) -> dict:
     with request.app.state.Session.begin() as s:
         job = get_job(s, project, job_id, lock=True)
@@ -288,7 +289,7 @@ def pause_job(request: Request, project: Project, job_id: str) -> dict:
     return J.job_object(job)
 
 
-@router.post("/fine_tuning/jobs/{job_id}/resume", tags=["fine-tuning"])
+@router.post("/fine_tuning/jobs/{job_id}/resume", tags=["fine-tuning"], response_model=S.FineTuningJob)
 def resume_job(request: Request, project: Project, job_id: str) -> dict:
     with request.app.state.Session.begin() as s:
         job = get_job(s, project, job_id, lock=True)
@@ -301,7 +302,7 @@ def resume_job(request: Request, project: Project, job_id: str) -> dict:
     return J.job_object(job)
 
 
-@router.get("/fine_tuning/jobs/{job_id}/events", tags=["fine-tuning"])
+@router.get("/fine_tuning/jobs/{job_id}/events", tags=["fine-tuning"], response_model=S.EventPage)
 def list_events(request: Request, project: Project, job_id: str, after: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict:
     with request.app.state.Session() as s:
@@ -316,7 +317,7 @@ def list_events(request: Request, project: Project, job_id: str, after: str | No
     return _page(rows, limit, J.event_object)
 
 
-@router.get("/fine_tuning/jobs/{job_id}/checkpoints", tags=["fine-tuning"])
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints", tags=["fine-tuning"], response_model=S.CheckpointPage)
 def list_checkpoints(request: Request, project: Project, job_id: str, after: str | None = None,
                      limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict:
     with request.app.state.Session() as s:
@@ -331,7 +332,7 @@ def list_checkpoints(request: Request, project: Project, job_id: str, after: str
     return _page(rows, limit, J.checkpoint_object)
 
 
-@router.get("/fine_tuning/jobs/{job_id}/metrics", tags=["honing"])
+@router.get("/fine_tuning/jobs/{job_id}/metrics", tags=["honing"], response_model=S.MetricsRows)
 def job_metrics(request: Request, project: Project, job_id: str) -> dict:
     """Honing: the run's metrics rows (step, train_loss, eval_loss, lr, ...), oldest first."""
     from honing.rundir import RunDir

@@ -15,10 +15,31 @@ from fastapi import FastAPI
 from honing.serve import api, chat, errors
 from honing.serve.db import make_engine, sessions, upgrade
 from honing.serve.inference import ModelPool
+from honing.serve.schemas import Health
 from honing.serve.settings import Settings
 from honing.serve.worker import Worker
 
 log = logging.getLogger("honing.serve")
+
+
+def _document_errors_as_answered(app: FastAPI) -> None:
+    """Request validation errors are answered 400 in OpenAI's shape (errors.py), never FastAPI's 422:
+    say so in the OpenAPI document."""
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = original()
+            for item in spec.get("paths", {}).values():
+                for op in item.values():
+                    if isinstance(op, dict):
+                        op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                spec.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -52,14 +73,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.pool = ModelPool(settings.adapter_cache)
     errors.install(app)
 
-    @app.get("/health", tags=["service"])
-    def health() -> dict:
+    @app.get("/health", tags=["service"], response_model=Health)
+    async def health() -> dict:
         # Answered by the event loop without touching models or the database: stays quick while a job
         # trains in its own process and chat requests run in the thread pool.
         return {"status": "ok"}
 
     app.include_router(api.router)
     app.include_router(chat.router)
+    _document_errors_as_answered(app)
     try:
         from honing.serve.dashboard import mount
 

@@ -15,12 +15,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from honing.serve import schemas as S
 from honing.serve.api import Project
 from honing.serve.db import Checkpoint, Job, new_id
 from honing.serve.errors import APIError, error_body
 from honing.serve.inference import Params, Target
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=S.ERROR_RESPONSES)
 # Chat requests allowed to wait for a model at once; more is a 429 (the client retries with backoff).
 MAX_PENDING_CHATS = 64
 
@@ -76,13 +77,13 @@ def _all_models(s, project: str) -> list[dict]:
     return out
 
 
-@router.get("/models", tags=["models"])
+@router.get("/models", tags=["models"], response_model=S.ModelList)
 def list_models(request: Request, project: Project) -> dict:
     with request.app.state.Session() as s:
         return {"object": "list", "data": _all_models(s, project)}
 
 
-@router.get("/models/{model:path}", tags=["models"])
+@router.get("/models/{model:path}", tags=["models"], response_model=S.Model)
 def retrieve_model(request: Request, project: Project, model: str) -> dict:
     with request.app.state.Session() as s:
         for m in _all_models(s, project):
@@ -91,7 +92,7 @@ def retrieve_model(request: Request, project: Project, model: str) -> dict:
     raise _not_found(model)
 
 
-@router.delete("/models/{model:path}", tags=["models"])
+@router.delete("/models/{model:path}", tags=["models"], response_model=S.Deleted)
 def delete_model(request: Request, project: Project, model: str) -> dict:
     with request.app.state.Session.begin() as s:
         job = s.scalar(select(Job).where(Job.project == project, Job.fine_tuned_model == model,
@@ -179,7 +180,7 @@ class _Gate:
 GATE = _Gate(MAX_PENDING_CHATS)
 
 
-@router.post("/chat/completions", tags=["chat"])
+@router.post("/chat/completions", tags=["chat"], response_model=S.ChatCompletion)
 def chat_completions(request: Request, project: Project, req: ChatRequest):
     from honing.data.render import render_prompt
 

@@ -1,7 +1,8 @@
 """Fine-tuning jobs: OpenAI's job request mapped onto Honing's training configuration, and the job, event
 and checkpoint objects the client parses.
 
-Hyperparameters (``method.supervised.hyperparameters`` or the older top-level ``hyperparameters``):
+Hyperparameters (``method.<type>.hyperparameters`` or the older top-level ``hyperparameters``); method
+``supervised`` trains objective ``sft``, method ``dpo`` objective ``dpo`` (``beta`` -> ``dpo.beta``):
 
 * ``n_epochs`` -> ``epochs``; ``batch_size`` -> ``batch_size`` (``"auto"`` stays auto: Honing picks them
   from the dataset size, as ``hone train`` does);
@@ -23,7 +24,7 @@ ALLOWED_CONFIG_KEYS = {
     "method", "lora", "max_steps", "max_length", "micro_batch_size", "lr_scheduler", "warmup_ratio",
     "weight_decay", "max_grad_norm", "packing", "eval_every", "save_every", "keep_checkpoints",
     "early_stopping_patience", "eval_max_examples", "eval_fraction", "dtype", "activation_checkpointing",
-    "learning_rate",
+    "learning_rate", "dpo",
 }
 
 
@@ -41,25 +42,27 @@ def _number(value, param: str, *, integer: bool, low: float, high: float):
 
 def hyperparameters_of(body: dict) -> tuple[dict, dict]:
     """(method object as echoed back, requested hyperparameters {n_epochs, batch_size,
-    learning_rate_multiplier}) from a create request; 400 for what this server cannot train."""
+    learning_rate_multiplier[, beta]}) from a create request; 400 for what this server cannot train."""
     method = body.get("method") or {"type": "supervised"}
     if not isinstance(method, dict):
         raise APIError(400, "method: expected an object", param="method")
     mtype = method.get("type", "supervised")
-    if mtype != "supervised":
-        raise APIError(400, f"method.type: {mtype!r} is not supported by this server (supported: 'supervised'; "
-                            "Honing's training objective is sft)", param="method.type")
-    section = method.get("supervised") or {}
-    hp = dict((section.get("hyperparameters") if isinstance(section, dict) else None) or {})
+    if mtype not in ("supervised", "dpo"):
+        raise APIError(400, f"method.type: {mtype!r} is not supported by this server (supported: 'supervised', "
+                            "'dpo')", param="method.type")
+    section = method.get(mtype) or {}
+    hp = (section.get("hyperparameters") if isinstance(section, dict) else None) or {}
     legacy = body.get("hyperparameters") or {}
     if not isinstance(legacy, dict) or not isinstance(hp, dict):
         raise APIError(400, "hyperparameters: expected an object", param="hyperparameters")
+    hp = dict(hp)
     for k, v in legacy.items():
         hp.setdefault(k, v)
-    unknown = sorted(set(hp) - {"n_epochs", "batch_size", "learning_rate_multiplier"})
+    allowed = {"n_epochs", "batch_size", "learning_rate_multiplier"} | ({"beta"} if mtype == "dpo" else set())
+    unknown = sorted(set(hp) - allowed)
     if unknown:
-        raise APIError(400, f"hyperparameters: unknown key(s) {unknown} (supported: n_epochs, batch_size, "
-                            "learning_rate_multiplier)", param="hyperparameters")
+        raise APIError(400, f"hyperparameters: unknown key(s) {unknown} for method {mtype} (supported: "
+                            f"{', '.join(sorted(allowed))})", param="hyperparameters")
     requested = {
         "n_epochs": _number(hp.get("n_epochs"), "hyperparameters.n_epochs", integer=True, low=1, high=50),
         "batch_size": _number(hp.get("batch_size"), "hyperparameters.batch_size", integer=True, low=1, high=256),
@@ -67,7 +70,9 @@ def hyperparameters_of(body: dict) -> tuple[dict, dict]:
                                             "hyperparameters.learning_rate_multiplier", integer=False,
                                             low=1e-3, high=50),
     }
-    echoed = {"type": "supervised", "supervised": {"hyperparameters": dict(requested)}}
+    if mtype == "dpo":
+        requested["beta"] = _number(hp.get("beta"), "hyperparameters.beta", integer=False, low=1e-4, high=10)
+    echoed = {"type": mtype, mtype: {"hyperparameters": dict(requested)}}
     return echoed, requested
 
 
@@ -83,6 +88,10 @@ def training_config(requested: dict, seed: int, extra: dict) -> dict:
     config["seed"] = seed
     config["epochs"] = requested["n_epochs"]
     config["batch_size"] = requested["batch_size"]
+    if "beta" in requested:  # method dpo: the preference objective (honing.train.preference)
+        config["objective"] = "dpo"
+        if requested["beta"] != "auto":
+            config["dpo"] = {**config.get("dpo", {}), "beta": requested["beta"]}
     m = requested["learning_rate_multiplier"]
     if m != "auto" and "learning_rate" not in extra:
         config["learning_rate"] = m * base_learning_rate(str(extra.get("method", "lora")), requested["batch_size"])
@@ -126,15 +135,16 @@ def checkpoint_name(job: Job, step: int) -> str:
 
 def resolved_hyperparameters(job: Job) -> dict:
     """As requested until the loop resolves them; then the values it trains with."""
-    hp = dict(job.method["supervised"]["hyperparameters"])
+    mtype = job.method.get("type", "supervised")
+    hp = dict(job.method[mtype]["hyperparameters"])
     r = job.resolved or {}
     if r:
         hp["n_epochs"] = r.get("epochs", hp["n_epochs"])
         hp["batch_size"] = r.get("batch_size", hp["batch_size"])
         lr = r.get("learning_rate")
         if lr:
-            base = base_learning_rate(str(job.config.get("method", "lora")), job.method["supervised"]
-                                      ["hyperparameters"]["batch_size"])
+            base = base_learning_rate(str(job.config.get("method", "lora")),
+                                      job.method[mtype]["hyperparameters"]["batch_size"])
             hp["learning_rate_multiplier"] = round(lr / base, 6)
     return hp
 
@@ -148,7 +158,9 @@ def job_object(job: Job) -> dict:
         "fine_tuned_model": job.fine_tuned_model if job.status == "succeeded" else None,
         "finished_at": job.finished_at, "trained_tokens": job.trained_tokens,
         "error": job.error, "result_files": job.result_files or [], "seed": job.seed,
-        "hyperparameters": hp, "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "hyperparameters": {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+        "method": {"type": job.method.get("type", "supervised"),
+                   job.method.get("type", "supervised"): {"hyperparameters": hp}},
         "estimated_finish": job.estimated_finish if job.status == "running" else None,
         "integrations": [], "metadata": job.job_metadata, "user_provided_suffix": job.suffix,
     }
