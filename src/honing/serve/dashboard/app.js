@@ -56,6 +56,12 @@
 
   const $ = (sel, root = document) => root.querySelector(sel);
 
+  function replaceIfChanged(el, key, build) {
+    if (el.dataset.key === key) return;
+    el.dataset.key = key;
+    replace(el, build());
+  }
+
   function when(unix) {
     return unix ? new Date(unix * 1000).toLocaleString() : "—";
   }
@@ -405,7 +411,9 @@
 
   function validationBlock(v) {
     if (!v) return h("p", { class: "muted" }, "No validation result for this file.");
-    const problems = v.problems || [];
+    const rank = (p) => (p.severity === "error" ? 0 : 1);
+    const problems = (v.problems || []).map((p, i) => [p, i]).sort((a, b) => rank(a[0]) - rank(b[0]) || a[1] - b[1])
+      .map(([p]) => p);
     const count = (sev) => (typeof v[`${sev}s`] === "number" ? v[`${sev}s`] : problems.filter((p) => p.severity === sev).length);
     const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
     const errors = count("error");
@@ -417,12 +425,24 @@
       h("table", { class: "kv" }, Object.entries(v.stats).map(([k, x]) => h("tr", null, h("th", null, k), h("td", { class: "mono" }, fmt(x))))) : null;
     return h("div", { class: "validation", dataset: { ok: String(!!v.ok) } },
       headline,
-      problems.length ? h("ul", { class: "problems" }, problems.slice(0, 50).map((p) =>
-        h("li", { class: p.severity === "error" ? "bad-line" : null },
-          h("span", { class: "mono" }, p.line === null || p.line === undefined ? "file" : `line ${p.line}`),
-          ` · ${p.severity ? `${p.severity} · ` : ""}${p.category} · `, p.message))) : null,
-      problems.length > 50 ? h("p", { class: "muted" }, `… and ${problems.length - 50} more`) : null,
+      problemList(problems.slice(0, SHOWN_PROBLEMS)),
+      problems.length > SHOWN_PROBLEMS ? h("details", null,
+        h("summary", null, `${problems.length - SHOWN_PROBLEMS} more`),
+        problemList(problems.slice(SHOWN_PROBLEMS, MAX_PROBLEMS)),
+        problems.length > MAX_PROBLEMS ? h("p", { class: "muted" }, `… and ${problems.length - MAX_PROBLEMS} more`) : null) : null,
       stats);
+  }
+
+  // Errors first (they decide whether the job runs), then warnings, each in file order.
+  const SHOWN_PROBLEMS = 5;
+  const MAX_PROBLEMS = 200;
+
+  function problemList(problems) {
+    if (!problems.length) return null;
+    return h("ul", { class: "problems" }, problems.map((p) =>
+      h("li", { class: p.severity === "error" ? "bad-line" : null },
+        h("span", { class: "mono" }, p.line === null || p.line === undefined ? "file" : `line ${p.line}`),
+        ` · ${p.severity ? `${p.severity} · ` : ""}${p.category} · `, p.message)));
   }
 
   // ---------------------------------------------------------------- #/jobs/<id> : one job, live
@@ -442,8 +462,8 @@
         h("div", { class: "panel" }, h("h2", null, "Job"), details)),
       h("div", { class: "grid", style: "margin-top:16px" },
         h("div", { class: "panel" }, h("h2", null, "Hyperparameters (resolved)"), hyper),
-        h("div", { class: "panel" }, h("h2", null, "Data validation"), files),
-        h("div", { class: "panel" }, h("h2", null, "Checkpoints"), checkpoints)),
+        h("div", { class: "panel" }, h("h2", null, "Data validation"), h("div", { class: "scroll" }, files)),
+        h("div", { class: "panel" }, h("h2", null, "Checkpoints"), h("div", { class: "scroll" }, checkpoints))),
       h("div", { class: "panel", style: "margin-top:16px" }, h("h2", null, "Events (newest first)"), events),
       h("div", { class: "panel" }, h("h2", null, "Evaluation report"), report));
 
@@ -467,8 +487,9 @@
         `step ${series.step}${series.total ? ` of ${series.total}` : ""}` : "";
       replace(details, jobTable(job));
       replace(hyper, kvTable(resolvedHyperparameters(job)));
-      replace(checkpoints, checkpointTable(ckpts));
-      replace(events, eventTable(evs));
+      // Rebuilt only when they changed, so that a reader's scroll position survives the polling.
+      replaceIfChanged(checkpoints, ckpts.map((c) => c.id).join(), () => checkpointTable(ckpts));
+      replaceIfChanged(events, `${evs.length}:${evs.length ? evs[0].id : ""}`, () => eventTable(evs));
       if (!filesShown) filesShown = await showValidation(files, job);
       const done = TERMINAL.has(job.status);
       if (done && !reportShown && job.status === "succeeded") {
@@ -536,11 +557,12 @@
   function checkpointTable(ckpts) {
     if (!ckpts.length) return h("p", { class: "muted" }, "None yet.");
     return h("table", null,
-      h("thead", null, h("tr", null, h("th", null, "Step"), h("th", null, "Model"), h("th", null, "Metrics"))),
+      h("thead", null, h("tr", null, h("th", null, "Step"), h("th", null, "Model (chat)"), h("th", null, "Metrics"))),
       h("tbody", null, ckpts.map((c) => h("tr", null,
         h("td", null, fmt(c.step_number)),
-        h("td", { class: "mono" }, h("a", { href: `#/chat?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` },
-          c.fine_tuned_model_checkpoint)),
+        // The full name is long (ft:<base>:<project>:<suffix>:<job>:ckpt-step-N): show its tail, keep the whole.
+        h("td", { class: "mono" }, h("a", { href: `#/chat?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}`,
+          title: c.fine_tuned_model_checkpoint }, `…:${String(c.fine_tuned_model_checkpoint).split(":").pop()}`)),
         h("td", { class: "mono metrics" }, Object.entries(c.metrics || {}).filter(([k, v]) => v !== null && k !== "step")
           .map(([k, v]) => h("div", null, `${k} ${fmt(v)}`)))))));
   }
