@@ -10,6 +10,7 @@ from pathlib import Path
 
 from honing.evaluate.report import _CSS, _figure, _md_cell, _png
 from honing.fileio import write_text_atomic
+from honing.lifecycle.compare import _short
 
 e = html.escape
 
@@ -81,7 +82,7 @@ def _cost_rows(c) -> list[list]:
 def _lineage_rows(c) -> list[list]:
     labels = [r.label for r in c.runs]
     diffs = {**c.lineage_differences, **c.config_differences}
-    return [[key] + [str(values.get(lab)) for lab in labels] for key, values in diffs.items()]
+    return [[key] + [_short(values.get(lab)) for lab in labels] for key, values in diffs.items()]
 
 
 FORGET_HEAD = ["run", "general-text perplexity", "change", "general QA accuracy", "change", "verdict"]
