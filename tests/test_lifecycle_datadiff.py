@@ -83,8 +83,8 @@ def test_a_system_prompt_change_is_a_change_of_every_example_not_an_add_and_remo
 
 
 def test_walkthrough_data_is_reproducible_and_diffs_as_documented():
-    """examples/maintenance: the build script reproduces data/ byte for byte, and v1 -> v2 is 100 examples
-    added and the 30 wrong labels corrected (docs/maintenance.md shows this diff)."""
+    """examples/maintenance: the build script reproduces data/ byte for byte, and v1 -> v2 is 80 examples
+    added and the 15 wrong labels corrected (docs/maintenance.md shows this diff)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -94,6 +94,6 @@ def test_walkthrough_data_is_reproducible_and_diffs_as_documented():
                        check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     d = diff_data(root / "data" / "v1.jsonl", root / "data" / "v2.jsonl")
-    assert (d.old_examples, d.new_examples) == (200, 300)
-    assert d.counts == {"added": 100, "removed": 0, "changed": 30} and d.unchanged == 170
-    assert sum(n for _, _, n in d.answer_changes) == 30 and d.new_problems == []
+    assert (d.old_examples, d.new_examples) == (100, 180)
+    assert d.counts == {"added": 80, "removed": 0, "changed": 15} and d.unchanged == 85
+    assert sum(n for _, _, n in d.answer_changes) == 15 and d.new_problems == []

@@ -3,12 +3,14 @@
     python examples/maintenance/build_data.py            # writes data/ next to this script
     python examples/maintenance/build_data.py --check    # exit 1 unless data/ is exactly what it builds
 
-* ``v1.jsonl``: version 1 of the training data: 20 examples per label (200), labelled in a hurry: 30 of
-  them (15%) carry a wrong label, each a seeded pick among the other nine labels.
-* ``v2.jsonl``: version 2: the same 200 with the 30 labels corrected, plus 10 more examples per label
-  (300 in all), in a new order (a data diff must not care about line numbers).
-* ``eval.jsonl``: the fixed eval set both versions are judged on: 6 held-out examples per label (60),
+* ``v1.jsonl``: version 1 of the training data: 10 examples per label (100), labelled in a hurry: 15 of
+  them carry a wrong label, each a seeded pick among the other nine labels.
+* ``v2.jsonl``: version 2: the same 100 with the 15 labels corrected, plus 8 more examples per label
+  (180 in all), in a new order (a data diff must not care about line numbers).
+* ``eval.jsonl``: the fixed eval set both versions are judged on: 4 held-out examples per label (40),
   from the demo's eval split (never in any training version).
+
+Small on purpose: the walkthrough trains twice and evaluates three times on a shared 2-core CPU.
 * ``requests.jsonl``: "today's traffic" as OpenAI chat request logs, for ``hone drift``: 48 held-out
   docstrings of the ten known modules, 12 docstrings of modules the model was never trained on (json, re,
   collections, ...), 12 questions users started to type instead of docstrings, and 12 customer-support
@@ -31,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "docstring_module"
 OUT = HERE / "data"
 SEED = 15
-V1_PER_LABEL, V2_EXTRA_PER_LABEL, EVAL_PER_LABEL, WRONG_LABELS = 20, 10, 6, 30
+V1_PER_LABEL, V2_EXTRA_PER_LABEL, EVAL_PER_LABEL, WRONG_LABELS = 10, 8, 4, 15
 DRIFT_KNOWN = 48
 
 # First paragraphs of docstrings of modules outside the ten labels (CPython 3.11, PSF licence).
