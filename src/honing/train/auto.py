@@ -1,15 +1,22 @@
-"""``auto`` hyperparameters, chosen from the dataset size the way OpenAI's fine-tuning service does.
+"""``auto`` hyperparameters, chosen for the data *and* the machine at hand. Each choice is printed with its
+reason (``Hyperparameters.explain``).
 
 Epochs follow OpenAI's published default rule (cookbook "Chat_finetuning_data_prep", the constants the
 service documents): 3 epochs, but more for small datasets so the model sees at least ~100 examples in
-total, and fewer for large ones so it sees at most ~25,000, always within [1, 25].
+total, and fewer for large ones so it sees at most ~25,000, always within [1, 25]. Early stopping on eval
+loss and the forgetting budget end a run sooner when more passes stop paying.
 
-Batch size follows the service's documented behaviour (about 0.2% of the training examples, at most
-256), rounded to the nearest power of two so rows stay regular.
+Batch size starts from the service's documented behaviour (about 0.2% of the training examples, at most
+256, a power of two) and departs from it where examples are short: a step then carries ~2,048 tokens
+(few large steps; per-step overheads dominate tiny steps), keeping at least 48 steps per run.
 
 Learning rate: the service exposes a multiplier, not a value; we pick the usual peak for each method
 (LoRA 2e-4, full 1e-5 at batch 4) and scale it with the square root of the batch size, the rule that
 keeps Adam's update noise roughly constant, clamped to a safe band.
+
+Micro-batch: on CPU, a token budget per forward measured on the machine (a short probe of forward rates,
+cached per process); on a GPU a 16k-token packed row. Eval cadence: up to 8 evals, fewer when an eval is
+costly against the training compute. docs/training.md says where and why these depart from OpenAI's rules.
 """
 
 from __future__ import annotations
@@ -46,12 +53,33 @@ def auto_epochs(n_examples: int) -> int:
     return TARGET_EPOCHS
 
 
-def auto_batch_size(n_examples: int) -> int:
-    """~0.2% of the examples, rounded to the nearest power of two, clamped to [1, 256]."""
+def openai_batch_size(n_examples: int) -> int:
+    """OpenAI's rule: ~0.2% of the examples, rounded to the nearest power of two, clamped to [1, 256]."""
     raw = BATCH_FRACTION * max(1, n_examples)
     if raw <= 1:
         return 1
     return int(min(MAX_BATCH, 2 ** round(math.log2(raw))))
+
+
+# Departure from OpenAI's batch rule: a step should carry enough tokens that its fixed costs (optimizer
+# update, gradient clipping, per-op dispatch of each forward/backward) are small against its compute.
+# OpenAI's 0.2% gives batch 2 for 1,200 examples: 1,620 steps of two ~60-token chats took ~30 min on 2 CPU
+# cores, where batch 16-32 does the same epochs in a fraction of the steps. So: the largest power of two
+# with at most TARGET_STEP_TOKENS tokens per step, never below OpenAI's value, and never so large that
+# the run has fewer than MIN_STEPS updates (few, large steps; not one step per epoch).
+TARGET_STEP_TOKENS = 2048
+MIN_STEPS = 48
+
+
+def auto_batch_size(n_examples: int, mean_tokens: float | None = None, epochs: int = TARGET_EPOCHS) -> int:
+    """Examples per optimizer step: OpenAI's rule, raised to ~``TARGET_STEP_TOKENS`` tokens per step for short
+    examples while keeping at least ``MIN_STEPS`` steps (``mean_tokens``: mean example length)."""
+    base = openai_batch_size(n_examples)
+    if not mean_tokens:
+        return base
+    by_tokens = 2 ** max(0, math.floor(math.log2(max(1.0, TARGET_STEP_TOKENS / mean_tokens))))
+    by_steps = 2 ** max(0, math.floor(math.log2(max(1.0, n_examples * epochs / MIN_STEPS))))
+    return int(min(MAX_BATCH, max(base, min(by_tokens, by_steps))))
 
 
 def auto_learning_rate(method: str, batch_size: int) -> float:
@@ -77,15 +105,56 @@ MAX_GPU_MICRO_BATCH = 256
 
 
 def auto_micro_batch_size(batch_size: int, world_size: int, mean_tokens: float | None = None,
-                          on_gpu: bool = False) -> int:
+                          on_gpu: bool = False, cpu_budget: int | None = None) -> int:
     """The largest divisor of the per-process batch (so accumulation is exact) within a token budget per
-    forward: ``CPU_TOKENS_PER_FORWARD`` (and at most 8 examples) on CPU, ``GPU_TOKENS_PER_FORWARD`` on a
-    GPU; at least 1."""
+    forward: ``cpu_budget`` (measured, see :func:`measure_cpu_token_budget`; default
+    ``CPU_TOKENS_PER_FORWARD``) and at most 8 examples on CPU, ``GPU_TOKENS_PER_FORWARD`` on a GPU; at least 1."""
     per_rank = max(1, batch_size // world_size)
-    budget, cap = (GPU_TOKENS_PER_FORWARD, MAX_GPU_MICRO_BATCH) if on_gpu else (CPU_TOKENS_PER_FORWARD, MAX_MICRO_BATCH)
+    cpu = cpu_budget or CPU_TOKENS_PER_FORWARD
+    budget, cap = (GPU_TOKENS_PER_FORWARD, MAX_GPU_MICRO_BATCH) if on_gpu else (cpu, MAX_MICRO_BATCH)
     if mean_tokens:
         cap = max(1, min(cap, int(budget // mean_tokens)))
     return max(d for d in range(1, min(per_rank, cap) + 1) if per_rank % d == 0)
+
+
+# The CPU probe: forward passes (no gradient) of rows of the data's mean length, 1, 4 and 16 rows at a
+# time. The budget is the smallest of those whose tokens/s is within PROBE_TOLERANCE of the best: where
+# per-op overhead dominates (short rows) batching pays and the budget grows; where attention's T x T cost
+# dominates (long rows) it does not and the budget stays at one row. Cached per process.
+PROBE_ROWS = (1, 4, 16)
+PROBE_TOLERANCE = 0.9
+_probe_cache: dict = {}
+
+
+def measure_cpu_token_budget(model, mean_tokens: float) -> tuple[int, str]:
+    """(tokens per forward, the measurement in words) for ``model`` on this machine's CPU."""
+    import time
+
+    import torch
+
+    length = max(8, min(1024, round(mean_tokens)))
+    key = (getattr(model.config, "_name_or_path", ""), getattr(model.config, "hidden_size", 0),
+           getattr(model.config, "num_hidden_layers", 0), length, torch.get_num_threads())
+    if key in _probe_cache:
+        return _probe_cache[key]
+    vocab = getattr(model.config, "vocab_size", 1000)
+    gen = torch.Generator().manual_seed(0)
+    rates = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for rows in PROBE_ROWS:
+            ids = torch.randint(0, vocab, (rows, length), generator=gen)
+            model(input_ids=ids[:1, :8])  # warm the kernels for this shape class
+            t0 = time.perf_counter()
+            model(input_ids=ids)
+            rates[rows] = rows * length / max(time.perf_counter() - t0, 1e-9)
+    model.train(was_training)
+    best = max(rates.values())
+    rows = min(r for r, v in rates.items() if v >= PROBE_TOLERANCE * best)
+    words = ", ".join(f"{r}x{length}: {v:,.0f} tok/s" for r, v in rates.items())
+    _probe_cache[key] = (rows * length, f"measured forward rates {words}")
+    return _probe_cache[key]
 
 
 @dataclass(frozen=True)
@@ -102,9 +171,15 @@ class Hyperparameters:
     eval_every: int
     save_every: int
     chosen: tuple[str, ...]
+    reasons: tuple[tuple[str, str], ...] = ()  # (key, why) for every auto choice, in order
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def explain(self) -> list[str]:
+        """One line per ``auto`` choice: the value and the reason for it."""
+        return [f"  {key} = {getattr(self, key) if key != 'learning_rate' else f'{self.learning_rate:.3g}'}: {why}"
+                for key, why in self.reasons]
 
     def describe(self) -> str:
         def mark(k: str) -> str:
@@ -120,24 +195,62 @@ class Hyperparameters:
         )
 
 
+# Eval cadence: up to MAX_EVALS evals a run (enough points for early stopping and the loss curve), fewer
+# when each is costly, so that evaluation (a forward over the eval set plus the forgetting probe; about a
+# third of a training step's cost per token) stays within EVAL_SHARE of the training compute; at least 2.
+MAX_EVALS, MIN_EVALS, EVAL_SHARE, FORWARD_COST = 8, 2, 0.10, 1 / 3
+
+
+def auto_eval_every(total_steps: int, step_tokens: float, eval_tokens: float | None) -> tuple[int, str]:
+    """(eval_every, why) for a run of ``total_steps`` steps of ``step_tokens`` tokens each."""
+    if not eval_tokens:
+        return max(1, math.ceil(total_steps / MAX_EVALS)), f"~{MAX_EVALS} evals per run"
+    affordable = EVAL_SHARE * total_steps * step_tokens / (eval_tokens * FORWARD_COST)
+    n = int(min(MAX_EVALS, max(MIN_EVALS, affordable)))
+    return max(1, math.ceil(total_steps / n)), (
+        f"{n} evals per run ({eval_tokens:,.0f} eval tokens each; evaluation kept within ~{EVAL_SHARE:.0%} of "
+        f"the training compute, {MIN_EVALS}-{MAX_EVALS} evals)")
+
+
 def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_tokens: float | None = None,
-                            on_gpu: bool = False) -> Hyperparameters:
-    """Turn the config's ``auto`` values into numbers for ``n_train`` examples on ``world_size`` processes
-    (``mean_tokens``: the training examples' mean length, for the CPU micro-batch budget)."""
+                            on_gpu: bool = False, measure_budget=None, eval_tokens: float | None = None,
+                            ) -> Hyperparameters:
+    """Turn the config's ``auto`` values into numbers for ``n_train`` examples on ``world_size`` processes.
+
+    ``mean_tokens``: the training examples' mean length (batch size, micro-batch budget); ``measure_budget``:
+    a callable returning (CPU tokens per forward, how it was measured), called only when the micro-batch
+    is auto on CPU; ``eval_tokens``: tokens one eval reads (eval cadence)."""
     from honing.errors import ConfigError
 
-    chosen = []
+    reasons: list[tuple[str, str]] = []
     epochs = config.epochs
     if epochs == "auto":
-        epochs, _ = auto_epochs(n_train), chosen.append("epochs")
+        epochs = auto_epochs(n_train)
+        reasons.append(("epochs", (f"OpenAI's rule for {n_train} examples (3; at least ~{MIN_TARGET_EXAMPLES} and "
+                                  f"at most ~{MAX_TARGET_EXAMPLES:,} examples seen); early stopping and the best "
+                                  "checkpoint guard against too many")))
     batch = config.batch_size
     if batch == "auto":
-        batch, _ = auto_batch_size(n_train), chosen.append("batch_size")
+        base = openai_batch_size(n_train)
         # Every process needs at least one example per step.
-        batch = max(batch, world_size)
+        batch = max(auto_batch_size(n_train, mean_tokens, int(epochs)), world_size)
+        why = f"OpenAI's 0.2% rule gives {base}"
+        if batch > base and mean_tokens:
+            why += (f"; raised to ~{TARGET_STEP_TOKENS} tokens per step ({mean_tokens:.0f}-token examples), "
+                    f"keeping at least {MIN_STEPS} steps: few large steps where examples are short")
+        reasons.append(("batch_size", why))
     micro = config.micro_batch_size
     if micro == "auto":
-        micro, _ = auto_micro_batch_size(batch, world_size, mean_tokens, on_gpu), chosen.append("micro_batch_size")
+        budget, how = None, ""
+        if not on_gpu and mean_tokens and measure_budget is not None:
+            budget, how = measure_budget()
+        micro = auto_micro_batch_size(batch, world_size, mean_tokens, on_gpu, budget)
+        if on_gpu:
+            why = f"one packed row of up to {GPU_TOKENS_PER_FORWARD:,} tokens per forward"
+        else:
+            why = (f"{budget or CPU_TOKENS_PER_FORWARD} tokens per forward on this CPU "
+                   f"({how or 'default budget'}), at most {MAX_MICRO_BATCH} examples, a divisor of the batch")
+        reasons.append(("micro_batch_size", why))
     if batch % (micro * world_size):
         raise ConfigError(
             f"batch_size ({batch}) must be a multiple of micro_batch_size ({micro}) x processes ({world_size})"
@@ -145,19 +258,26 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_toke
     accumulation = batch // (micro * world_size)
     lr = config.learning_rate
     if lr == "auto":
-        lr, _ = auto_learning_rate(config.method, batch), chosen.append("learning_rate")
+        lr = auto_learning_rate(config.method, batch)
+        why = (f"{config.method} base {BASE_LR.get(config.method, 0):.0e} at batch {LR_REFERENCE_BATCH}, x "
+               f"sqrt(batch/{LR_REFERENCE_BATCH}), within [{LR_BAND[config.method][0]:.0e}, {LR_BAND[config.method][1]:.0e}]")
         if getattr(config, "objective", "sft") in ("dpo", "simpo"):
             lr *= PREFERENCE_LR_FACTOR
+            why += f", x{PREFERENCE_LR_FACTOR} for preference tuning"
+        reasons.append(("learning_rate", why))
     steps_per_epoch = math.ceil(n_train / batch)
     total = config.max_steps or epochs * steps_per_epoch
     eval_every = config.eval_every
     if eval_every == "auto":
-        eval_every, _ = max(1, math.ceil(total / 8)), chosen.append("eval_every")
+        eval_every, why = auto_eval_every(int(total), batch * (mean_tokens or 0) or batch, eval_tokens)
+        reasons.append(("eval_every", why))
     save_every = config.save_every
     if save_every == "auto":
-        save_every, _ = eval_every, chosen.append("save_every")
+        save_every = eval_every
+        reasons.append(("save_every", "at every eval (the best checkpoint is always on disk)"))
     return Hyperparameters(
         epochs=int(epochs), batch_size=int(batch), micro_batch_size=int(micro), grad_accumulation=int(accumulation),
         learning_rate=float(lr), steps_per_epoch=steps_per_epoch, total_steps=int(total),
-        eval_every=int(eval_every), save_every=int(save_every), chosen=tuple(chosen),
+        eval_every=int(eval_every), save_every=int(save_every), chosen=tuple(k for k, _ in reasons),
+        reasons=tuple(reasons),
     )

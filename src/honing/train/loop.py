@@ -186,9 +186,18 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     for w in warnings:
         say(f"warning: {w}", level="warning")
     mean_tokens = sum(objective.tokens(item) for item in train_set.items) / max(1, len(train_set))
-    hp = resolve_hyperparameters(config, len(train_set), dist.world_size, mean_tokens, on_gpu=runtime.is_cuda)
+    from honing.evaluate.forgetting import PROBE_TOKENS
+    from honing.train.auto import measure_cpu_token_budget
+
+    # What one eval reads (eval set + forgetting probe): auto keeps the eval cadence's cost bounded.
+    eval_tokens = sum(objective.tokens(it) for it in eval_set.items) + PROBE_TOKENS if eval_set else None
+    hp = resolve_hyperparameters(config, len(train_set), dist.world_size, mean_tokens, on_gpu=runtime.is_cuda,
+                                 measure_budget=lambda: measure_cpu_token_budget(model, mean_tokens),
+                                 eval_tokens=eval_tokens)
     say(f"training {len(train_set)} examples ({train_set.source.get('trained_tokens')} trained tokens), "
         f"eval {len(eval_set) if eval_set else 0}; {hp.describe()}")
+    for line in hp.explain():
+        say(line)
 
     core = _prepare_trainable(model, config, say, start)
     n_trainable = sum(p.numel() for p in core.parameters() if p.requires_grad)
