@@ -78,8 +78,13 @@ def train_cmd(
     )
     console.print(f"peak memory (RSS): {result.peak_memory_mb:.0f} MB; trained tokens/s: {result.tokens_per_s:,.1f} "
                   f"(all example tokens/s: {result.input_tokens_per_s:,.1f})")
+    evaluation = None
     if evaluate_after and config.eval_data and config.objective == "sft":
-        _evaluate_run(console, result.run_dir, config.eval_data, eval_baselines, config.device)
+        evaluation = _evaluate_run(console, result.run_dir, config.eval_data, eval_baselines, config.device)
+    from honing.train.reporting import closing_paragraph
+
+    console.print()
+    console.print(closing_paragraph(result, config, evaluation))
 
 
 def register(app: typer.Typer) -> None:
@@ -107,4 +112,5 @@ def _evaluate_run(console, run_dir, eval_path: str, baselines: str, device: str 
     result = evaluate(run_dir, eval_path, baselines=wanted, device=device, progress=console.print)
     console.print(result.summary_table())
     console.print(f"report: {result.report_html}")
+    return result
 

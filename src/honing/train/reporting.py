@@ -228,3 +228,40 @@ def write_summary(run_dir: Path, run: dict, hp: dict, warnings: list[str]) -> st
     tmp.write_text(text)
     os.replace(tmp, run_dir / "summary.md")
     return text
+
+
+def closing_paragraph(result, config, evaluation=None) -> str:
+    """The few sentences `hone train` ends with: what was trained, how good it is against the baselines,
+    what it cost, where it is. ``result``: the loop's RunResult; ``evaluation``: an EvalResult or None."""
+    hp = result.hyperparameters or {}
+    what = config.method.upper() if config.method != "full" else "full fine-tune"
+    if config.method in ("lora", "qlora"):
+        lc = config.lora
+        what += f" (rank {lc.r}" + (f", top {lc.top_layers} layers" if lc.top_layers else "") + ")"
+    from honing.rundir import RunDir
+
+    seconds = float(RunDir(result.run_dir).record().get("wall_seconds") or 0.0)
+    parts = [f"Trained a {what} adapter of {config.model}" if config.method != "full"
+             else f"Fine-tuned every weight of {config.model}",
+             f" for {result.steps} steps x {hp.get('batch_size', '?')} examples"]
+    if seconds:
+        parts.append(f" in {seconds / 60:.1f} min")
+    parts.append(f" ({result.input_tokens_per_s:,.0f} tokens/s of all tokens, {result.tokens_per_s:,.1f} trained "
+                 f"tokens/s; peak memory {result.peak_memory_mb / 1024:.1f} GB).")
+    if evaluation is not None and evaluation.approaches:
+        by_name = {a.name: a for a in evaluation.approaches}
+        ft = by_name.get("fine-tuned")
+        metric = evaluation.primary
+        if ft is not None:
+            others = ", ".join(f"{a.name} {a.primary_value:.3f}" for a in evaluation.approaches if a is not ft)
+            parts.append(f" On {evaluation.n_examples} held-out examples its {metric} is {ft.primary_value:.3f}"
+                         + (f" (vs {others})" if others else "") + f": {evaluation.verdict}")
+        f = evaluation.forgetting
+        if f:
+            state = "flagged: " + "; ".join(f["reasons"]) if f["flagged"] else "within the thresholds"
+            parts.append(f" General ability: perplexity {f['perplexity_change']:+.0%}, QA "
+                         f"{f['qa_accuracy_change'] * 100:+.0f} points ({state}).")
+    parts.append(f" Result: {result.final_dir}"
+                 + (f"; report: {evaluation.report_html}" if evaluation is not None and evaluation.report_html else "")
+                 + ".")
+    return "".join(parts)
