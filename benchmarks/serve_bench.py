@@ -1,0 +1,337 @@
+"""`hone serve` under load: many chat requests at once over one base model with several LoRA adapters,
+against the same requests served one at a time by plain transformers + PEFT; and /health while a
+training job runs.
+
+    1. start `hone serve --no-auth` on a free port (a fresh data dir);
+    2. fine-tune K small LoRA adapters of the base through the API (the official `openai` client, a few
+       steps each, different seeds) while a thread polls GET /health and GET /v1/fine_tuning/jobs: their
+       latency while training runs in the same server;
+    3. one warm-up request per model (loads each adapter; timed apart as "cold"), then N requests sent
+       at once (round-robin over the base and the K adapters, different prompts, greedy, max_tokens M),
+       /health still polled; per request: latency from the common start to its answer;
+    4. the same N requests through plain transformers + PEFT in this process, one at a time (the base
+       with the K adapters loaded; set_adapter / disable_adapter per request); latency counted from the
+       same kind of common start, so both sides answer "N requests arrive together: when is each done?";
+    5. both sides decode greedily from the same weights: their answers are compared (a check that the
+       comparison is fair, not a speed number).
+
+tokens/s = completion tokens of all N requests / wall seconds from the common start to the last answer.
+
+Usage (~5-10 min on a shared 2-core CPU):
+    HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/serve_bench.py \\
+        --adapters 3 --requests 16 --max-tokens 32 --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+EXAMPLE = REPO / "examples" / "docstring_module"
+
+
+# ---------------------------------------------------------------------------------------------- server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen([sys.executable, "-c", "from honing.cli import main; main()", "serve", "--no-auth",
+                             "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError((data_dir / "server.log").read_text())
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise TimeoutError("hone serve did not answer /health")
+
+
+class Prober(threading.Thread):
+    """GET these paths in turn every `interval` seconds; keeps each one's latencies and failures."""
+
+    def __init__(self, url: str, paths: list[str], interval: float = 0.25, timeout: float = 10.0):
+        super().__init__(daemon=True)
+        self.url, self.paths, self.interval, self.timeout = url, paths, interval, timeout
+        self.latency: dict[str, list[float]] = {p: [] for p in paths}
+        self.failures: dict[str, int] = {p: 0 for p in paths}
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            for p in self.paths:
+                t = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(self.url + p, timeout=self.timeout) as r:
+                        r.read()
+                    self.latency[p].append(time.perf_counter() - t)
+                except OSError:
+                    self.failures[p] += 1
+            self.stop.wait(self.interval)
+
+    def summary(self) -> dict:
+        return {p: {**stats_ms(v), "failures": self.failures[p]} for p, v in self.latency.items()}
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def stats_ms(xs: list[float]) -> dict:
+    if not xs:
+        return {"n": 0}
+    return {"n": len(xs), "p50_ms": round(1000 * pct(xs, 0.5), 1), "p95_ms": round(1000 * pct(xs, 0.95), 1),
+            "max_ms": round(1000 * max(xs), 1)}
+
+
+def latency_summary(latencies: list[float], tokens: int, wall: float) -> dict:
+    return {"p50_s": round(pct(latencies, 0.5), 3), "p95_s": round(pct(latencies, 0.95), 3),
+            "mean_s": round(statistics.mean(latencies), 3), "max_s": round(max(latencies), 3),
+            "wall_s": round(wall, 3), "completion_tokens": tokens, "tokens_per_s": round(tokens / wall, 2)}
+
+
+# ---------------------------------------------------------------------------------------------- data
+def chats(path: Path, n: int, offset: int = 0) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows[offset: offset + n]
+
+
+def prompt_messages(row: dict) -> list[dict]:
+    """The conversation up to (not including) the last assistant turn."""
+    msgs = row["messages"]
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return msgs[:last]
+
+
+# ---------------------------------------------------------------------------------------------- phases
+def build_adapters(client, base: str, k: int, steps: int, train_file: Path) -> list[dict]:
+    """K fine-tuning jobs through the API; returns the finished job objects (their fine_tuned_model)."""
+    with train_file.open("rb") as f:
+        file_id = client.files.create(file=f, purpose="fine-tune").id
+    jobs = []
+    for i in range(k):
+        job = client.fine_tuning.jobs.create(
+            model=base, training_file=file_id, seed=1000 + i, suffix=f"bench{i}",
+            # A large learning rate so that each adapter really moves the model in a few steps.
+            hyperparameters={"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 10},
+            # No held-out eval and one checkpoint: the adapters are load-test material, not results.
+            extra_body={"honing_config": {"max_steps": steps, "eval_fraction": 0, "save_every": steps}})
+        jobs.append(job.id)
+    done = []
+    for jid in jobs:
+        while True:
+            job = client.fine_tuning.jobs.retrieve(jid)
+            if job.status in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(1)
+        if job.status != "succeeded":
+            raise RuntimeError(f"{jid} {job.status}: {job.error}")
+        done.append({"id": jid, "model": job.fine_tuned_model, "seconds": job.finished_at - job.created_at})
+    return done
+
+
+async def served(url: str, requests: list[dict], max_tokens: int) -> tuple[list[dict], float]:
+    """All requests sent at once through the official async client; per request: latency, tokens, text."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=url + "/v1", api_key="none", timeout=3600, max_retries=0)
+
+    async def one(req, t0):
+        r = await client.chat.completions.create(model=req["model"], messages=req["messages"],
+                                                 max_tokens=max_tokens, temperature=0)
+        return {"latency": time.perf_counter() - t0, "tokens": r.usage.completion_tokens,
+                "text": r.choices[0].message.content}
+
+    t0 = time.perf_counter()
+    out = await asyncio.gather(*(one(r, t0) for r in requests))
+    wall = time.perf_counter() - t0
+    await client.close()
+    return list(out), wall
+
+
+def plain_peft(base_path: Path, adapters: dict[str, Path], requests: list[dict], max_tokens: int):
+    """The same requests, one at a time, through transformers + PEFT (base + all adapters in memory)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t_load = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    names = {}
+    for i, (mid, path) in enumerate(adapters.items()):
+        name = f"a{i}"
+        if i == 0:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+        else:
+            model.load_adapter(str(path), adapter_name=name)
+        names[mid] = name
+    model.eval()
+    load_s = time.perf_counter() - t_load
+    stop = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} if t is not None]
+
+    def generate(req):
+        ids = tok.apply_chat_template(req["messages"], add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)["input_ids"]
+        ctx = model.disable_adapter() if req["model"] not in names else _nullcontext()
+        if req["model"] in names:
+            model.set_adapter(names[req["model"]])
+        with torch.no_grad(), ctx:
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                 do_sample=False, eos_token_id=stop, pad_token_id=stop[0])
+        row = out[0, ids.shape[1]:].tolist()
+        end = next((i for i, x in enumerate(row) if x in stop), None)
+        return (end + 1 if end is not None else len(row)), tok.decode(row[:end] if end is not None else row,
+                                                                       skip_special_tokens=True)
+
+    for r in {r["model"]: r for r in requests}.values():  # warm-up, as the server side got
+        generate(r)
+    results = []
+    t0 = time.perf_counter()
+    for r in requests:
+        s = time.perf_counter()
+        tokens, text = generate(r)
+        results.append({"latency": time.perf_counter() - t0, "service": time.perf_counter() - s,
+                        "tokens": tokens, "text": text})
+    return results, time.perf_counter() - t0, load_s
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "load_average_start": os.getloadavg()}
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="smollm2-135m-instruct")
+    ap.add_argument("--adapters", type=int, default=3, help="LoRA adapters fine-tuned through the API")
+    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per adapter")
+    ap.add_argument("--requests", type=int, default=16, help="chat requests sent at once")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
+    ap.add_argument("--note", default="", help="recorded with the results (e.g. what else ran on the machine)")
+    args = ap.parse_args(argv)
+
+    from openai import OpenAI
+
+    from honing.models.catalog import resolve_model
+
+    result = {"command": "HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/serve_bench.py "
+                         + " ".join(argv if argv is not None else sys.argv[1:]),
+              "config": vars(args), "machine": machine(), "note": args.note}
+    tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    data = tmp / "data"
+    data.mkdir()
+    proc, url = start_server(data)
+    try:
+        client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+
+        # 2. adapters, with /health and a database-backed list polled while the jobs train
+        train = tmp / "train.jsonl"
+        # The 48 shortest training chats: short steps, so the adapters cost little of the run.
+        shortest = sorted(chats(EXAMPLE / "train.jsonl", 10_000), key=lambda r: len(json.dumps(r)))[:48]
+        train.write_text("".join(json.dumps(r) + "\n" for r in shortest))
+        probe = Prober(url, ["/health", "/v1/fine_tuning/jobs?limit=5"])
+        probe.start()
+        t = time.perf_counter()
+        jobs = build_adapters(client, args.base, args.adapters, args.steps, train)
+        probe.stop.set()
+        probe.join()
+        result["training"] = {"jobs": jobs, "seconds": round(time.perf_counter() - t, 1),
+                              "probes_while_training": probe.summary()}
+        print("adapters:", json.dumps(result["training"], indent=1), flush=True)
+
+        # 3. the load: N different prompts round-robin over base + adapters, all at once
+        models = [args.base] + [j["model"] for j in jobs]
+        prompts = [prompt_messages(r) for r in chats(EXAMPLE / "eval.jsonl", args.requests)]
+        requests = [{"model": models[i % len(models)], "messages": m} for i, m in enumerate(prompts)]
+        cold = {}
+        for m in models:  # first use loads the base / the adapter: timed apart from the load test
+            t = time.perf_counter()
+            client.chat.completions.create(model=m, messages=prompts[0], max_tokens=4, temperature=0)
+            cold[m] = round(time.perf_counter() - t, 2)
+        probe = Prober(url, ["/health"])
+        probe.start()
+        out, wall = asyncio.run(served(url, requests, args.max_tokens))
+        probe.stop.set()
+        probe.join()
+        result["server"] = {**latency_summary([o["latency"] for o in out], sum(o["tokens"] for o in out), wall),
+                            "first_request_per_model_s": cold, "health_during_load": probe.summary()["/health"]}
+        print("server:", json.dumps(result["server"]), flush=True)
+        # Each adapter as the server wrote it (its run's final/ under DATA_DIR/runs), for the PEFT side.
+        adapter_dirs = {j["model"]: data / "runs" / j["id"] / "final" for j in jobs}
+        missing = [str(d) for d in adapter_dirs.values() if not (d / "adapter_config.json").is_file()]
+        if missing:
+            raise RuntimeError(f"adapters not found where expected: {missing}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    # 4. plain transformers + PEFT, one request at a time (the server is stopped: the CPU is this side's)
+    base_path = resolve_model(args.base).path
+    ref, ref_wall, load_s = plain_peft(Path(base_path), adapter_dirs, requests, args.max_tokens)
+    result["plain_peft_sequential"] = {
+        **latency_summary([r["latency"] for r in ref], sum(r["tokens"] for r in ref), ref_wall),
+        "service_p50_s": round(pct([r["service"] for r in ref], 0.5), 3), "load_s": round(load_s, 2)}
+    print("plain PEFT:", json.dumps(result["plain_peft_sequential"]), flush=True)
+
+    # 5. ratios and the fairness check
+    s, p = result["server"], result["plain_peft_sequential"]
+    same = sum(a["text"] == b["text"] for a, b in zip(out, ref, strict=True))
+    result["server_vs_plain"] = {"tokens_per_s": round(s["tokens_per_s"] / p["tokens_per_s"], 3),
+                                 "p50_latency": round(s["p50_s"] / p["p50_s"], 3),
+                                 "p95_latency": round(s["p95_s"] / p["p95_s"], 3)}
+    result["same_answers"] = f"{same}/{len(out)}"
+    result["machine"]["load_average_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("server_vs_plain", "same_answers")}), "->", args.out)
+
+
+if __name__ == "__main__":
+    main()
