@@ -286,6 +286,9 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"micro_batch_size: {self.micro_batch_size} cannot exceed batch_size ({self.batch_size})"
             )
+        if self.replay.fraction and self.objective != "sft":
+            raise ValueError(f"replay.fraction: replay mixes chat examples into supervised training (objective sft); "
+                             f"objective {self.objective} does not take them (set replay.fraction: 0)")
         return self
 
     def resolved_dict(self) -> dict:
