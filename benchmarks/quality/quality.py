@@ -1,0 +1,178 @@
+"""Time to quality: `auto` against a small grid of hand settings on the example tasks.
+
+For each task and each cell (a named set of config overrides): train with `hone train`'s library call,
+timing wall and CPU seconds, then score the result on the held-out split (greedy generation, the task's
+primary metric with a bootstrap CI), the paired difference to few-shot on the same examples, and the
+forgetting probes (general-text perplexity, general QA). Baselines (zero-shot, few-shot) are computed once
+per task and cached. One JSON per cell under benchmarks/quality/results/<task>/.
+
+    HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache nice -n 0 .venv/bin/python benchmarks/quality/quality.py \
+        --task demo --cells auto,hand-lr1e-3 [--eval-examples 240]
+    .venv/bin/python benchmarks/quality/quality.py --table      # the markdown table from the JSON files
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Each task: its data and the recipe the cells start from (a cell's overrides are applied on top).
+TASKS = {
+    "demo": {"train": "examples/docstring_module/train.jsonl", "eval": "examples/docstring_module/eval.jsonl",
+             "recipe": "examples/recipes/docstring_module_lora.yaml"},
+    **{name: {"train": f"examples/{name}/train.jsonl", "eval": f"examples/{name}/eval.jsonl",
+              "recipe": f"examples/recipes/{name}_lora.yaml"}
+       for name in ("unicode_category", "signature_json", "code_summary")},
+}
+
+# Cells: name -> --set overrides. "recipe" = the task's recipe as shipped; "auto" = every hyperparameter
+# auto (only model/data/method kept). Hand cells vary the learning rate and the length of training.
+AUTO_KEYS = ["epochs=auto", "batch_size=auto", "micro_batch_size=auto", "learning_rate=auto", "max_steps=null",
+             "eval_every=auto", "lora.r=16", "lora.dropout=0.0", "lora.top_layers=null", "warmup_ratio=0.03"]
+CELLS = {
+    "recipe": [],
+    "auto": AUTO_KEYS,
+    # A small hand grid around the usual LoRA settings: batch 8, three learning rates, one epoch.
+    "hand-b8-lr2e-4": ["batch_size=8", "micro_batch_size=auto", "learning_rate=2e-4", "epochs=1", "max_steps=null"],
+    "hand-b8-lr5e-4": ["batch_size=8", "micro_batch_size=auto", "learning_rate=5e-4", "epochs=1", "max_steps=null"],
+    "hand-b8-lr1e-3": ["batch_size=8", "micro_batch_size=auto", "learning_rate=1e-3", "epochs=1", "max_steps=null"],
+}
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def load_extra_cells(spec: str) -> dict:
+    """--cell name:key=value,key=value (repeatable) adds cells on the command line."""
+    name, _, rest = spec.partition(":")
+    return {name: [kv for kv in rest.split(";") if kv]}
+
+
+def baselines(task: str, n: int | None) -> dict:
+    path = RESULTS / task / f"baselines-{n or 'all'}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    full = RESULTS / task / "baselines-all.json"
+    if n and full.is_file():  # the first n eval examples are a prefix of all of them: slice, don't rerun
+        out = json.loads(full.read_text())
+        for b in out.values():
+            b["per_example"] = b["per_example"][:n]
+            b["value"] = sum(b["per_example"]) / len(b["per_example"])
+        return out
+    from honing.evaluate import evaluate
+
+    t = TASKS[task]
+    res = evaluate(t.get("model", "smollm2-135m-instruct"), ROOT / t["eval"], train_path=ROOT / t["train"],
+                   baselines=("zero-shot", "few-shot"), max_examples=n, write_report=False, forgetting=False,
+                   progress=print)
+    out = {a.name: {"value": a.primary_value, "ci": a.primary_ci.to_dict(), "primary": a.scores.primary,
+                    "per_example": a.scores.per_example[a.scores.primary], "seconds": a.seconds}
+           for a in res.approaches}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def run_cell(task: str, name: str, overrides: list[str], n: int | None, max_train: int | None = None) -> dict:
+    from honing.config import build_config
+    from honing.evaluate import evaluate
+    from honing.evaluate.bootstrap import paired_difference_ci
+    from honing.train import train
+
+    t = TASKS[task]
+    base = baselines(task, n)
+    out = Path("/tmp/quality-runs") / f"{task}-{name}-{int(time.time())}"
+    train_path = ROOT / t["train"]
+    if max_train:  # a seeded subset of the training file: a smaller task for a busy machine
+        import random
+
+        lines = train_path.read_text().splitlines()
+        random.Random(0).shuffle(lines)
+        train_path = Path("/tmp/quality-runs") / f"{task}-train-{max_train}.jsonl"
+        train_path.parent.mkdir(parents=True, exist_ok=True)
+        train_path.write_text("\n".join(lines[:max_train]) + "\n")
+        name = f"{name}-n{max_train}"
+    config = build_config(ROOT / t["recipe"], overrides=overrides,
+                          values={"data": str(train_path), "eval_data": str(ROOT / t["eval"]), "out": str(out)})
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
+    result = train(config, progress=False, log=print)
+    train_wall, train_cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
+    ev = evaluate(out, ROOT / t["eval"], baselines=(), max_examples=n, write_report=False, progress=print)
+    ft = ev.approaches[-1]
+    primary = ft.scores.primary
+    scores = ft.scores.per_example[primary]
+    vs_few = paired_difference_ci(scores, base["few-shot"]["per_example"])
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    record = {
+        "task": task, "cell": name, "overrides": overrides, "examples": len(scores), "primary": primary,
+        "value": ft.primary_value, "ci": ft.primary_ci.to_dict(),
+        "few_shot": base["few-shot"]["value"], "zero_shot": base["zero-shot"]["value"],
+        "vs_few_shot": vs_few.to_dict(), "beats_few_shot": vs_few.low > 0,
+        "forgetting": ev.forgetting, "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
+        "steps": result.steps, "status": result.status, "hyperparameters": result.hyperparameters,
+        "input_tokens_per_s": result.input_tokens_per_s,
+        "probe": [{k: r[k] for k in r if k.startswith("forgetting") or k in ("step", "eval_loss")}
+                  for r in rows if "eval_loss" in r],
+        "loadavg": os.getloadavg(), "per_example": scores,
+    }
+    path = RESULTS / task / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    f = ev.forgetting or {}
+    print(f"== {task}/{name}: {primary} {ft.primary_value:.3f} vs few-shot {base['few-shot']['value']:.3f} "
+          f"(diff {vs_few.estimate:+.3f} [{vs_few.low:+.3f}, {vs_few.high:+.3f}]); forgetting flagged "
+          f"{f.get('flagged')} ppl {f.get('perplexity_change', 0):+.1%} qa {f.get('qa_accuracy_change', 0):+.2f}; "
+          f"train {train_wall:.0f}s wall {train_cpu:.0f}s cpu, {result.steps} steps")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="demo", choices=sorted(TASKS))
+    ap.add_argument("--cells", default="auto", help="comma-separated cell names")
+    ap.add_argument("--cell", action="append", default=[], help="extra cell: name:key=value;key=value")
+    ap.add_argument("--eval-examples", type=int, default=None)
+    ap.add_argument("--max-train", type=int, default=None, help="train on a seeded subset of this many examples")
+    ap.add_argument("--table", action="store_true")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
+    cells = dict(CELLS)
+    for spec in args.cell:
+        cells.update(load_extra_cells(spec))
+    names = [c for c in args.cells.split(",") if c] + [s.partition(":")[0] for s in args.cell]
+    for name in dict.fromkeys(names):
+        run_cell(args.task, name, cells[name], args.eval_examples, args.max_train)
+    return 0
+
+
+def table() -> str:
+    lines = ["| task | cell | accuracy [95% CI] | vs few-shot [95% CI] | forgetting (ppl, QA) | train wall s (CPU s) | steps |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for path in sorted(RESULTS.glob("*/*.json")):
+        if path.name.startswith("baselines"):
+            continue
+        r = json.loads(path.read_text())
+        f, d = r.get("forgetting") or {}, r["vs_few_shot"]
+        flag = " **flagged**" if f.get("flagged") else ""
+        lines.append(
+            f"| {r['task']} | {r['cell']} | {r['value']:.3f} [{r['ci']['low']:.3f}, {r['ci']['high']:.3f}] | "
+            f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {f.get('perplexity_change', 0):+.0%}, "
+            f"{f.get('qa_accuracy_change', 0) * 100:+.0f} pts{flag} | {r['train_wall_s']:.0f} ({r['train_cpu_s']:.0f}) | "
+            f"{r['steps']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
