@@ -19,7 +19,10 @@ def adapters(tmp_path_factory):
     each adapter visibly changes the output)."""
     import torch
     from conftest import make_tiny_llama
-    from peft import LoraConfig, get_peft_model
+
+    with warnings.catch_warnings():  # PEFT -> bitsandbytes -> torch's own deprecated torch.jit.script_method
+        warnings.filterwarnings("ignore", message=".*script_method.*", category=DeprecationWarning)
+        from peft import LoraConfig, get_peft_model
 
     from honing.models import load_tokenizer, resolve_model
 

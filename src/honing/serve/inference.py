@@ -132,7 +132,11 @@ class ModelPool:
             self._delete(slot, key)
 
     def _load(self, slot: _Slot, t: Target) -> None:
-        from peft import PeftModel
+        with warnings.catch_warnings():
+            # importing PEFT imports bitsandbytes, whose torch.compile decorators load a torch module that
+            # uses the deprecated torch.jit.script_method: torch's notice about torch, not for our users
+            warnings.filterwarnings("ignore", message=".*script_method.*", category=DeprecationWarning)
+            from peft import PeftModel
 
         name = _adapter_name(t.adapter_key)
         if not (t.adapter_dir / "adapter_config.json").is_file():
