@@ -50,16 +50,19 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        worker = None
+        worker = thread = None
         if settings.embedded_worker:
             worker = Worker(settings, Session)
-            worker.start_thread()
+            thread = worker.start_thread()
         app.state.worker = worker
         try:
             yield
         finally:
             if worker is not None:
+                # A graceful stop: the running job's process is stopped and the job re-queued (it resumes
+                # from its last checkpoint at the next start).
                 worker.stop_event.set()
+                thread.join(timeout=30)
             engine.dispose()
 
     from honing import __version__

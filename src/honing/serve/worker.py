@@ -257,6 +257,9 @@ class Worker:
             if self.stop_event.is_set():  # a graceful shutdown of the server: stop, resume later
                 _kill_group(proc)
                 self._update(job, status="queued", worker_id=None, pid=None)
+                with self.Session.begin() as s:
+                    add_event(s, job, f"status:requeued:{job.attempts}", "The worker stopped; the job is queued "
+                              "again and resumes from its last checkpoint", level="warn")
                 return
             self.validate_pending()
             self.stop_event.wait(self.settings.poll_interval)

@@ -74,7 +74,6 @@ def upgrade() -> None:
     sa.Column('result_files', sa.JSON(), nullable=False),
     sa.Column('run_dir', sa.Text(), nullable=False),
     sa.Column('created_at', sa.BigInteger(), nullable=False),
-    sa.Column('enqueued_at', sa.Float(), nullable=False),
     sa.Column('finished_at', sa.BigInteger(), nullable=True),
     sa.Column('estimated_finish', sa.BigInteger(), nullable=True),
     sa.Column('worker_id', sa.String(length=100), nullable=True),
