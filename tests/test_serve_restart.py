@@ -16,10 +16,12 @@ from serve_helpers import chat_rows, start_server
 openai = pytest.importorskip("openai")
 OpenAI = openai.OpenAI
 
-# Same data, seed and settings for every job here: fp32 (auto could measure bf16 differently per run),
-# a checkpoint every step, 6 steps.
+# Same data, seed and settings for every job here, nothing left to a measurement (auto dtype and auto
+# micro-batch size are measured on the machine, so two jobs could differ in summation order): fp32, 4
+# examples per forward, a checkpoint every step, 6 steps.
 JOB = {"hyperparameters": {"n_epochs": 2, "batch_size": 4}, "seed": 11,
-       "extra_body": {"honing_config": {"save_every": 1, "dtype": "fp32", "keep_checkpoints": 10}}}
+       "extra_body": {"honing_config": {"save_every": 1, "dtype": "fp32", "micro_batch_size": 4,
+                                        "keep_checkpoints": 10}}}
 
 
 def _adapter(run_dir) -> dict:
