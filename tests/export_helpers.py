@@ -49,11 +49,15 @@ def logits(model, ids):
         return model(input_ids=torch.tensor([ids])).logits[0]
 
 
-def greedy_ids(model, prompt_ids, n: int) -> list[int]:
-    """Honing's greedy decoding (transformers generate, no sampling, no early stop) of ``n`` tokens."""
+def greedy_ids(model, tokenizer, prompt_ids, n: int) -> list[int]:
+    """Honing's greedy decoding (``honing.evaluate.generation``'s settings: no sampling, stop at the
+    end-of-turn/EOS tokens) of at most ``n`` tokens; a stop token that ends it is included."""
     import torch
 
+    from honing.evaluate.generation import stop_token_ids
+
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                             temperature=None, top_p=None, top_k=None, pad_token_id=0)
+        out = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=n,
+                             eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                             temperature=None, top_p=None, top_k=None)
     return out[0, len(prompt_ids):].tolist()

@@ -12,7 +12,6 @@ import gc
 import pytest
 import torch
 from export_helpers import MIXED_TEXT, SYSTEM, greedy_ids, logits, train_run, write_system_chat
-from train_helpers import build_tiny_model_dir
 
 from honing.data.conversation import Message
 from honing.data.render import render_prompt
@@ -39,7 +38,7 @@ def real(tmp_path_factory):
     d = tmp_path_factory.mktemp("export-real")
     write_system_chat(d / "train.jsonl", 16)
     train_run("smollm2-135m-instruct", d / "train.jsonl", d / "run", max_steps=4, learning_rate=2e-3,
-              **{"lora": {"top_layers": 4}, "max_length": 128})
+              lora={"top_layers": 4}, max_length=128)
     for quant in ("f32", "f16", "q8_0"):
         export_run(d / "run", "gguf", out=d / f"m.{quant}.gguf", quant=quant)
     export_run(d / "run", "gguf-lora", out=d / "lora", quant="f32")
@@ -81,19 +80,27 @@ def _llama(path, **kw):
     return llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, seed=0, verbose=False, **kw)
 
 
-def _llama_greedy(llm, prompt_ids: list[int], n: int) -> list[int]:
+def _llama_greedy(llm, prompt_ids: list[int], n: int, stops) -> list[int]:
+    """llama.cpp's greedy sampler (temperature 0, top-k 1, no repeat penalty), stopping as Honing does."""
     out = []
     for token in llm.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
         out.append(token)
-        if len(out) == n:
+        if len(out) == n or token in stops:
             break
     return out
+
+
+def _stops(merged) -> set[int]:
+    from honing.evaluate.generation import stop_token_ids
+
+    return set(stop_token_ids(merged.tokenizer))
 
 
 @pytest.fixture(scope="module")
 def honing_greedy(real):
     _, merged = real
-    return {q: greedy_ids(merged.model, _prompt_ids(merged.tokenizer, q), NEW_TOKENS) for q in PROMPTS}
+    return {q: greedy_ids(merged.model, merged.tokenizer, _prompt_ids(merged.tokenizer, q), NEW_TOKENS)
+            for q in PROMPTS}
 
 
 @pytest.mark.slow
@@ -109,7 +116,8 @@ def test_llama_cpp_decodes_like_honing(real, honing_greedy, quant):
             merged.tokenizer(MIXED_TEXT, add_special_tokens=False)["input_ids"]
         assert llm.metadata["tokenizer.ggml.pre"] == "smollm"
         for question, want in honing_greedy.items():
-            assert _llama_greedy(llm, _prompt_ids(merged.tokenizer, question), NEW_TOKENS) == want, question
+            got = _llama_greedy(llm, _prompt_ids(merged.tokenizer, question), NEW_TOKENS, _stops(merged))
+            assert got == want, question
     finally:
         llm.close()
 
@@ -121,7 +129,8 @@ def test_llama_cpp_lora_gguf_on_base_equals_merged_file(real, honing_greedy):
     llm = _llama(d / "lora" / "base.f32.gguf", lora_path=str(d / "lora" / "adapter.f32.gguf"))
     try:
         for question, want in honing_greedy.items():
-            assert _llama_greedy(llm, _prompt_ids(merged.tokenizer, question), NEW_TOKENS) == want, question
+            got = _llama_greedy(llm, _prompt_ids(merged.tokenizer, question), NEW_TOKENS, _stops(merged))
+            assert got == want, question
     finally:
         llm.close()
 
@@ -131,8 +140,19 @@ def test_llama_cpp_logits_on_tiny_random_model(tmp_path, monkeypatch):
     """A random model has no margin between logits, so compare llama.cpp's logits themselves: they match
     transformers' at every position; written without the Q/K permutation (control) they do not."""
     import numpy as np
+    from conftest import make_tiny_llama
 
-    build_tiny_model_dir(tmp_path / "tiny")
+    from honing.models import load_tokenizer
+
+    # Random init (std 0.02) leaves attention nearly uniform, where RoPE hardly matters; larger q/k weights
+    # make attention position-sensitive, so a wrong Q/K layout shows in the logits.
+    model = make_tiny_llama()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(20)
+            layer.self_attn.k_proj.weight.mul_(20)
+    model.save_pretrained(tmp_path / "tiny")
+    load_tokenizer("smollm2-135m-instruct").save_pretrained(tmp_path / "tiny")
     write_system_chat(tmp_path / "train.jsonl", 8)
     train_run(str(tmp_path / "tiny"), tmp_path / "train.jsonl", tmp_path / "run", max_steps=1)
     merged = load_merged(tmp_path / "run")
@@ -140,7 +160,7 @@ def test_llama_cpp_logits_on_tiny_random_model(tmp_path, monkeypatch):
     want = logits(merged.model, ids).numpy()
 
     def llama_logits(path):
-        llm = _llama(path, logits_all=True)
+        llm = _llama(path, logits_all=True, type_k=0, type_v=0)  # f32 KV cache (llama.cpp's default is f16)
         try:
             llm.eval(ids)
             return np.array(llm.scores[: len(ids)])
