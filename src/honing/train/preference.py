@@ -295,11 +295,7 @@ class DPOObjective(_PairObjective):
             return batch["ref_logps"].to(torch.float32)
         if self.reference != "adapter_disabled":
             raise RuntimeError("DPO reference log-probs are missing: setup() did not run or did not precompute")
-        from honing.train.losses import _unwrap
-
-        core = getattr(model, "module", model)  # the PeftModel inside DDP
-        if not hasattr(core, "disable_adapter"):
-            core = _unwrap(model)
+        core = getattr(model, "module", model)  # the PeftModel inside DDP (FSDP2 shards it in place)
         with torch.no_grad(), core.disable_adapter():
             logps, _ = sequence_logps(core, batch, 2 * int(batch["n_pairs"]))
         return logps
@@ -422,7 +418,7 @@ def compute_reference(model, items: list[PairItem], objective: _PairObjective, r
         with torch.no_grad():
             for s in range(0, len(items), micro_batch):
                 chunk = [PairItem(it.chosen, it.rejected, it.index) for it in items[s : s + micro_batch]]
-                batch = objective.collate(chunk, _pad_id(config))
+                batch = objective.collate(chunk, 0)  # padding is masked (attention and labels): any id works
                 batch = _to_device(batch, runtime, model)
                 with _autocast(runtime):
                     logps, _ = sequence_logps(model, batch, 2 * len(chunk))
@@ -436,10 +432,6 @@ def compute_reference(model, items: list[PairItem], objective: _PairObjective, r
 
             raise TrainingError("reference log-probs are not finite (check dtype and the data)")
     return out
-
-
-def _pad_id(config) -> int:
-    return 0  # padded positions are masked (attention and labels): any id works
 
 
 def _to_device(batch: dict, runtime, model) -> dict:
