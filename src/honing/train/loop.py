@@ -200,6 +200,7 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
         say(line)
 
     core = _prepare_trainable(model, config, say, start)
+    say(_compute_paths(core, config))
     n_trainable = sum(p.numel() for p in core.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in core.parameters())
     say(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.2f}%)")
@@ -336,6 +337,19 @@ def _prepare_trainable(model, config: TrainConfig, say, start=None):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         say("activation checkpointing: layers (each decoder layer recomputed in the backward)")
     return model
+
+
+def _compute_paths(core, config: TrainConfig) -> str:
+    """One line naming the attention and loss paths this run takes (nothing falls back silently)."""
+    from honing.train.losses import _plain_head, _unwrap
+
+    inner = _unwrap(core)
+    attn = getattr(inner.config, "_attn_implementation", None) or "default"
+    rows = ("packed rows, attention kept inside each example by position ids" if config.packing
+            else "padded rows with an attention mask")
+    loss = ("chunked linear cross-entropy over trained positions (honing.train.losses)" if _plain_head(inner)
+            else "the model's own logits (its output head is not a plain Linear)")
+    return f"attention: {attn}, {rows}; loss: {loss}"
 
 
 def _optimizer_and_schedule(config: TrainConfig, hp: Hyperparameters, params: list):
