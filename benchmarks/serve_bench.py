@@ -12,6 +12,7 @@ training job runs.
     4. the same N requests through plain transformers + PEFT in this process, one at a time (the base
        with the K adapters loaded; set_adapter / disable_adapter per request); latency counted from the
        same kind of common start, so both sides answer "N requests arrive together: when is each done?";
+    4b. the same N requests through the server one at a time (what batching gains vs what HTTP costs);
     5. both sides decode greedily from the same weights: their answers are compared (a check that the
        comparison is fair, not a speed number).
 
@@ -177,12 +178,26 @@ async def served(url: str, requests: list[dict], max_tokens: int) -> tuple[list[
     return list(out), wall
 
 
+def server_sequential(client, requests: list[dict], max_tokens: int) -> tuple[list[dict], float]:
+    out = []
+    t0 = time.perf_counter()
+    for req in requests:
+        r = client.chat.completions.create(model=req["model"], messages=req["messages"], max_tokens=max_tokens,
+                                           temperature=0)
+        out.append({"latency": time.perf_counter() - t0, "tokens": r.usage.completion_tokens,
+                    "text": r.choices[0].message.content})
+    return out, time.perf_counter() - t0
+
+
 def plain_peft(base_path: Path, adapters: dict[str, Path], requests: list[dict], max_tokens: int):
     """The same requests, one at a time, through transformers + PEFT (base + all adapters in memory)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from honing.quiet import quiet_libraries
+
+    quiet_libraries()  # PEFT's own deprecation notices and loading bars: noise, not results
     t_load = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
@@ -303,6 +318,12 @@ def main(argv=None) -> None:
         result["server"] = {**latency_summary([o["latency"] for o in out], sum(o["tokens"] for o in out), wall),
                             "first_request_per_model_s": cold, "health_during_load": probe.summary()["/health"]}
         print("server:", json.dumps(result["server"]), flush=True)
+        # The same requests through the server one at a time: separates what batching gains from
+        # what serving over HTTP costs.
+        seq, seq_wall = server_sequential(client, requests, args.max_tokens)
+        result["server_sequential"] = latency_summary([o["latency"] for o in seq], sum(o["tokens"] for o in seq),
+                                                      seq_wall)
+        print("server, one at a time:", json.dumps(result["server_sequential"]), flush=True)
         # Each adapter as the server wrote it (its run's final/ under DATA_DIR/runs), for the PEFT side.
         adapter_dirs = {j["model"]: data / "runs" / j["id"] / "final" for j in jobs}
         missing = [str(d) for d in adapter_dirs.values() if not (d / "adapter_config.json").is_file()]
@@ -323,14 +344,19 @@ def main(argv=None) -> None:
     # 5. ratios and the fairness check
     s, p = result["server"], result["plain_peft_sequential"]
     same = sum(a["text"] == b["text"] for a, b in zip(out, ref, strict=True))
+    result["same_answers_server_one_at_a_time"] = \
+        f"{sum(a['text'] == b['text'] for a, b in zip(seq, ref, strict=True))}/{len(seq)}"
     result["server_vs_plain"] = {"tokens_per_s": round(s["tokens_per_s"] / p["tokens_per_s"], 3),
                                  "p50_latency": round(s["p50_s"] / p["p50_s"], 3),
                                  "p95_latency": round(s["p95_s"] / p["p95_s"], 3)}
+    q = result["server_sequential"]
+    result["server_one_at_a_time_vs_plain"] = {"tokens_per_s": round(q["tokens_per_s"] / p["tokens_per_s"], 3)}
     result["same_answers"] = f"{same}/{len(out)}"
     result["machine"]["load_average_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("server_vs_plain", "same_answers")}), "->", args.out)
+    print(json.dumps({k: result[k] for k in ("server_vs_plain", "server_one_at_a_time_vs_plain", "same_answers")}),
+          "->", args.out)
 
 
 if __name__ == "__main__":

@@ -179,14 +179,20 @@ def test_dashboard_end_to_end(browser, tiny_llama_dir, tmp_path):
         page.click("#chat-send")
         page.wait_for_selector(".msg.assistant[data-done=true]", timeout=60_000)
         assert page.text_content(".msg.user") == prompt and page.locator("#chat-log img").count() == 0
+        # Control: the same string parsed as HTML does make an element (so the check above can fail), and
+        # its inline handler is still refused by the page's Content-Security-Policy.
+        assert page.evaluate("s => { const d = document.createElement('div'); d.innerHTML = s; "
+                             "document.body.append(d); return d.querySelectorAll('img').length; }", prompt) == 1
+        page.wait_for_timeout(300)
+        assert page.title() == "Honing"
         streamed = page.text_content(".msg.assistant")
         # Greedy decoding: the pieces the page assembled from the stream equal the server's whole answer.
         whole = api_json(server, "/chat/completions", {"model": job["fine_tuned_model"], "max_tokens": 8,
                                                        "temperature": 0, "messages": [{"role": "user", "content": prompt}]})
         assert streamed == whole["choices"][0]["message"]["content"] and streamed
         assert "completion tokens" in page.text_content("#chat-usage")
-        # Only the report's 404 while it was being written may show up as a console error.
-        assert log.unexpected(allowed=("404",)) == [], log.errors
+        # Only the report's 404 while it was being written, the control's refused handler and its image.
+        assert log.unexpected(allowed=("404", "Content Security Policy", "/x")) == [], log.errors
     finally:
         page.close()
         server.stop()
