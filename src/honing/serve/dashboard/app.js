@@ -181,7 +181,10 @@
   let current = null;
 
   function newContext() {
-    if (current) current.alive = false;
+    if (current) {
+      current.alive = false;
+      current.timers.forEach(clearTimeout);
+    }
     current = { alive: true, timers: [] };
     return current;
   }
@@ -612,6 +615,13 @@
     return { train, evals, step: steps.length ? Math.max(...steps) : null, total };
   }
 
+  // At most ~n points of a long run for drawing (every k-th, the last kept): the chart is 640 units wide.
+  function thin(pts, n) {
+    if (pts.length <= n) return pts;
+    const k = Math.ceil(pts.length / n);
+    return pts.filter((_, i) => i % k === 0 || i === pts.length - 1);
+  }
+
   // Round tick spacing (1, 2, 5 x 10^k) giving about n ticks over [lo, hi].
   function ticks(lo, hi, n) {
     if (!(hi > lo)) return [lo];
@@ -634,7 +644,7 @@
     yHi += pad;
     const x = (v) => m.l + (v / xMax) * (W - m.l - m.r);
     const y = (v) => H - m.b - ((v - yLo) / (yHi - yLo)) * (H - m.t - m.b);
-    const line = (pts) => pts.map(([a, b]) => `${x(a).toFixed(1)},${y(b).toFixed(1)}`).join(" ");
+    const line = (pts) => thin(pts, 1200).map(([a, b]) => `${x(a).toFixed(1)},${y(b).toFixed(1)}`).join(" ");
     const xt = ticks(0, xMax, 6).filter((v) => Number.isInteger(v));
     const yt = ticks(yLo, yHi, 5);
     // As many decimals as the tick spacing needs (0.5 -> 1, 0.05 -> 2), the same for every label.
