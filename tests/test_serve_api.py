@@ -65,7 +65,8 @@ def trained(served):
     job = c.fine_tuning.jobs.create(
         model=str(served["tiny"]), training_file=train.id, validation_file=valid.id, suffix="codes", seed=7,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
-        metadata={"team": "docs"}, extra_body={"honing_config": {"save_every": 1, "dtype": "fp32"}},
+        metadata={"team": "docs"},
+        extra_body={"honing_config": {"save_every": 1, "dtype": "fp32", "micro_batch_size": 4}},
     )
     assert job.status == "validating_files" and job.id.startswith("ftjob-")
     seen_running = []
@@ -223,7 +224,7 @@ def test_dpo_job(served):
     job = c.fine_tuning.jobs.create(
         model=str(served["tiny"]), training_file=f.id,
         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": 1, "batch_size": 5}}},
-        extra_body={"honing_config": {"dtype": "fp32"}})
+        extra_body={"honing_config": {"dtype": "fp32", "micro_batch_size": 5}})
     job = wait_job(c, job.id)
     assert job.status == "succeeded", job.error
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.25

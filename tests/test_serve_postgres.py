@@ -14,7 +14,7 @@ openai = pytest.importorskip("openai")
 OpenAI = openai.OpenAI
 
 JOB = {"hyperparameters": {"n_epochs": 1, "batch_size": 4},
-       "extra_body": {"honing_config": {"save_every": 1, "dtype": "fp32"}}}
+       "extra_body": {"honing_config": {"save_every": 1, "dtype": "fp32", "micro_batch_size": 4}}}
 
 
 @pytest.fixture(scope="module")
