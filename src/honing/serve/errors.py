@@ -62,6 +62,13 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body(e.status_code, message), status_code=e.status_code,
                             headers=getattr(e, "headers", None))
 
+    from honing.errors import HoningError
+
+    @app.exception_handler(HoningError)
+    async def _honing(_req: Request, e: HoningError):
+        # Library errors say what and where in terms of keys and values: shown as they are.
+        return JSONResponse(error_body(400, str(e), None, type(e).__name__.lower()), status_code=400)
+
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, e: Exception):
         log.exception("unhandled error: %s", e)
