@@ -196,19 +196,25 @@ def _write_ollama(run, tmp: Path, *, quant, ollama_adapter, log, result, **_):
     )
 
 
+def _base_dir(run) -> str:
+    """The base model's local Hugging Face directory (a catalog name or GGUF base resolves to its converted
+    cache), so the adapter's base_model_name_or_path never sends PEFT or vLLM to a model hub."""
+    from honing.models.catalog import resolve_model
+
+    return str(resolve_model(run.base_model_reference()).path.resolve())
+
+
 def _write_peft(run, tmp: Path, **_):
     from honing.export.vllm import copy_adapter
 
-    copy_adapter(run.final_dir, tmp, run.base_model_reference())
+    copy_adapter(run.final_dir, tmp, _base_dir(run))
 
 
 def _write_vllm(run, tmp: Path, *, result, **_):
     from honing.export.vllm import check_vllm_adapter, copy_adapter, serve_script
-    from honing.models.catalog import resolve_model
 
     tmp.mkdir()
-    # vLLM loads the base from a Hugging Face directory: the resolved one (GGUF bases are converted).
-    base_path = str(resolve_model(run.base_model_reference()).path.resolve())
+    base_path = _base_dir(run)  # vLLM loads the base from a Hugging Face directory
     config = copy_adapter(run.final_dir, tmp / "adapter", base_path)
     check_vllm_adapter(config)
     script = tmp / "serve.sh"
