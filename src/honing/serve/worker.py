@@ -429,8 +429,9 @@ class Ingestor:
         self.total_steps = self.total_steps or r.get("total_steps")
         if step == 0:
             add_event(s, self.job, "metrics:0", f"Eval loss before training: {r.get('eval_loss')}",
-                      type="metrics", data={"step": 0, "total_steps": self.total_steps,
-                                            "valid_loss": r.get("eval_loss")})
+                      type="metrics", data={"step": 0, "total_steps": self.total_steps, "train_loss": None,
+                                            "valid_loss": r.get("eval_loss"), "train_mean_token_accuracy": None,
+                                            "learning_rate": None, "epoch": 0})
             return
         self.trained_tokens = r.get("trained_tokens", self.trained_tokens)
         t = time.time()
