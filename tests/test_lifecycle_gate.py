@@ -78,7 +78,8 @@ def test_worse_than_production_fails_and_a_tie_within_tolerance_passes():
     v = evaluate_gate(cand, {"production": "runs/prod"}, production=worse)
     assert not v.passed
     assert v.reasons == [v.checks[1].detail]
-    assert v.reasons[0].startswith("may be worse than production: candidate accuracy 0.800 vs production "
+    assert v.reasons[0].startswith("cannot rule out being worse than production by more than the tolerance: "
+                                   "candidate accuracy 0.800 vs production "
                                    "(runs/prod) 0.875: -7.5 points")
     same = eval_json({"fine-tuned": scores(160)})
     v = evaluate_gate(cand, {"production": "runs/prod", "production_tolerance": 0.02}, production=same)

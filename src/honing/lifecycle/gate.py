@@ -143,7 +143,8 @@ def check_production(ev: dict, production: dict | None, gate: GateConfig, label:
     passed = d["low"] > -gate.production_tolerance
     bound = f"{_pts(-gate.production_tolerance)}"
     detail = (f"{text}; not worse beyond the tolerance (lower bound above {bound})" if passed else
-              f"may be worse than production: {text}; the lower bound must be above {bound}")
+              f"cannot rule out being worse than production by more than the tolerance: {text}; the lower bound "
+              f"must be above {bound}")
     return GateCheck("production", passed, detail, {"production": label, "candidate_value": c_val,
                                                      "production_value": p_val, "difference": d,
                                                      "tolerance": gate.production_tolerance})
