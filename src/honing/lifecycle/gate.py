@@ -153,7 +153,7 @@ def check_production(ev: dict, production: dict | None, gate: GateConfig, label:
 def check_forgetting(ev: dict, gate: GateConfig) -> GateCheck:
     f = ev.get("forgetting")
     if not f:
-        return GateCheck("forgetting", False, "forgetting was not measured (evaluate without --no-forgetting, or "
+        return GateCheck("forgetting", False, "forgetting was not measured (evaluate with forgetting on, or "
                          "set gate.forgetting: false to skip this check)")
     thresholds = f.get("thresholds") or {}
     max_rise = gate.max_perplexity_rise if gate.max_perplexity_rise is not None else thresholds["perplexity_rise"]

@@ -81,7 +81,7 @@ def new_config(record: dict, run_dir: str, model: str | None, data: str | None, 
         _set_dotted(raw, key, value)
         changes[key] = value
     if not changes:
-        raise ConfigError("retrain: nothing changes; give a new model and/or data (or --set key=value)")
+        raise ConfigError("retrain: nothing changes; give a new model and/or data (or another configuration key)")
     raw["out"] = str(out) if out else f"{str(run_dir).rstrip('/')}-retrain"
     config = validate_config(raw, f"{run_dir}/run.json config with the changes")
     if not config.eval_data:
