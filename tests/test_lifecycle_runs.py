@@ -138,3 +138,19 @@ def test_compare_two_runs_json_and_report(runs, retrained):
     assert json.loads((out / "compare.json").read_text())["differences"] == c["differences"]
     md = (out / "report.md").read_text()
     assert "## Training cost" in md and "| v2 - v1 |" in md
+
+
+def test_retrain_and_compare_refuse_bad_input_before_any_work(runs):
+    from honing.errors import ConfigError, ModelError
+    from honing.lifecycle.compare import compare_runs
+    from honing.lifecycle.retrain import retrain
+
+    with pytest.raises(ConfigError, match="nothing changes"):
+        retrain(runs / "v1")
+    with pytest.raises(ConfigError, match=r"gate\.margn: unknown key \(did you mean gate\.margin\?\)"):
+        retrain(runs / "v1", overrides=["gate.margn=1"])
+    with pytest.raises(ModelError, match="not a Honing run directory"):
+        retrain(runs / "missing", data=str(runs / "v2.jsonl"))
+    with pytest.raises(ConfigError, match="named twice"):
+        compare_runs([runs / "v1", runs / "v1"], runs / "eval.jsonl")
+    assert not (runs / "v1-retrain").exists()  # nothing half-written
