@@ -139,3 +139,12 @@ def test_gate_section_in_a_recipe_is_validated_like_every_key(tmp_path):
         build_config(recipe)
     with pytest.raises(ConfigError, match=r"gate\.baselines"):
         gate_config({"baselines": ["telepathy"]})
+
+
+def test_the_walkthrough_recipe_is_valid_and_carries_a_gate():
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "maintenance" / "recipe.yaml"
+    cfg = build_config(recipe)
+    assert cfg.gate == GateConfig(margin=0.0, production_tolerance=0.02, forgetting=True)
+    assert cfg.data.endswith("v1.jsonl") and cfg.eval_data.endswith("eval.jsonl")
