@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
@@ -191,13 +192,13 @@ def server_sequential(client, requests: list[dict], max_tokens: int) -> tuple[li
 
 def plain_peft(base_path: Path, adapters: dict[str, Path], requests: list[dict], max_tokens: int):
     """The same requests, one at a time, through transformers + PEFT (base + all adapters in memory)."""
+    from honing.quiet import quiet_libraries
+
+    quiet_libraries()  # before PEFT's import: its kernel notice, deprecation warnings and loading bars
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from honing.quiet import quiet_libraries
-
-    quiet_libraries()  # PEFT's own deprecation notices and loading bars: noise, not results
     t_load = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
@@ -257,6 +258,7 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),  # the server inherits it
             "python": platform.python_version(), "load_average_start": os.getloadavg()}
 
 
@@ -270,6 +272,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
     ap.add_argument("--note", default="", help="recorded with the results (e.g. what else ran on the machine)")
+    ap.add_argument("--reuse", default=None, metavar="DATA_DIR",
+                    help="serve this earlier run's data dir and its succeeded jobs' adapters (skips step 2)")
     args = ap.parse_args(argv)
 
     from openai import OpenAI
@@ -277,28 +281,36 @@ def main(argv=None) -> None:
     from honing.models.catalog import resolve_model
 
     result = {"command": "HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/serve_bench.py "
-                         + " ".join(argv if argv is not None else sys.argv[1:]),
+                         + shlex.join(argv if argv is not None else sys.argv[1:]),
               "config": vars(args), "machine": machine(), "note": args.note}
-    tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    data = tmp / "data"
-    data.mkdir()
+    if args.reuse:
+        data = Path(args.reuse).resolve()
+    else:
+        data = Path(tempfile.mkdtemp(prefix="serve-bench-")) / "data"
+        data.mkdir()
     proc, url = start_server(data)
     try:
         client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
 
-        # 2. adapters, with /health and a database-backed list polled while the jobs train
-        train = tmp / "train.jsonl"
-        # The 48 shortest training chats: short steps, so the adapters cost little of the run.
-        shortest = sorted(chats(EXAMPLE / "train.jsonl", 10_000), key=lambda r: len(json.dumps(r)))[:48]
-        train.write_text("".join(json.dumps(r) + "\n" for r in shortest))
-        probe = Prober(url, ["/health", "/v1/fine_tuning/jobs?limit=5"])
-        probe.start()
-        t = time.perf_counter()
-        jobs = build_adapters(client, args.base, args.adapters, args.steps, train)
-        probe.stop.set()
-        probe.join()
-        result["training"] = {"jobs": jobs, "seconds": round(time.perf_counter() - t, 1),
-                              "probes_while_training": probe.summary()}
+        if args.reuse:
+            jobs = [{"id": j.id, "model": j.fine_tuned_model} for j in client.fine_tuning.jobs.list(limit=100)
+                    if j.status == "succeeded" and (j.user_provided_suffix or "").startswith("bench")]
+            jobs = sorted(jobs, key=lambda j: j["model"])[: args.adapters]
+            result["training"] = {"reused": str(data), "jobs": jobs}
+        else:
+            # 2. adapters, with /health and a database-backed list polled while the jobs train
+            train = data.parent / "train.jsonl"
+            # The 48 shortest training chats: short steps, so the adapters cost little of the run.
+            shortest = sorted(chats(EXAMPLE / "train.jsonl", 10_000), key=lambda r: len(json.dumps(r)))[:48]
+            train.write_text("".join(json.dumps(r) + "\n" for r in shortest))
+            probe = Prober(url, ["/health", "/v1/fine_tuning/jobs?limit=5"])
+            probe.start()
+            t = time.perf_counter()
+            jobs = build_adapters(client, args.base, args.adapters, args.steps, train)
+            probe.stop.set()
+            probe.join()
+            result["training"] = {"jobs": jobs, "seconds": round(time.perf_counter() - t, 1),
+                                  "probes_while_training": probe.summary()}
         print("adapters:", json.dumps(result["training"], indent=1), flush=True)
 
         # 3. the load: N different prompts round-robin over base + adapters, all at once
