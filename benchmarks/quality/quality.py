@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table() -> str:
-    lines = ["| task | cell | accuracy [95% CI] | vs few-shot [95% CI] | forgetting (ppl, QA) | train wall s (CPU s) | steps |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [("| task | cell | eval n | metric [95% CI] | vs few-shot, paired [95% CI] | forgetting (ppl, QA) | "
+             "train wall s (CPU s) | steps |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in sorted(RESULTS.glob("*/*.json")):
         if path.name.startswith("baselines"):
             continue
@@ -167,7 +168,7 @@ def table() -> str:
         f, d = r.get("forgetting") or {}, r["vs_few_shot"]
         flag = " **flagged**" if f.get("flagged") else ""
         lines.append(
-            f"| {r['task']} | {r['cell']} | {r['value']:.3f} [{r['ci']['low']:.3f}, {r['ci']['high']:.3f}] | "
+            f"| {r['task']} | {r['cell']} | {r['examples']} | {r['primary']} {r['value']:.3f} [{r['ci']['low']:.3f}, {r['ci']['high']:.3f}] | "
             f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {f.get('perplexity_change', 0):+.0%}, "
             f"{f.get('qa_accuracy_change', 0) * 100:+.0f} pts{flag} | {r['train_wall_s']:.0f} ({r['train_cpu_s']:.0f}) | "
             f"{r['steps']} |")
