@@ -176,7 +176,9 @@ def _nan_on_calls(monkeypatch, bad_calls):
 def test_a_nonfinite_step_is_skipped_and_logged(workdir, monkeypatch):
     _nan_on_calls(monkeypatch, {2})
     messages = []
-    r = train(_config(workdir, "nan1", max_steps=4, eval_fraction=0), log=messages.append)
+    # One forward per step (micro_batch_size = batch_size), so the 2nd loss call is step 2 whatever the
+    # measured CPU token budget would pick.
+    r = train(_config(workdir, "nan1", max_steps=4, eval_fraction=0, micro_batch_size=4), log=messages.append)
     assert r.status == "completed" and r.steps == 4
     assert math.isnan(r.train_losses[1]) and all(math.isfinite(x) for x in r.train_losses[2:])
     assert any("non-finite" in m and "step 2" in m for m in messages)
