@@ -209,10 +209,10 @@ def save_screenshot(page, path: Path) -> None:
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
-def test_dashboard_asks_for_a_key_on_401(browser, tmp_path):
+def test_dashboard_asks_for_a_key_on_401_and_cancels(browser, tiny_llama_dir, tmp_path):
     """With keys on, the page shows the key form on the API's 401, and works once a project key is saved;
-    a wrong key brings the form back."""
-    from serve_helpers import create_key, start_server
+    a wrong key brings the form back. Then a long job started from the form is cancelled from its page."""
+    from serve_helpers import chat_rows, create_key, start_server
 
     server = start_server(tmp_path, no_auth=False)
     page = browser.new_page()
@@ -231,6 +231,19 @@ def test_dashboard_asks_for_a_key_on_401(browser, tmp_path):
         assert page.is_hidden("#key-panel") and page.is_hidden("#flash")
         assert page.evaluate("localStorage.getItem('honing.apiKey')") == key
         assert all("401" in e for e in log.errors), log.errors  # only the refused requests
+
+        train = tmp_path / "train.jsonl"
+        train.write_text(chat_rows(16))
+        page.click("nav >> text=New job")
+        page.wait_for_selector("#model-list option", state="attached")
+        page.fill("#model", str(tiny_llama_dir))
+        page.set_input_files("#training-file", str(train))
+        page.fill("#honing-config", json.dumps({"max_steps": 100_000}))
+        page.click("#start-job")
+        page.wait_for_selector(".headline [data-status=running]", timeout=120_000)
+        page.click("#cancel-job")
+        page.wait_for_selector(".headline [data-status=cancelled]", timeout=60_000)
+        assert page.locator("#cancel-job").count() == 0
     finally:
         page.close()
         server.stop()
