@@ -66,6 +66,18 @@ def test_measured_cpu_budget_sets_the_micro_batch_and_gpu_ignores_it():
     assert fixed.micro_batch_size == 4 and calls == [960, 120]  # nor when the micro-batch is set
 
 
+def test_resumed_and_multi_process_runs_do_not_remeasure():
+    def measure():
+        raise AssertionError("must not measure")
+
+    resumed = resolve_hyperparameters(_cfg(), 1200, mean_tokens=60, measure_budget=measure,
+                                      recorded={"batch_size": 32, "micro_batch_size": 2})
+    assert resumed.micro_batch_size == 2 and "as in the run being resumed" in resumed.explain()[2]
+    # Processes would each time their own forwards and could disagree: the fixed budget is used.
+    two = resolve_hyperparameters(_cfg(), 1200, 2, mean_tokens=60, measure_budget=measure)
+    assert two.micro_batch_size == 8
+
+
 def test_eval_cadence_keeps_eval_cost_bounded():
     cheap, _ = auto_eval_every(200, 2048, eval_tokens=2_000)
     assert cheap == 25  # 8 evals

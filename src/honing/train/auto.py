@@ -214,12 +214,14 @@ def auto_eval_every(total_steps: int, step_tokens: float, eval_tokens: float | N
 
 def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_tokens: float | None = None,
                             on_gpu: bool = False, measure_budget=None, eval_tokens: float | None = None,
-                            ) -> Hyperparameters:
+                            recorded: dict | None = None) -> Hyperparameters:
     """Turn the config's ``auto`` values into numbers for ``n_train`` examples on ``world_size`` processes.
 
     ``mean_tokens``: the training examples' mean length (batch size, micro-batch budget); ``measure_budget``:
     a callable returning (CPU tokens per forward, how it was measured), called only when the micro-batch
-    is auto on CPU; ``eval_tokens``: tokens one eval reads (eval cadence)."""
+    is auto on CPU with one process (processes must agree on it, and timings differ between them);
+    ``eval_tokens``: tokens one eval reads (eval cadence); ``recorded``: the hyperparameters of the run being
+    resumed (its measured micro-batch is reused, so the resumed steps sum their losses the same way)."""
     from honing.errors import ConfigError
 
     reasons: list[tuple[str, str]] = []
@@ -241,15 +243,19 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_toke
         reasons.append(("batch_size", why))
     micro = config.micro_batch_size
     if micro == "auto":
-        budget, how = None, ""
-        if not on_gpu and mean_tokens and measure_budget is not None:
-            budget, how = measure_budget()
-        micro = auto_micro_batch_size(batch, world_size, mean_tokens, on_gpu, budget)
-        if on_gpu:
-            why = f"one packed row of up to {GPU_TOKENS_PER_FORWARD:,} tokens per forward"
+        if recorded and recorded.get("batch_size") == batch and recorded.get("micro_batch_size"):
+            micro = int(recorded["micro_batch_size"])
+            why = f"{micro} examples per forward, as in the run being resumed"
         else:
-            why = (f"{budget or CPU_TOKENS_PER_FORWARD} tokens per forward on this CPU "
-                   f"({how or 'default budget'}), at most {MAX_MICRO_BATCH} examples, a divisor of the batch")
+            budget, how = None, ""
+            if not on_gpu and mean_tokens and measure_budget is not None and world_size == 1:
+                budget, how = measure_budget()
+            micro = auto_micro_batch_size(batch, world_size, mean_tokens, on_gpu, budget)
+            if on_gpu:
+                why = f"one packed row of up to {GPU_TOKENS_PER_FORWARD:,} tokens per forward"
+            else:
+                why = (f"{budget or CPU_TOKENS_PER_FORWARD} tokens per forward on this CPU "
+                       f"({how or 'default budget'}), at most {MAX_MICRO_BATCH} examples, a divisor of the batch")
         reasons.append(("micro_batch_size", why))
     if batch % (micro * world_size):
         raise ConfigError(

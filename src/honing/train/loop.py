@@ -191,9 +191,11 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
 
     # What one eval reads (eval set + forgetting probe): auto keeps the eval cadence's cost bounded.
     eval_tokens = sum(objective.tokens(it) for it in eval_set.items) + PROBE_TOKENS if eval_set else None
+    # A resumed run keeps the micro-batch it was measured with (the loss sums, hence the bits, depend on it).
+    recorded = RunDir(run_dir).record().get("hyperparameters") if ckpt is not None else None
     hp = resolve_hyperparameters(config, len(train_set), dist.world_size, mean_tokens, on_gpu=runtime.is_cuda,
                                  measure_budget=lambda: measure_cpu_token_budget(model, mean_tokens),
-                                 eval_tokens=eval_tokens)
+                                 eval_tokens=eval_tokens, recorded=recorded)
     say(f"training {len(train_set)} examples ({train_set.source.get('trained_tokens')} trained tokens), "
         f"eval {len(eval_set) if eval_set else 0}; {hp.describe()}")
     for line in hp.explain():
