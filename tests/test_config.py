@@ -50,7 +50,7 @@ def test_dora_recipe_switches_on_rslora_and_dora():
 @pytest.mark.parametrize(("values", "overrides", "key", "why"), [
     ({"data": "d.jsonl", "learning_rat": 1e-4}, [], "learning_rat", "unknown key (did you mean learning_rate?)"),
     ({"data": "d.jsonl"}, ["lora.rank=8"], "lora.rank", "unknown key"),
-    ({"data": "d.jsonl"}, ["method=qlora"], "method", "'lora' or 'full'"),
+    ({"data": "d.jsonl"}, ["method=dora"], "method", "'lora', 'qlora' or 'full'"),
     ({"data": "d.jsonl"}, ["epochs=0"], "epochs", "positive integer or 'auto'"),
     ({"data": "d.jsonl"}, ["epochs=three"], "epochs", "positive integer or 'auto'"),
     ({"data": "d.jsonl"}, ["learning_rate=2"], "learning_rate", "(0, 1)"),
