@@ -338,3 +338,32 @@ def test_missing_key_is_401_in_openai_shape(served):
 def _get_json(url: str, headers: dict) -> dict:
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
         return json.loads(r.read())
+
+
+def test_a_failed_release_gate_keeps_the_model_unpromoted_until_forced(served):
+    """A job with a gate section: the end-of-training evaluation is judged by honing.lifecycle.gate; a
+    tiny model trained 2 steps cannot beat zero-shot by 50 points, so the job succeeds without a servable
+    model, says why, and only a forced promote makes one (the control: the same job promoted)."""
+    c, tmp = served["a"], served["tmp"]
+    (tmp / "g-train.jsonl").write_text(chat_rows(12))
+    (tmp / "g-valid.jsonl").write_text(chat_rows(10))
+    train = c.files.create(file=("g-train.jsonl", (tmp / "g-train.jsonl").read_bytes()), purpose="fine-tune")
+    valid = c.files.create(file=("g-valid.jsonl", (tmp / "g-valid.jsonl").read_bytes()), purpose="fine-tune")
+    job = c.fine_tuning.jobs.create(
+        model=str(served["tiny"]), training_file=train.id, validation_file=valid.id, suffix="gated",
+        method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}}},
+        extra_body={"honing_config": {"max_steps": 2, "dtype": "fp32", "micro_batch_size": 4,
+                                      "gate": {"margin": 0.5, "forgetting": False}}})
+    job = wait_job(c, job.id)
+    assert job.status == "succeeded" and job.fine_tuned_model is None
+    messages = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any(m.startswith("Release gate failed, the model is not promoted") for m in messages)
+    promote = f"{served['server'].base_url}/fine_tuning/jobs/{job.id}/promote"
+    headers = {"Authorization": f"Bearer {served['key_a']}", "Content-Type": "application/json"}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(promote, data=b"{}", headers=headers))
+    assert refused.value.code == 409 and json.load(refused.value)["error"]["code"] == "gate_failed"
+    with urllib.request.urlopen(urllib.request.Request(promote, data=b'{"force": true}', headers=headers)) as r:
+        promoted = json.load(r)
+    assert promoted["fine_tuned_model"].endswith(":gated:" + job.id)
+    assert promoted["fine_tuned_model"] in [m.id for m in c.models.list().data]

@@ -289,6 +289,35 @@ def pause_job(request: Request, project: Project, job_id: str) -> dict:
     return J.job_object(job)
 
 
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    force: bool = Field(False, description="Promote even though the job's release gate failed.")
+
+
+@router.post("/fine_tuning/jobs/{job_id}/promote", tags=["honing"], response_model=S.FineTuningJob)
+def promote_job(request: Request, project: Project, job_id: str, body: PromoteRequest | None = None) -> dict:
+    """Make a succeeded job's model servable when its release gate failed (the gate's verdict is in run.json
+    and the job's events); without ``force`` a failed gate is a 409 naming its reasons."""
+    from honing.rundir import RunDir
+
+    with request.app.state.Session.begin() as s:
+        job = get_job(s, project, job_id, lock=True)
+        if job.status != "succeeded":
+            raise APIError(409, f"Job {job_id} is {job.status}; only a succeeded job's model can be promoted",
+                           code="job_not_succeeded")
+        if job.fine_tuned_model:
+            return J.job_object(job)
+        verdict = RunDir(job.run_dir).record().get("gate") or {}
+        if not (body and body.force) and not verdict.get("passed", False):
+            reasons = "; ".join(verdict.get("reasons", []))
+            raise APIError(409, f"The release gate of job {job_id} failed ({reasons or 'no verdict'}); pass "
+                           "force=true to promote it anyway", code="gate_failed")
+        job.fine_tuned_model = J.fine_tuned_name(job)
+        add_event(s, job, "status:model", f"Fine-tuned model promoted{' despite the failed gate' if body and body.force else ''}: "
+                  f"{job.fine_tuned_model}")
+    return J.job_object(job)
+
+
 @router.post("/fine_tuning/jobs/{job_id}/resume", tags=["fine-tuning"], response_model=S.FineTuningJob)
 def resume_job(request: Request, project: Project, job_id: str) -> dict:
     with request.app.state.Session.begin() as s:

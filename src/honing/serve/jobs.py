@@ -25,6 +25,7 @@ ALLOWED_CONFIG_KEYS = {
     "weight_decay", "max_grad_norm", "packing", "eval_every", "save_every", "keep_checkpoints",
     "early_stopping_patience", "eval_max_examples", "eval_fraction", "dtype", "activation_checkpointing",
     "learning_rate", "dpo",
+    "gate",  # a release gate: the model is promoted only when the end-of-training evaluation passes it
 }
 
 

@@ -314,9 +314,18 @@ class Worker:
     def _succeed(self, s, job: Job, rd: RunDir) -> None:
         record = rd.record()
         job.status, job.finished_at = "succeeded", now()
-        job.fine_tuned_model = J.fine_tuned_name(job)
         job.result_files = [self._results_file(s, job, rd)]
-        add_event(s, job, "status:model", f"New fine-tuned model created: {job.fine_tuned_model}")
+        verdict = release_gate(job, rd)
+        if verdict is None or verdict.passed:
+            job.fine_tuned_model = J.fine_tuned_name(job)
+            if verdict is not None:
+                add_event(s, job, "status:gate", "Release gate passed", data=verdict.to_dict())
+            add_event(s, job, "status:model", f"New fine-tuned model created: {job.fine_tuned_model}")
+        else:
+            reasons = "; ".join(verdict.reasons)
+            add_event(s, job, "status:gate", f"Release gate failed, the model is not promoted: {reasons}. "
+                      f"POST /v1/fine_tuning/jobs/{job.id}/promote with {{\"force\": true}} promotes it anyway",
+                      level="error", data=verdict.to_dict())
         report = rd.path / "eval" / "report.html"
         if report.is_file():
             add_event(s, job, "status:report", "Evaluation report attached (GET "
@@ -482,6 +491,33 @@ class Ingestor:
             per_step = (t1 - t0) / (s1 - s0)
             out["estimated_finish"] = int(t1 + per_step * max(0, self.total_steps - s1))
         return out
+
+
+def release_gate(job: Job, rd: RunDir):
+    """The job's release gate (honing.lifecycle.gate) when its configuration has a ``gate`` section, judged on
+    the end-of-training evaluation and recorded with the run; None for a job without one. A job whose
+    evaluation is missing (no validation file) fails the gate: it cannot be shown to be good enough."""
+    if "gate" not in (job.config or {}):
+        return None
+    from honing.lifecycle.gate import (
+        GateCheck,
+        GateVerdict,
+        evaluate_gate,
+        gate_config_of_run,
+        record_verdict,
+    )
+
+    gate = gate_config_of_run(rd.path)
+    evaluation = rd.eval_report()
+    if evaluation is None:
+        missing = GateCheck("evaluation", False, "no evaluation report (the job needs a validation_file for the "
+                            "gate to judge it)")
+        verdict = GateVerdict(False, [missing], gate.model_dump(mode="json"))
+        record_verdict(rd.path, verdict)
+        return verdict
+    verdict = evaluate_gate(evaluation, gate)
+    record_verdict(rd.path, verdict, rd.eval_dir)
+    return verdict
 
 
 def _kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
