@@ -61,3 +61,33 @@ def greedy_ids(model, tokenizer, prompt_ids, n: int) -> list[int]:
                              eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
                              temperature=None, top_p=None, top_k=None)
     return out[0, len(prompt_ids):].tolist()
+
+
+def read_gguf(path: Path, tokenizer: bool = False):
+    """transformers' own GGUF loading (config, tensors with the Q/K permutation undone, and optionally the
+    tokenizer) of the file at ``path``: ``(model, tokenizer or None)``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name) if tokenizer else None
+    return model, tok
+
+
+def read_gguf_tensors(path: Path, like):
+    """The GGUF at ``path`` read by transformers' GGUF reader (its dequantization and reverse Q/K
+    permutation) into a copy of ``like``, a model transformers built from a GGUF of the same architecture.
+
+    Same tensors as ``read_gguf``, but the file's metadata (the 49k-token vocabulary, parsed in pure
+    Python) is parsed once instead of from_pretrained's twice. Every tensor of the model must come from
+    the file (a tied output head shares the embedding's)."""
+    import copy
+
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    model = copy.deepcopy(like)
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    assert not unexpected and set(missing) <= tied, (missing, unexpected)
+    return model.eval()

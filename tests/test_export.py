@@ -12,7 +12,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from export_helpers import MIXED_TEXT, SYSTEM, logits, train_run, write_system_chat
+from export_helpers import (
+    MIXED_TEXT,
+    SYSTEM,
+    logits,
+    read_gguf,
+    read_gguf_tensors,
+    train_run,
+    write_system_chat,
+)
 from train_helpers import build_tiny_model_dir
 
 from honing.errors import ModelError
@@ -37,20 +45,19 @@ def merged(work):
     return load_merged(work / "lora")
 
 
-def _read_back(path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@pytest.fixture(scope="module")
+def f32_gguf(work):
+    """The LoRA run exported as f32 GGUF and read back by transformers (model and tokenizer); the model is
+    also the skeleton the other read-backs load tensors into (one parse of the vocabulary instead of two)."""
+    res = export_run(work / "lora", "gguf", out=work / "m.f32.gguf", quant="f32")
+    return res, *read_gguf(res.out, tokenizer=True)
 
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return model.eval(), tok
 
-
-def test_gguf_f32_reads_back_exactly(work, merged, tmp_path):
+def test_gguf_f32_reads_back_exactly(merged, f32_gguf):
     """transformers' GGUF reader (which undoes llama.cpp's Q/K permutation) gives the merged model's logits
     bit for bit, and the tokenizer the same ids, chat template and special tokens."""
-    res = export_run(work / "lora", "gguf", out=tmp_path / "m.gguf", quant="f32")
-    assert [f.path.name for f in res.files] == ["m.gguf"] and len(res.files[0].sha256) == 64
-    model, tok = _read_back(tmp_path / "m.gguf")
+    res, model, tok = f32_gguf
+    assert [f.path.name for f in res.files] == ["m.f32.gguf"] and len(res.files[0].sha256) == 64
     assert torch.equal(logits(model, IDS), logits(merged.model, IDS))
     assert tok(MIXED_TEXT, add_special_tokens=False)["input_ids"] == \
         merged.tokenizer(MIXED_TEXT, add_special_tokens=False)["input_ids"]
@@ -58,34 +65,33 @@ def test_gguf_f32_reads_back_exactly(work, merged, tmp_path):
     assert (tok.bos_token_id, tok.eos_token_id) == (merged.tokenizer.bos_token_id, merged.tokenizer.eos_token_id)
 
 
-def test_gguf_without_qk_permutation_is_caught(work, merged, tmp_path, monkeypatch):
+def test_gguf_without_qk_permutation_is_caught(work, merged, f32_gguf, tmp_path, monkeypatch):
     """Control: skipping the Llama Q/K permutation (a classic converter bug) changes the logits the reader
     sees, so the exact test above would fail."""
     import honing.export.gguf_writer as gw
 
     monkeypatch.setattr(gw, "qk_heads", lambda *a: None)
-    export_run(work / "lora", "gguf", out=tmp_path / "bad.gguf", quant="f32")
-    model, _ = _read_back(tmp_path / "bad.gguf")
+    export_run(work / "lora", "gguf", out=tmp_path / "bad.gguf", quant="f32", merged=merged)
+    model = read_gguf_tensors(tmp_path / "bad.gguf", like=f32_gguf[1])
     assert (logits(model, IDS) - logits(merged.model, IDS)).abs().max() > 1e-3
 
 
-def test_full_finetune_exports(work, tmp_path):
+def test_full_finetune_exports(work, f32_gguf, tmp_path):
     res = export_run(work / "full", "gguf", out=tmp_path / "full.gguf", quant="f32")
-    model, _ = _read_back(res.out)
+    model = read_gguf_tensors(res.out, like=f32_gguf[1])  # same architecture; every tensor from the file
     assert torch.equal(logits(model, IDS), logits(load_merged(work / "full").model, IDS))
     with pytest.raises(ExportError, match="full fine-tune"):
         export_run(work / "full", "gguf-lora", out=tmp_path / "x")
 
 
-def test_lora_gguf_applies_to_base_as_the_merge(work, tmp_path):
+def test_lora_gguf_applies_to_base_as_the_merge(work, f32_gguf, tmp_path):
     """The adapter GGUF under llama.cpp's semantics (W + alpha/r * B @ A on the base GGUF's tensor) gives
     the merged GGUF's tensors: names, the permuted B rows of q/k, and alpha all line up."""
     import gguf
 
     out = export_run(work / "lora", "gguf-lora", out=tmp_path / "gl", quant="f32").out
-    export_run(work / "lora", "gguf", out=tmp_path / "m.gguf", quant="f32")
     base = {t.name: np.array(t.data) for t in gguf.GGUFReader(out / "base.f32.gguf").tensors}
-    merged = {t.name: np.array(t.data) for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    merged = {t.name: np.array(t.data) for t in gguf.GGUFReader(work / "m.f32.gguf").tensors}
     adapter = gguf.GGUFReader(out / "adapter.f32.gguf")
     assert adapter.fields["general.type"].contents() == "adapter"
     assert adapter.fields["adapter.type"].contents() == "lora"

@@ -81,8 +81,11 @@ def _check_run(run, fmt: str) -> None:
 
 def export_run(run_dir: str | os.PathLike, fmt: str = "gguf", out: str | os.PathLike | None = None,
                quant: str = "f16", force: bool = False, ollama_adapter: bool = False,
-               log: Callable[[str], None] | None = None) -> ExportResult:
-    """Export the finished run in ``run_dir`` as ``fmt`` (see the module docstring) to ``out``."""
+               log: Callable[[str], None] | None = None, merged=None) -> ExportResult:
+    """Export the finished run in ``run_dir`` as ``fmt`` (see the module docstring) to ``out``.
+
+    ``merged``: this run's ``honing.export.merge.load_merged(run_dir)``, reused instead of merging again
+    (the merge is the slow part; a caller writing several precisions merges once)."""
     from honing.export.gguf_writer import QUANTS
     from honing.fileio import atomic_path
     from honing.rundir import RunDir
@@ -101,7 +104,8 @@ def export_run(run_dir: str | os.PathLike, fmt: str = "gguf", out: str | os.Path
     result = ExportResult(fmt, target)
     try:
         with atomic_path(target, overwrite=force) as tmp:
-            _WRITERS[fmt](run, tmp, quant=quant, ollama_adapter=ollama_adapter, log=log, result=result)
+            _WRITERS[fmt](run, tmp, quant=quant, ollama_adapter=ollama_adapter, log=log, result=result,
+                          merged=merged)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise ExportError(f"no space left on device while writing {target}; nothing was written") from e
@@ -118,20 +122,26 @@ def _declared_pre(run) -> str | None:
     return declared_pre_tokenizer((run.record().get("base_model") or {}).get("source_file"))
 
 
-def _merged_gguf(run, path: Path, quant: str, log):
-    """Write the merged model as GGUF at ``path``; returns (merged model, tokenizer metadata)."""
+def _merged_gguf(run, path: Path, quant: str, log, merged=None):
+    """Write the merged model (``merged``, else merged now) as GGUF at ``path``; returns (merged model,
+    tokenizer metadata)."""
     from honing.export.gguf_names import arch_spec
     from honing.export.gguf_writer import write_model_gguf
-    from honing.export.merge import load_merged
     from honing.export.tokenizer_meta import tokenizer_meta
 
-    log("merging the run into its fp32 base")
-    merged = load_merged(run.path)
+    merged = merged if merged is not None else _merge(run, log)
     arch_spec(merged.model.config)  # an unsupported architecture is named before anything else is checked
     meta = tokenizer_meta(merged.tokenizer, merged.tokenizer_dir, merged.model.config.vocab_size, _declared_pre(run))
     log(f"writing the GGUF ({quant}; tokenizer {meta.model}, pre-tokenizer {meta.pre})")
     write_model_gguf(path, merged.model, meta, quant, name=run.path.name)
     return merged, meta
+
+
+def _merge(run, log):
+    from honing.export.merge import load_merged
+
+    log("merging the run into its fp32 base")
+    return load_merged(run.path)
 
 
 def _base_and_adapter_gguf(run, folder: Path, quant: str, log) -> tuple[str, str, object, object]:
@@ -156,8 +166,8 @@ def _base_and_adapter_gguf(run, folder: Path, quant: str, log) -> tuple[str, str
     return base_name, adapter_name, tok, meta
 
 
-def _write_gguf(run, tmp: Path, *, quant, log, **_):
-    _merged_gguf(run, tmp, quant, log)
+def _write_gguf(run, tmp: Path, *, quant, log, merged, **_):
+    _merged_gguf(run, tmp, quant, log, merged)
 
 
 def _write_gguf_lora(run, tmp: Path, *, quant, log, result, **_):
@@ -170,7 +180,7 @@ def _write_gguf_lora(run, tmp: Path, *, quant, log, result, **_):
     )
 
 
-def _write_ollama(run, tmp: Path, *, quant, ollama_adapter, log, result, **_):
+def _write_ollama(run, tmp: Path, *, quant, ollama_adapter, log, result, merged, **_):
     from honing.export.ollama import modelfile, training_system_prompt, translate_chat_template
 
     tmp.mkdir()
@@ -178,7 +188,7 @@ def _write_ollama(run, tmp: Path, *, quant, ollama_adapter, log, result, **_):
         gguf_name, adapter_name, tok, meta = _base_and_adapter_gguf(run, tmp, quant, log)
     else:
         gguf_name, adapter_name = f"model.{quant}.gguf", None
-        merged, meta = _merged_gguf(run, tmp / gguf_name, quant, log)
+        merged, meta = _merged_gguf(run, tmp / gguf_name, quant, log, merged)
         tok = merged.tokenizer
     chat = translate_chat_template(tok, meta.add_bos)
     system = training_system_prompt(run)
@@ -223,11 +233,8 @@ def _write_vllm(run, tmp: Path, *, result, **_):
     result.notes.append(f"serve with {script.name} (base model: {base_path})")
 
 
-def _write_hf(run, tmp: Path, *, log, **_):
-    from honing.export.merge import load_merged
-
-    log("merging the run into its fp32 base")
-    merged = load_merged(run.path)
+def _write_hf(run, tmp: Path, *, log, merged, **_):
+    merged = merged if merged is not None else _merge(run, log)
     merged.model.save_pretrained(str(tmp), safe_serialization=True)
     merged.tokenizer.save_pretrained(str(tmp))
 
