@@ -46,6 +46,8 @@ def serve_cmd(
                                       "which another worker takes a running job over."),
     job_set: list[str] = typer.Option(None, "--job-set", help="A training key=value added to every job "  # noqa: B008
                                       "(repeatable), e.g. --job-set save_every=10."),
+    eval_baselines: str = typer.Option("zero-shot,few-shot,rag", "--eval-baselines", help="Baselines of the "
+                                       "evaluation that ends a job with a validation_file (report and gate)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve the API (and the dashboard at /) until interrupted."""
@@ -66,7 +68,8 @@ def serve_cmd(
         raise ConfigError(f"workers: {workers} embedded workers; this version runs at most 1 per process "
                           "(start more `hone worker --db URL` processes against PostgreSQL)")
     settings = Settings(data_dir=data_dir, db_url=db, no_auth=no_auth, embedded_worker=workers > 0, host=host,
-                        adapter_cache=adapter_cache, stale_after=stale_after, job_set=tuple(job_set or ()))
+                        adapter_cache=adapter_cache, stale_after=stale_after, job_set=tuple(job_set or ()),
+                        eval_baselines=eval_baselines)
     if settings.is_sqlite and workers == 0:
         console.print("note: SQLite with --workers 0: jobs wait until a worker runs on this database")
     app = create_app(settings)
@@ -110,6 +113,8 @@ def worker_cmd(
     stale_after: float = typer.Option(30.0, "--stale-after", min=1.0, help="Seconds without a heartbeat after "
                                       "which a running job is taken over."),
     job_set: list[str] = typer.Option(None, "--job-set", help="A training key=value added to every job."),  # noqa: B008
+    eval_baselines: str = typer.Option("zero-shot,few-shot,rag", "--eval-baselines", help="Baselines of the "
+                                       "evaluation that ends a job with a validation_file (report and gate)."),
 ) -> None:
     """Run queued fine-tuning jobs from the service's database (a queue shared with other workers)."""
     import signal
@@ -120,7 +125,8 @@ def worker_cmd(
     from honing.serve.settings import Settings
     from honing.serve.worker import Worker
 
-    settings = Settings(data_dir=data_dir, db_url=db, stale_after=stale_after, job_set=tuple(job_set or ()))
+    settings = Settings(data_dir=data_dir, db_url=db, stale_after=stale_after, job_set=tuple(job_set or ()),
+                        eval_baselines=eval_baselines)
     upgrade(settings.db_url)
     worker = Worker(settings, sessions(make_engine(settings.db_url)))
     signal.signal(signal.SIGTERM, lambda *_: worker.stop_event.set())

@@ -21,6 +21,8 @@ class Settings:
     heartbeat_interval: float = 2.0
     stale_after: float = 30.0  # a running job whose worker was silent this long is taken over
     job_set: tuple[str, ...] = field(default_factory=tuple)  # `--set key=value` added to every job's training
+    # Baselines of the end-of-training evaluation of a job with a validation_file (the report and the gate).
+    eval_baselines: str = "zero-shot,few-shot,rag"
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir).resolve()

@@ -213,7 +213,7 @@ class Worker:
                 # Always --resume: a first attempt finds no run and starts fresh; a later one continues.
                 "--resume"]
         if val is not None:
-            args += ["--eval-data", val.path]
+            args += ["--eval-data", val.path, "--eval-baselines", self.settings.eval_baselines]
         else:
             args += ["--no-eval"]
         settings = {"tensorboard": False, **job.config}
