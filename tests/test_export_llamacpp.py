@@ -11,7 +11,16 @@ import gc
 
 import pytest
 import torch
-from export_helpers import MIXED_TEXT, SYSTEM, greedy_ids, logits, train_run, write_system_chat
+from export_helpers import (
+    MIXED_TEXT,
+    SYSTEM,
+    greedy_ids,
+    logits,
+    read_gguf,
+    read_gguf_tensors,
+    train_run,
+    write_system_chat,
+)
 
 from honing.data.conversation import Message
 from honing.data.render import render_prompt
@@ -28,30 +37,25 @@ needs_llama_cpp = pytest.mark.skipif(
 
 # Stated tolerances (docs/export.md): max |logit difference| / max |logit| against the fp32 merged model.
 TOLERANCE = {"f16": 5e-3, "q8_0": 3e-2}
-PROMPTS = ("What is 17 plus 25?", "Write a Python function that reverses a string.", "Name three colours.")
-NEW_TOKENS = 12
+# One in-domain prompt, one far from the training data (a few tokens decide greedy agreement; each costs
+# decoding on the 135M model twice per file).
+PROMPTS = ("What is 17 plus 25?", "Write a Python function that reverses a string.")
+NEW_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    """The embedded model, LoRA on its top 4 layers, 4 steps at a learning rate that moves it; exported."""
+    """The embedded model, LoRA on its top 4 layers, 2 steps at a learning rate that moves it (LoRA's B
+    starts at zero: one step makes the adapter nonzero); merged once and exported in every precision."""
     d = tmp_path_factory.mktemp("export-real")
-    write_system_chat(d / "train.jsonl", 16)
-    train_run("smollm2-135m-instruct", d / "train.jsonl", d / "run", max_steps=4, learning_rate=2e-3,
+    write_system_chat(d / "train.jsonl", 8)
+    train_run("smollm2-135m-instruct", d / "train.jsonl", d / "run", max_steps=2, learning_rate=4e-3,
               lora={"top_layers": 4}, max_length=128)
-    for quant in ("f32", "f16", "q8_0"):
-        export_run(d / "run", "gguf", out=d / f"m.{quant}.gguf", quant=quant)
-    export_run(d / "run", "gguf-lora", out=d / "lora", quant="f32")
     merged = load_merged(d / "run")
+    for quant in ("f32", "f16", "q8_0"):
+        export_run(d / "run", "gguf", out=d / f"m.{quant}.gguf", quant=quant, merged=merged)
+    export_run(d / "run", "gguf-lora", out=d / "lora", quant="f32")
     return d, merged
-
-
-def _read_back(path, tokenizer: bool = False):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name) if tokenizer else None
-    return model, tok
 
 
 def _prompt_ids(tokenizer, question: str) -> list[int]:
@@ -63,13 +67,13 @@ def test_transformers_reads_every_precision_back(real):
     d, merged = real
     ids = _prompt_ids(merged.tokenizer, PROMPTS[0]) + merged.tokenizer("17 plus 25 is 42.")["input_ids"]
     want = logits(merged.model, ids)
-    model, tok = _read_back(d / "m.f32.gguf", tokenizer=True)
-    assert torch.equal(logits(model, ids), want)
+    f32, tok = read_gguf(d / "m.f32.gguf", tokenizer=True)
+    assert torch.equal(logits(f32, ids), want)
     assert tok(MIXED_TEXT, add_special_tokens=False)["input_ids"] == \
         merged.tokenizer(MIXED_TEXT, add_special_tokens=False)["input_ids"]
     assert tok.chat_template == merged.tokenizer.chat_template
     for quant, tolerance in TOLERANCE.items():
-        model, _ = _read_back(d / f"m.{quant}.gguf")
+        model = read_gguf_tensors(d / f"m.{quant}.gguf", like=f32)
         rel = float((logits(model, ids) - want).abs().max() / want.abs().max())
         assert 0 < rel < tolerance, (quant, rel)
         del model
