@@ -180,7 +180,15 @@ def causal_lm_loss_sum(model, inputs: dict, labels, chunk_tokens: int = 512, che
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), shift.reshape(-1), ignore_index=IGNORE_INDEX,
                                reduction="sum")
         return loss, int((shift != IGNORE_INDEX).sum())
-    head, decoder = found
+    hidden = decoder_hidden_states(model, inputs, found[1])
+    softcap = getattr(core.config, "final_logit_softcapping", None)
+    head = found[0]
+    return chunked_cross_entropy_sum(hidden, head.weight, labels, chunk_tokens, head.bias, softcap, checkpoint_chunks)
+
+
+def decoder_hidden_states(model, inputs: dict, decoder):
+    """The decoder's final hidden states [B, T, H] from the model's normal forward (so PEFT, DDP/FSDP and
+    autocast wrappers all see it), with the head run on one position per row only (``logits_to_keep=1``)."""
     captured = {}
 
     def grab(_module, _args, output):
@@ -191,6 +199,4 @@ def causal_lm_loss_sum(model, inputs: dict, labels, chunk_tokens: int = 512, che
         model(**inputs, use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()
-    softcap = getattr(core.config, "final_logit_softcapping", None)
-    return chunked_cross_entropy_sum(captured["hidden"], head.weight, labels, chunk_tokens, head.bias, softcap,
-                                     checkpoint_chunks)
+    return captured["hidden"]

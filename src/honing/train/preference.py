@@ -138,24 +138,14 @@ def _chunk_token_logps(h, weight, bias, targets, softcap):
 def _final_hidden(model, inputs: dict):
     """(final hidden states [B, T, H], lm_head module, softcap) via a hook on the decoder, the head not run
     (``logits_to_keep=1``); or (full logits, None, None) when the head cannot be chunked."""
-    from honing.train.losses import _plain_head, _unwrap
+    from honing.train.losses import _plain_head, _unwrap, decoder_hidden_states
 
     core = _unwrap(model)
     found = _plain_head(core)
     if found is None:
         return model(**inputs, use_cache=False).logits, None, None
     head, decoder = found
-    captured = {}
-
-    def grab(_module, _args, output):
-        captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
-    handle = decoder.register_forward_hook(grab)
-    try:
-        model(**inputs, use_cache=False, logits_to_keep=1)
-    finally:
-        handle.remove()
-    return captured["hidden"], head, getattr(core.config, "final_logit_softcapping", None)
+    return decoder_hidden_states(model, inputs, decoder), head, getattr(core.config, "final_logit_softcapping", None)
 
 
 def sequence_logps(model, batch: dict, n_sequences: int, chunk_tokens: int = CHUNK_TOKENS):
