@@ -33,12 +33,10 @@ import argparse
 import ast
 import functools
 import json
-import os
 import random
 import re
 import sys
 import sysconfig
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -385,15 +383,10 @@ BUILDERS: dict[str, Callable[[], dict[str, str]]] = {
 
 
 def write_atomic(path: Path, content: str) -> None:
+    from honing.fileio import write_text_atomic  # the project's one atomic writer (UTF-8, renamed into place)
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, content)
 
 
 def stale_files(out: Path, files: dict[str, str]) -> list[Path]:
