@@ -76,11 +76,7 @@ def run_honing(job: dict) -> dict:
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("train_loss") is not None]
-    seconds = []
-    prev = 0
-    for r in rows:  # the loop logs pairs/s (its normalizer is one per pair): seconds = pairs / rate
-        seconds.append((r["trained_tokens"] - prev) / r["tokens_per_s"])
-        prev = r["trained_tokens"]
+    seconds = [r["step_seconds"] for r in rows]  # each optimizer step's wall time, as the loop measured it
     return summary("honing", job, seconds, [r["train_loss"] for r in rows], wall)
 
 

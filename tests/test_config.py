@@ -53,6 +53,7 @@ def test_dora_recipe_switches_on_rslora_and_dora():
     ({"data": "d.jsonl"}, ["method=dora"], "method", "'lora', 'qlora' or 'full'"),
     ({"data": "d.jsonl"}, ["epochs=0"], "epochs", "positive integer or 'auto'"),
     ({"data": "d.jsonl"}, ["epochs=three"], "epochs", "positive integer or 'auto'"),
+    ({"data": "d.jsonl"}, ["threads=0"], "threads", "positive integer or 'auto'"),
     ({"data": "d.jsonl"}, ["learning_rate=2"], "learning_rate", "(0, 1)"),
     ({"data": "d.jsonl"}, ["lora.dropout=1.5"], "lora.dropout", "less than 1"),
     ({"data": "d.jsonl"}, ["dtype=fp16"], "dtype", "'auto', 'bf16' or 'fp32'"),

@@ -124,7 +124,7 @@ def test_shipped_general_resources_and_answer_matching():
 def test_thread_choice_is_one_or_the_default_and_restores_the_count():
     import torch
 
-    from honing.evaluate.threads import fastest_thread_count, torch_threads
+    from honing.threads import fastest_thread_count, torch_threads
 
     with torch_threads(2):  # (this module's autouse fixture set 1)
         assert fastest_thread_count(reps=3) in {1, 2}

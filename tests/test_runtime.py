@@ -73,7 +73,8 @@ def _cfg(d, out, **kw):
 def test_pause_then_resume_equals_uninterrupted(data_dir, monkeypatch):
     from honing.train import loop
 
-    whole = train(_cfg(data_dir, "whole"), log=lambda _m: None)
+    whole = train(_cfg(data_dir, "whole", threads=1), log=lambda _m: None)
+    assert RunDir(whole.run_dir).record()["threads"] == 1
 
     real_step = loop._optimizer_step
 
@@ -84,15 +85,20 @@ def test_pause_then_resume_equals_uninterrupted(data_dir, monkeypatch):
         return row
 
     monkeypatch.setattr(loop, "_optimizer_step", step_then_pause)
-    paused = train(_cfg(data_dir, "paused"), log=lambda _m: None)
+    paused = train(_cfg(data_dir, "paused", threads=1), log=lambda _m: None)
     assert paused.status == "paused" and paused.steps == 2
     rd = RunDir(paused.run_dir)
     assert rd.record()["status"] == "paused" and [c.step for c in rd.checkpoints()][-1] == 2
     assert not rd.final_dir.exists()
     monkeypatch.setattr(loop, "_optimizer_step", real_step)
 
-    resumed = train(_cfg(data_dir, "paused"), resume=True, log=lambda _m: None)
+    # The resume asks for 2 threads but keeps the recorded 1 (thread count can change summation order);
+    # the process gets its own thread count back when a run ends.
+    before = torch.get_num_threads()
+    lines: list[str] = []
+    resumed = train(_cfg(data_dir, "paused", threads=2), resume=True, log=lines.append)
     assert resumed.status == "completed" and resumed.steps == 6
+    assert any(m.startswith("CPU threads: 1 (as recorded") for m in lines) and torch.get_num_threads() == before
     a = load_file(str(whole.final_dir / "adapter_model.safetensors"))
     b = load_file(str(resumed.final_dir / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
@@ -124,3 +130,16 @@ def test_cuda_training_matches_cpu_losses(data_dir):
     assert RunDir(gpu.run_dir).record()["device"].startswith("cuda")
     assert gpu.train_losses == pytest.approx(cpu.train_losses, rel=1e-3)
     assert [r.get("lines") for r in RunDir(gpu.run_dir).metrics()] == [r.get("lines") for r in RunDir(cpu.run_dir).metrics()]
+
+
+def test_training_threads_auto_keeps_the_default_unless_one_thread_is_clearly_faster(monkeypatch):
+    import honing.threads as threads
+
+    default = torch.get_num_threads()
+    monkeypatch.setattr(threads, "fastest_thread_count", lambda rows=64, reps=15: default)
+    assert threads.training_threads("auto")[0] == default
+    monkeypatch.setattr(threads, "fastest_thread_count", lambda rows=64, reps=15: 1)
+    n, why = threads.training_threads("auto")
+    assert (n == 1 and "faster" in why) if default > 1 else n == 1
+    assert threads.training_threads(3) == (3, "set in the config")
+    assert threads.training_threads("auto", recorded=2)[0] == 2

@@ -200,6 +200,11 @@ class TrainConfig(_Strict):
         "CPUs without bf16 units emulate it dozens of times slower), else fp32. bf16: bf16 base weights with "
         "fp32 LoRA weights (autocast with fp32 master weights for full).",
     )
+    threads: Literal["auto"] | int = Field(
+        "auto", description="CPU threads for torch (one process on the CPU). auto: torch's default (one per core) "
+        "unless 1 thread measures clearly faster right now, as on a machine busy with other work, where one thread "
+        "can be many times faster. Recorded in run.json; a resume keeps the recorded count.",
+    )
     packing: bool = Field(True, description="Pack several examples into one row (attention kept within each example).")
     activation_checkpointing: Literal["off", "mlp", "layers"] = Field(
         "off",
@@ -248,7 +253,8 @@ class TrainConfig(_Strict):
     def _checkpointing_bool(cls, v):
         return {True: "layers", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
-    @field_validator("epochs", "batch_size", "micro_batch_size", "eval_every", "save_every", mode="before")
+    @field_validator("epochs", "batch_size", "micro_batch_size", "eval_every", "save_every", "threads",
+                     mode="before")
     @classmethod
     def _positive_or_auto(cls, v):
         if v == "auto":
@@ -297,7 +303,7 @@ class TrainConfig(_Strict):
 
 
 # Keys that may differ between a run and its resume (they do not change the numerics).
-RESUME_NEUTRAL_KEYS = {"merge", "tensorboard", "device", "gate"}
+RESUME_NEUTRAL_KEYS = {"merge", "tensorboard", "device", "gate", "threads"}
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -73,7 +73,8 @@ def demo_cmd(
     from honing.train import train
 
     result = train(config, progress=True, log=console.print)
-    console.print(f"trained {result.steps} steps at {result.tokens_per_s:.0f} tokens/s, "
+    console.print(f"trained {result.steps} steps at {result.input_tokens_per_s:.0f} tokens/s of all tokens "
+                  f"({result.tokens_per_s:.1f}/s of trained answer tokens), "
                   f"peak memory {result.peak_memory_mb / 1024:.1f} GiB; adapter in {result.final_dir}")
 
     _step(console, 4, "Evaluate: fine-tuned vs zero-shot, few-shot and retrieval (RAG) on the held-out split")

@@ -287,9 +287,9 @@ def evaluate(
     Writes eval.json, report.md and report.html into ``out_dir`` (default ``RUN_DIR/eval``, or
     ``./hone-eval`` for a base model). ``schema`` (dict or path of a JSON schema) adds schema
     conformance for JSON tasks. ``threads="auto"`` measures whether 1 thread beats torch's default
-    right now (it does on a busy machine; see ``honing.evaluate.threads``). Returns an :class:`EvalResult`.
+    right now (it does on a busy machine; see ``honing.threads``). Returns an :class:`EvalResult`.
     """
-    from honing.evaluate.threads import fastest_thread_count, torch_threads
+    from honing.threads import fastest_thread_count, torch_threads
     from honing.precision import auto_dtype
     from honing.train.runtime import resolve_device
 

@@ -91,7 +91,7 @@ class TrainerState:
     evals_since_best: int = 0
     nonfinite_consecutive: int = 0
     nonfinite_total: int = 0
-    trained_tokens: int = 0  # normalizer units so far (trained tokens for SFT)
+    trained_tokens: int = 0  # loss-bearing tokens so far (both replies' completion tokens for a pair)
     input_tokens: int = 0  # all tokens through the model so far
     train_seconds: float = 0.0
     probe_base_ppl: float | None = None  # the forgetting probe's perplexity before training
@@ -176,6 +176,10 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     # Seed before anything random is created (LoRA init, dropout) so runs are reproducible.
     seed_everything(config.seed)
     say(runtime.describe() + (" (dtype auto: measured on this machine)" if config.dtype == "auto" else ""))
+    # A resumed run keeps its thread count (it can change float summation order, and resume is bitwise).
+    threads_line = runtime.choose_threads(config.threads, RunDir(run_dir).record().get("threads") if ckpt else None)
+    if threads_line:
+        say(threads_line)
     # The base (4-bit for qlora), or an earlier run's result with init_from.
     model, tokenizer, resolved, start = load_starting_model(config, runtime, say)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -233,7 +237,7 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
         "config": config.resolved_dict(), "dtype": runtime.dtype_name, "device": str(runtime.device),
         "hyperparameters": hp.as_dict(), "versions": library_versions(),
         "dataset": {"train": train_set.source, "eval": eval_set.source if eval_set else None},
-        "world_size": dist.world_size, "status": "running", "best": None, "started": started,
+        "world_size": dist.world_size, "threads": runtime.threads, "status": "running", "best": None, "started": started,
         "init_from": start.record,
     }
     if dist.is_main:
@@ -435,10 +439,12 @@ def _optimizer_step(run: Run) -> dict:
     mine = micro_batches(indices, hp.grad_accumulation, hp.micro_batch_size, dist.rank, dist.world_size)
     local_norm = sum(objective.normalizer(items[i]) for mb in mine for i in mb)
     local_tokens = sum(objective.tokens(items[i]) for mb in mine for i in mb)
+    local_trained = sum(objective.trained_tokens(items[i]) for mb in mine for i in mb)
     replay = run.replay.for_step(step, dist.rank, dist.world_size) if run.replay is not None else []
     local_replay_norm = sum(objective.normalizer(it) for it in replay)
     local_tokens += sum(objective.tokens(it) for it in replay)
-    global_norm, global_tokens, replay_norm = dist.all_reduce_sum([local_norm, local_tokens, local_replay_norm])
+    global_norm, global_tokens, global_trained, replay_norm = dist.all_reduce_sum(
+        [local_norm, local_tokens, local_trained, local_replay_norm])
     # DDP averages gradients over processes; scaling by world_size turns that into a sum, so the
     # gradient is (sum over all normalizer units) / global_norm. With replay, the task's share of the loss
     # is 1 - fraction and the replay batch (first, never the syncing micro-batch) carries the rest.
@@ -473,17 +479,17 @@ def _optimizer_step(run: Run) -> dict:
 
     s = run.state
     s.step, s.epoch, s.step_in_epoch = step + 1, epoch, step % hp.steps_per_epoch + 1
-    s.trained_tokens += int(global_norm)
+    s.trained_tokens += int(global_trained)
     s.input_tokens += int(global_tokens)
     dt = time.perf_counter() - t0
     s.train_seconds += dt
     row = {"step": s.step, "epoch": round(epoch + s.step_in_epoch / hp.steps_per_epoch, 4),
            "train_loss": train_loss if math.isfinite(train_loss) else None, "lr": lr,
            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
-           "tokens_per_s": round(global_norm / dt, 1) if dt > 0 else None,
+           "tokens_per_s": round(global_trained / dt, 1) if dt > 0 else None,
            "input_tokens_per_s": round(global_tokens / dt, 1) if dt > 0 else None,
            "examples_per_s": round(len(indices) / dt, 2) if dt > 0 else None,
-           "trained_tokens": s.trained_tokens}
+           "trained_tokens": s.trained_tokens, "step_seconds": round(dt, 4)}
     row.update({f"train_{k}": v / max(global_norm, 1) for k, v in zip(keys, totals[1:])})
     if replay_loss is not None:
         row["replay_loss"] = replay_loss

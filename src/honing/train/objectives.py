@@ -70,6 +70,11 @@ class Objective:
         """Tokens ``item`` puts through the model (throughput, token budgets)."""
         return len(item)
 
+    def trained_tokens(self, item) -> int:
+        """Loss-bearing tokens of ``item`` (the trained-token count and rate users see); the normalizer's
+        units where those are tokens (SFT, CPT), the completion tokens of both replies for a pair."""
+        return self.normalizer(item)
+
     def loss(self, model, batch: dict) -> LossOutput:
         raise NotImplementedError
 

@@ -249,10 +249,13 @@ class _PairObjective(Objective):
         return collate_pairs(items, pad_id, self.config.packing and self.packing_supported)
 
     def normalizer(self, item) -> int:
-        return 1
+        return 1  # the loss is a mean over pairs
 
     def tokens(self, item) -> int:
         return len(item)
+
+    def trained_tokens(self, item) -> int:
+        return item.completion_tokens
 
     def _policy(self, model, batch):
         n = 2 * int(batch["n_pairs"])

@@ -10,6 +10,7 @@ One object owns every device-dependent decision, so nothing below it says ``"cpu
 * autocast, moving a batch to the device (one helper),
 * RNG state capture/restore for Python, NumPy, the CPU and every CUDA device (resume stays exact),
 * memory reporting (peak RSS; on CUDA also ``max_memory_allocated``/``max_memory_reserved``),
+* the CPU thread count (measured: 1 thread wins on a busy machine; kept on resume),
 * the allocator policy on glibc (return freed heap pages to the OS only when it pays),
 * the distributed context (``honing.train.distributed``).
 """
@@ -116,6 +117,8 @@ class Runtime:
     autocast_dtype: object | None  # autocast dtype, or None for no autocast
     dist: DistContext = field(default_factory=DistContext)
     heap: HeapTrimmer = field(default_factory=HeapTrimmer)
+    threads: int | None = None  # torch CPU threads, once choose_threads has run
+    _threads_before: int | None = None
 
     @property
     def is_cuda(self) -> bool:
@@ -129,6 +132,21 @@ class Runtime:
             where += f" ({torch.cuda.get_device_name(self.device)})"
         procs = f", {self.dist.world_size} processes ({self.dist.backend})" if self.dist.enabled else ""
         return f"device: {where}; compute dtype: {self.dtype_name}{procs}"
+
+    def choose_threads(self, requested, recorded: int | None) -> str | None:
+        """Set torch's CPU thread count for this run (``threads:`` in the config; see ``honing.threads``) and
+        say why, or None where it does not apply: on a GPU, or under torchrun on the CPU with ``auto``
+        (there torchrun's OMP_NUM_THREADS already splits the cores between the processes)."""
+        import torch
+
+        if self.is_cuda or (self.dist.enabled and requested == "auto" and not recorded):
+            return None
+        from honing.threads import training_threads
+
+        self.threads, why = training_threads(requested, recorded)
+        self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        return f"CPU threads: {self.threads} ({why})"
 
     def to_device(self, batch: dict) -> dict:
         """The one place a batch moves to the device (non_blocking: pinned-free copies overlap on CUDA)."""
@@ -163,7 +181,12 @@ class Runtime:
             self.heap.after_step()
 
     def close(self) -> None:
+        """Leave the process as it was found: the process group and torch's thread count."""
         self.dist.close()
+        if self._threads_before is not None:
+            import torch
+
+            torch.set_num_threads(self._threads_before)
 
 
 def compute_dtypes(requested: str, method: str, device) -> tuple[str, object, object | None]:
