@@ -92,15 +92,8 @@ def run_cell(task: str, name: str, overrides: list[str], n: int | None, max_trai
     t = TASKS[task]
     base = baselines(task, n)
     out = Path("/tmp/quality-runs") / f"{task}-{name}-{int(time.time())}"
-    train_path = ROOT / t["train"]
-    if max_train:  # a seeded subset of the training file: a smaller task for a busy machine
-        import random
-
-        lines = train_path.read_text().splitlines()
-        random.Random(0).shuffle(lines)
-        train_path = Path("/tmp/quality-runs") / f"{task}-train-{max_train}.jsonl"
-        train_path.parent.mkdir(parents=True, exist_ok=True)
-        train_path.write_text("\n".join(lines[:max_train]) + "\n")
+    train_path = subset(task, max_train)  # a seeded subset: a smaller task
+    if max_train:
         name = f"{name}-n{max_train}"
     config = build_config(ROOT / t["recipe"], overrides=overrides,
                           values={"data": str(train_path), "eval_data": str(ROOT / t["eval"]), "out": str(out)})
@@ -136,13 +129,102 @@ def run_cell(task: str, name: str, overrides: list[str], n: int | None, max_trai
     return record
 
 
+# TRL + PEFT as its documentation sets LoRA up (docs/trl peft_integration, "Quick start": LoraConfig r 32,
+# alpha 16, dropout 0.05; SFTConfig learning_rate 2e-4, "~10x the full fine-tuning rate for LoRA"), every
+# other setting SFTConfig's default: 3 epochs, batch 8, loss on the whole conversation, fp32 on a CPU.
+TRL_LORA = {"r": 32, "lora_alpha": 16, "lora_dropout": 0.05, "bias": "none", "task_type": "CAUSAL_LM"}
+TRL_LEARNING_RATE = 2e-4
+
+
+def subset(task: str, max_train: int | None) -> Path:
+    """The task's training file, or a seeded subset of ``max_train`` lines (a smaller task)."""
+    train_path = ROOT / TASKS[task]["train"]
+    if not max_train:
+        return train_path
+    import random
+
+    lines = train_path.read_text().splitlines()
+    random.Random(0).shuffle(lines)
+    out = Path("/tmp/quality-runs") / f"{task}-train-{max_train}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines[:max_train]) + "\n")
+    return out
+
+
+def run_trl(task: str, n: int | None, max_train: int | None, budget_s: float | None) -> dict:
+    """TRL's SFTTrainer + PEFT with the documented LoRA settings on the same data, stopped after
+    ``budget_s`` seconds of training when given (time to quality: what it reaches in that time), then scored
+    exactly like a Honing cell (the merged model answering the zero-shot prompt, greedy)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from honing.evaluate import evaluate
+    from honing.evaluate.bootstrap import paired_difference_ci
+    from honing.models.catalog import resolve_model
+
+    t = TASKS[task]
+    base = baselines(task, n)
+    train_path = subset(task, max_train)
+    out = Path("/tmp/quality-runs") / f"{task}-trl-{int(time.time())}"
+    path = str(resolve_model(t.get("model", "smollm2-135m-instruct")).path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = [{"messages": json.loads(x)["messages"]} for x in train_path.read_text().splitlines() if x.strip()]
+    args = SFTConfig(output_dir=str(out), learning_rate=TRL_LEARNING_RATE, save_strategy="no", report_to=[],
+                     use_cpu=True, seed=42, logging_steps=10, disable_tqdm=True)
+
+    class Budget(TrainerCallback):
+        def on_step_end(self, _args, state, control, **_kw):
+            if budget_s and time.perf_counter() - wall0 > budget_s:
+                control.should_training_stop = True
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=LoraConfig(**TRL_LORA), callbacks=[Budget()])
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
+    trainer.train()
+    train_wall, train_cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
+    steps, planned = trainer.state.global_step, trainer.state.max_steps
+    merged = out / "merged"
+    trainer.model.merge_and_unload().save_pretrained(merged)
+    tok.save_pretrained(merged)
+    ev = evaluate(merged, ROOT / t["eval"], baselines=("zero-shot",), max_examples=n, write_report=False,
+                  forgetting=False, progress=print)
+    ft = ev.approaches[0]  # the TRL model answering the plain prompt: its fine-tuned answer
+    primary = ft.scores.primary
+    scores = ft.scores.per_example[primary]
+    vs_few = paired_difference_ci(scores, base["few-shot"]["per_example"])
+    name = f"trl-docs{'-' + str(int(budget_s)) + 's' if budget_s else ''}{'-n' + str(max_train) if max_train else ''}"
+    record = {
+        "task": task, "cell": name, "overrides": {"lora": TRL_LORA, "learning_rate": TRL_LEARNING_RATE,
+                                                  "budget_s": budget_s}, "examples": len(scores),
+        "primary": primary, "value": ft.primary_value, "ci": ft.primary_ci.to_dict(),
+        "few_shot": base["few-shot"]["value"], "zero_shot": base["zero-shot"]["value"],
+        "vs_few_shot": vs_few.to_dict(), "beats_few_shot": vs_few.low > 0, "forgetting": None,
+        "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1), "steps": steps,
+        "planned_steps": planned, "loadavg": os.getloadavg(), "per_example": scores,
+    }
+    dest = RESULTS / task / f"{name}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(record, indent=1))
+    print(f"== {task}/{name}: {primary} {ft.primary_value:.3f} vs few-shot {base['few-shot']['value']:.3f} "
+          f"(diff {vs_few.estimate:+.3f} [{vs_few.low:+.3f}, {vs_few.high:+.3f}]); "
+          f"train {train_wall:.0f}s wall {train_cpu:.0f}s cpu, {steps} of {planned} steps")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="demo", choices=sorted(TASKS))
-    ap.add_argument("--cells", default="auto", help="comma-separated cell names")
+    ap.add_argument("--cells", default="auto", help="comma-separated cell names (none: only --trl)")
     ap.add_argument("--cell", action="append", default=[], help="extra cell: name:key=value;key=value")
     ap.add_argument("--eval-examples", type=int, default=None)
     ap.add_argument("--max-train", type=int, default=None, help="train on a seeded subset of this many examples")
+    ap.add_argument("--trl", action="store_true", help="also train TRL + PEFT with its documented LoRA settings")
+    ap.add_argument("--trl-budget", type=float, default=None,
+                    help="stop TRL after this many seconds of training (time to quality); default: its 3 epochs")
     ap.add_argument("--table", action="store_true")
     args = ap.parse_args(argv)
     if args.table:
@@ -154,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [c for c in args.cells.split(",") if c] + [s.partition(":")[0] for s in args.cell]
     for name in dict.fromkeys(names):
         run_cell(args.task, name, cells[name], args.eval_examples, args.max_train)
+    if args.trl:
+        run_trl(args.task, args.eval_examples, args.max_train, args.trl_budget)
     return 0
 
 
@@ -167,10 +251,11 @@ def table() -> str:
         r = json.loads(path.read_text())
         f, d = r.get("forgetting") or {}, r["vs_few_shot"]
         flag = " **flagged**" if f.get("flagged") else ""
+        forgot = (f"{f.get('perplexity_change', 0):+.0%}, {f.get('qa_accuracy_change', 0) * 100:+.0f} pts{flag}"
+                  if f else "not measured")
         lines.append(
             f"| {r['task']} | {r['cell']} | {r['examples']} | {r['primary']} {r['value']:.3f} [{r['ci']['low']:.3f}, {r['ci']['high']:.3f}] | "
-            f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {f.get('perplexity_change', 0):+.0%}, "
-            f"{f.get('qa_accuracy_change', 0) * 100:+.0f} pts{flag} | {r['train_wall_s']:.0f} ({r['train_cpu_s']:.0f}) | "
+            f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {forgot} | {r['train_wall_s']:.0f} ({r['train_cpu_s']:.0f}) | "
             f"{r['steps']} |")
     return "\n".join(lines)
 
