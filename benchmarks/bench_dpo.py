@@ -46,9 +46,13 @@ def make_pairs(n: int, seed: int, max_length: int) -> list[dict]:
     return pairs
 
 
+def chat_tokens(tok, messages: list[dict]) -> int:
+    ids = tok.apply_chat_template(messages, tokenize=True)
+    return len(ids["input_ids"] if hasattr(ids, "keys") else ids)  # transformers 5 returns a BatchEncoding
+
+
 def pair_tokens(tok, pairs: list[dict]) -> list[int]:
-    return [len(tok.apply_chat_template(p["prompt"] + p["chosen"], tokenize=True))
-            + len(tok.apply_chat_template(p["prompt"] + p["rejected"], tokenize=True)) for p in pairs]
+    return [chat_tokens(tok, p["prompt"] + p["chosen"]) + chat_tokens(tok, p["prompt"] + p["rejected"]) for p in pairs]
 
 
 def step_orders(job: dict) -> list[list[int]]:

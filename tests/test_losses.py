@@ -140,3 +140,23 @@ def test_no_grad_gives_the_same_value_without_a_graph():
         without, _ = chunked_cross_entropy_sum(hidden, weight, labels, chunk_tokens=10)
     assert without.grad_fn is None
     torch.testing.assert_close(without, with_grad.detach())
+
+
+def test_loaded_models_feed_the_head_a_contiguous_input(tiny_llama_dir):
+    """transformers slices hidden_states[:, -1:, :] for the head (logits_to_keep); non-contiguous, that made
+    torch copy the head weight once per row (0.29 s per bf16 forward on CPU). load_model makes the head's
+    input contiguous; the logits stay those of the last position of a full forward."""
+    from honing.models.loading import contiguous_head_input, load_model
+
+    model, _tok, _ = load_model(tiny_llama_dir)
+    seen = []
+    head = model.get_output_embeddings()
+    head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, 1000, (3, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        last = model(input_ids=ids, logits_to_keep=1).logits
+        full = model(input_ids=ids).logits
+    assert seen == [True, True]
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+    contiguous_head_input(model)  # idempotent: one hook, not two
+    assert len(head._forward_pre_hooks) == 2  # ours + this test's recorder

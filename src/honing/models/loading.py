@@ -54,7 +54,29 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
         raise ModelError(f"cannot load {resolved.path}: missing or corrupt weights ({e})") from e
     if device:
         m.to(device)
+    contiguous_head_input(m)
     return m, load_tokenizer(resolved), resolved
+
+
+def _contiguous_first_arg(_module, args):
+    return (args[0].contiguous(), *args[1:])
+
+
+def contiguous_head_input(model) -> None:
+    """Make the output head's input contiguous (a forward pre-hook on the head; idempotent).
+
+    transformers runs the head on ``hidden_states[:, -k:, :]`` (``logits_to_keep``: the training losses'
+    forward and every generation step). For a batch of several rows that slice is not contiguous, torch's
+    matmul cannot fold it into one GEMM and instead copies the head weight once per row (expand + bmm):
+    for SmolLM2-135M a [8, 576, 49152] bf16 copy, 0.29 s per forward on a 2-core CPU vs 3 ms contiguous,
+    and ~100,000 fresh pages faulted in each time (the per-step page-fault churn of short-example training).
+    Copying the [B, k, H] slice first costs almost nothing."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Linear) and not getattr(head, "_honing_contiguous_input", False):
+        head.register_forward_pre_hook(_contiguous_first_arg)
+        head._honing_contiguous_input = True
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
