@@ -26,7 +26,7 @@ def test_closing_paragraph_names_the_result_the_baselines_the_cost_and_the_place
         forgetting={"flagged": False, "reasons": [], "perplexity_change": 0.08, "qa_accuracy_change": -0.05})
     text = closing_paragraph(_result(tmp_path), config, evaluation)
     assert "\n" not in text
-    for part in ("LORA (rank 16, top 8 layers)", "123 steps x 8 examples", "6.2 min", "218 tokens/s of all tokens",
+    for part in ("Trained a LoRA (rank 16, top 8 layers) adapter", "123 steps x 8 examples", "6.2 min", "218 tokens/s of all tokens",
                  "accuracy is 0.721 (vs zero-shot 0.037, few-shot 0.654)", "+6.7 points", "perplexity +8%",
                  "QA -5 points (within the thresholds)", str(tmp_path / "final"), "report.html"):
         assert part in text, part
@@ -47,3 +47,11 @@ def test_progress_line_shows_rates_forgetting_and_a_whole_run_eta():
     finally:
         bar.close()
     assert (fields["tps"], fields["eps"], fields["forget"], fields["eta"]) == ("218", "2.5", "ppl +8%", "1:20")
+
+
+def test_closing_paragraph_names_the_objective_and_method(tmp_path):
+    dpo = build_config(values={"data": "d.jsonl", "objective": "dpo", "lora": {"r": 8}})
+    assert closing_paragraph(_result(tmp_path), dpo).startswith("Trained a DPO LoRA (rank 8) adapter")
+    full_cpt = build_config(values={"data": "d.txt", "objective": "cpt", "method": "full"})
+    assert closing_paragraph(_result(tmp_path), full_cpt).startswith(
+        "Fine-tuned every weight of smollm2-135m-instruct (continued pre-training)")

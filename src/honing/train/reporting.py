@@ -234,15 +234,18 @@ def closing_paragraph(result, config, evaluation=None) -> str:
     """The few sentences `hone train` ends with: what was trained, how good it is against the baselines,
     what it cost, where it is. ``result``: the loop's RunResult; ``evaluation``: an EvalResult or None."""
     hp = result.hyperparameters or {}
-    what = config.method.upper() if config.method != "full" else "full fine-tune"
+    what = {"lora": "LoRA", "qlora": "QLoRA"}.get(config.method, config.method)
+    if getattr(config.lora, "use_dora", False) and config.method == "lora":
+        what = "DoRA"
+    objective = {"dpo": "DPO ", "simpo": "SimPO ", "cpt": "continued pre-training "}.get(config.objective, "")
     if config.method in ("lora", "qlora"):
         lc = config.lora
         what += f" (rank {lc.r}" + (f", top {lc.top_layers} layers" if lc.top_layers else "") + ")"
     from honing.rundir import RunDir
 
     seconds = float(RunDir(result.run_dir).record().get("wall_seconds") or 0.0)
-    parts = [f"Trained a {what} adapter of {config.model}" if config.method != "full"
-             else f"Fine-tuned every weight of {config.model}",
+    parts = [f"Trained a {objective}{what} adapter of {config.model}" if config.method != "full"
+             else f"Fine-tuned every weight of {config.model}" + (f" ({objective.strip()})" if objective else ""),
              f" for {result.steps} steps x {hp.get('batch_size', '?')} examples"]
     if seconds:
         parts.append(f" in {seconds / 60:.1f} min")
