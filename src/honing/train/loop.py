@@ -353,8 +353,12 @@ def _compute_paths(core, config: TrainConfig) -> str:
     attn = getattr(inner.config, "_attn_implementation", None) or "default"
     rows = ("packed rows, attention kept inside each example by position ids" if config.packing
             else "padded rows with an attention mask")
-    loss = ("chunked linear cross-entropy over trained positions (honing.train.losses)" if _plain_head(inner)
-            else "the model's own logits (its output head is not a plain Linear)")
+    if not _plain_head(inner):
+        loss = "the model's own logits (its output head is not a plain Linear)"
+    elif config.objective in ("dpo", "simpo"):
+        loss = "reply log-probabilities through the output head in chunks of trained positions (honing.train.preference)"
+    else:
+        loss = "chunked linear cross-entropy over trained positions (honing.train.losses)"
     return f"attention: {attn}, {rows}; loss: {loss}"
 
 
@@ -739,6 +743,8 @@ def _enable_fused_lora(model, config: TrainConfig, recompute_mlp: bool) -> str:
         why.append(f"lora.dropout is {config.lora.dropout}")
     if config.lora.use_dora:
         why.append("DoRA")
+    if config.method == "qlora":
+        why.append("the 4-bit base layers run PEFT's bitsandbytes modules")
     if n:
         mlp = ", MLP gate/up recomputed in the backward" if recompute_mlp else ""
         rest = ""
