@@ -54,6 +54,25 @@ def test_rng_capture_restore_roundtrip():
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
+def test_machine_probes_leave_the_seeded_rng_alone():
+    """The dtype, thread and 4-bit probes run after the user's seed; drawing from the global RNG there
+    changed LoRA's initialisation (and every loss after it) depending on whether a probe ran."""
+    from honing.precision import bf16_is_fast
+    from honing.threads import fastest_thread_count
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    bf16_is_fast.__wrapped__("cpu")
+    fastest_thread_count(reps=1, rows=8)
+    try:
+        from honing.train.qlora import check_supported
+
+        check_supported("cpu")
+    except Exception:  # noqa: BLE001 - no 4-bit here: the other probes still count
+        pass
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("runtime")

@@ -28,7 +28,10 @@ def fastest_thread_count(reps: int = 15, rows: int = DECODE_ROWS) -> int:
     current = torch.get_num_threads()
     if current <= 1:
         return 1
-    x, w = torch.randn(rows, 576), torch.randn(1536, 576)
+    # A private generator: the probe runs after the user's seed and must not move the global RNG
+    # (it did: LoRA's init then differed from an unprobed run, and golden losses moved).
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, 576, generator=g), torch.randn(1536, 576, generator=g)
     samples: dict[int, list[float]] = {current: [], 1: []}
     try:
         for n in samples:  # warm up both settings (the first call picks kernels)

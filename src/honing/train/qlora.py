@@ -36,14 +36,17 @@ def check_supported(device) -> str:
         raise ConfigError(f"method: qlora needs bitsandbytes (pip install 'bitsandbytes>=0.47'): {e}") from None
     import torch
 
+    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     try:
-        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, compress_statistics=True,
-                                  quant_type="nf4")
-        layer.weight = bnb.nn.Params4bit(torch.randn(64, 64), requires_grad=False, compress_statistics=True,
-                                         quant_type="nf4")
-        layer = layer.to(device)
-        x = torch.randn(2, 64, device=device, requires_grad=True)
-        layer(x).sum().backward()
+        # fork_rng: the probe's random layer and input must not move the global (seeded) RNG.
+        with torch.random.fork_rng(devices=cuda):
+            layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, compress_statistics=True,
+                                      quant_type="nf4")
+            layer.weight = bnb.nn.Params4bit(torch.randn(64, 64), requires_grad=False, compress_statistics=True,
+                                             quant_type="nf4")
+            layer = layer.to(device)
+            x = torch.randn(2, 64, device=device, requires_grad=True)
+            layer(x).sum().backward()
         if layer.weight.dtype != torch.uint8 or x.grad is None or not torch.isfinite(x.grad).all():
             raise RuntimeError("the probe layer did not quantize or did not pass a finite gradient")
     except Exception as e:  # noqa: BLE001 - any failure means no 4-bit here; say which
