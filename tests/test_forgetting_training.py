@@ -123,3 +123,21 @@ def test_shipped_replay_set_is_apart_from_the_probes():
     grams = {" ".join(words[i:i + 8]) for i in range(len(words) - 7)}
     replay_words = re.findall(r"[a-z']+", " ".join(m["content"].lower() for c in chats for m in c["messages"]))
     assert not grams & {" ".join(replay_words[i:i + 8]) for i in range(len(replay_words) - 7)}
+
+
+def test_replay_auto_rehearses_only_the_models_own_answers():
+    """auto: 0.2 where the replay answers are the model's own (the default model with the shipped set, or
+    the user's replay.data), off for other models (a 135M model's answers would pull them) and objectives."""
+    from honing.train.replay import AUTO_FRACTION, resolve_fraction
+
+    def fraction(objective="sft", **values):
+        config = build_config(values={"data": "d.jsonl", "objective": objective, **values})
+        return resolve_fraction(config, objective)
+
+    assert fraction() == (AUTO_FRACTION, "on")  # the embedded default model
+    off, why = fraction(model="/models/other")
+    assert off == 0.0 and "replay.data" in why
+    assert fraction(model="/models/other", replay={"data": "mine.jsonl"})[0] == AUTO_FRACTION
+    assert fraction(objective="dpo") == (0.0, None)
+    assert fraction(replay={"fraction": 0}) == (0.0, None)  # set by the user: used as given
+    assert fraction(replay={"fraction": 0.1}) == (0.1, None)

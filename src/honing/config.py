@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -128,12 +128,14 @@ class CPTConfig(_Strict):
 class ReplayConfig(_Strict):
     """Replay of general instruction data during supervised training, against forgetting (honing.train.replay)."""
 
-    fraction: float = Field(
-        0.0, ge=0, lt=1,
+    fraction: Annotated[float, Field(ge=0, lt=1)] | Auto = Field(
+        "auto",
         description="Share of each step's loss spent on general instructions (0: off). The step minimises "
-        "(1 - fraction) x task loss + fraction x replay loss, each a mean over its own trained tokens.",
+        "(1 - fraction) x task loss + fraction x replay loss, each a mean over its own trained tokens. "
+        "auto: 0.2 for supervised training where the replay answers are the model's own (the embedded default "
+        "model with the shipped set, or any model with replay.data), else 0.",
     )
-    examples_per_step: int = Field(2, ge=1, description="Replay examples per process per optimizer step.")
+    examples_per_step: int = Field(1, ge=1, description="Replay examples per process per optimizer step.")
     data: str | None = Field(
         None, description="Chat examples to replay (JSONL, ...); null: the general set shipped with Honing.")
 
@@ -292,7 +294,7 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"micro_batch_size: {self.micro_batch_size} cannot exceed batch_size ({self.batch_size})"
             )
-        if self.replay.fraction and self.objective != "sft":
+        if self.replay.fraction not in ("auto", 0) and self.objective != "sft":
             raise ValueError(f"replay.fraction: replay mixes chat examples into supervised training (objective sft); "
                              f"objective {self.objective} does not take them (set replay.fraction: 0)")
         return self

@@ -227,9 +227,9 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     from honing.evaluate.forgetting import TextProbe
     from honing.train.replay import build_replay
 
-    replay = build_replay(config, objective, tokenizer)
-    if replay is not None:
-        say(replay.describe())
+    replay, replay_line = build_replay(config, objective, tokenizer)
+    if replay_line:
+        say(replay_line)
     probe = TextProbe(tokenizer) if eval_set is not None else None
 
     info = {

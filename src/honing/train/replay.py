@@ -58,14 +58,38 @@ class ReplaySet:
                 f"{len(self)} examples per step from {self.source}), against forgetting")
 
 
-def build_replay(config, objective, tokenizer) -> ReplaySet | None:
-    """The run's replay set, or None when ``replay.fraction`` is 0."""
+AUTO_FRACTION = 0.2  # measured: keeps the demo and unicode_category unflagged (benchmarks/quality/)
+
+
+def resolve_fraction(config, objective_name: str) -> tuple[float, str | None]:
+    """(fraction, why) for ``replay.fraction``; ``why`` is None where the user set it.
+
+    ``auto`` replays only where the replay answers are the model's own: the shipped set holds the embedded
+    default model's answers (self-distillation rehearsal), which would pull another model towards a 135M
+    model's replies; with ``replay.data`` the user vouches for theirs. Preference and raw-text objectives
+    take no chats."""
+    from honing.models import DEFAULT_MODEL
+
+    rc = config.replay
+    if rc.fraction != "auto":
+        return float(rc.fraction), None
+    if objective_name != "sft":
+        return 0.0, None  # preference pairs and raw text take no chats: nothing to say
+    if rc.data is None and config.model != DEFAULT_MODEL:
+        return 0.0, (f"off (the shipped replay set holds {DEFAULT_MODEL}'s own answers, not this model's; "
+                     "set replay.data to chats your model answered to rehearse them)")
+    return AUTO_FRACTION, "on"
+
+
+def build_replay(config, objective, tokenizer) -> tuple[ReplaySet | None, str | None]:
+    """The run's replay set (None when the fraction resolves to 0) and, for ``auto``, why it is on or off."""
     from honing.errors import ConfigError
     from honing.train.dataset import file_sha256, read_examples
 
     rc = config.replay
-    if not rc.fraction:
-        return None
+    fraction, why = resolve_fraction(config, objective.name)
+    if not fraction:
+        return None, (f"replay: {why}" if why else None)
     if objective.name != "sft":
         raise ConfigError(f"replay.fraction: replay mixes chat examples into supervised training; objective "
                           f"{objective.name!r} does not take them (set replay.fraction: 0)")
@@ -75,5 +99,6 @@ def build_replay(config, objective, tokenizer) -> ReplaySet | None:
     items = [it for it in rendered.items if objective.normalizer(it) > 0]
     if not items:
         raise ConfigError(f"replay.data: {path} has no example with a trained (assistant) token")
-    return ReplaySet(items, rc.fraction, rc.examples_per_step, config.seed,
-                     "the shipped general set" if not rc.data else str(path))
+    replay = ReplaySet(items, fraction, rc.examples_per_step, config.seed,
+                       "the shipped general set" if not rc.data else str(path))
+    return replay, replay.describe() + (" (replay.fraction auto)" if why else "")
