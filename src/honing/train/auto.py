@@ -8,7 +8,8 @@ loss and the forgetting budget end a run sooner when more passes stop paying.
 
 Batch size starts from the service's documented behaviour (about 0.2% of the training examples, at most
 256, a power of two) and departs from it where examples are short: a step then carries ~2,048 tokens
-(few large steps; per-step overheads dominate tiny steps), keeping at least 48 steps per run.
+(per-step overheads dominate tiny steps), keeping at least 200 optimizer steps per run (few steps learn
+too little: benchmarks/quality/).
 
 Learning rate: the service exposes a multiplier, not a value; we pick the usual peak for each method
 (LoRA 2e-4, full 1e-5 at batch 4) and scale it with the square root of the batch size, the rule that
@@ -66,9 +67,12 @@ def openai_batch_size(n_examples: int) -> int:
 # OpenAI's 0.2% gives batch 2 for 1,200 examples: 1,620 steps of two ~60-token chats took ~30 min on 2 CPU
 # cores, where batch 16-32 does the same epochs in a fraction of the steps. So: the largest power of two
 # with at most TARGET_STEP_TOKENS tokens per step, never below OpenAI's value, and never so large that
-# the run has fewer than MIN_STEPS updates (few, large steps; not one step per epoch).
+# the run has fewer than MIN_STEPS updates. The floor was 48 at first: on unicode_category (300 examples of
+# ~127 tokens, benchmarks/quality/) that gave batch 16 and 57 steps, 0.400 accuracy, where batch 4 (225 steps)
+# and OpenAI's batch 1 (900 steps) both reached 0.560, batch 4 in the wall time of batch 16 (342 vs 335 s;
+# batch 1: 393 s). Once the per-step costs were gone, steps are cheap; too few of them learn too little.
 TARGET_STEP_TOKENS = 2048
-MIN_STEPS = 48
+MIN_STEPS = 200
 
 
 def auto_batch_size(n_examples: int, mean_tokens: float | None = None, epochs: int = TARGET_EPOCHS) -> int:
@@ -239,7 +243,7 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_toke
         why = f"OpenAI's 0.2% rule gives {base}"
         if batch > base and mean_tokens:
             why += (f"; raised to ~{TARGET_STEP_TOKENS} tokens per step ({mean_tokens:.0f}-token examples), "
-                    f"keeping at least {MIN_STEPS} steps: few large steps where examples are short")
+                    f"keeping at least {MIN_STEPS} steps (fewer, larger steps learned less)")
         reasons.append(("batch_size", why))
     micro = config.micro_batch_size
     if micro == "auto":
