@@ -8,8 +8,8 @@ loss and the forgetting budget end a run sooner when more passes stop paying.
 
 Batch size starts from the service's documented behaviour (about 0.2% of the training examples, at most
 256, a power of two) and departs from it where examples are short: a step then carries ~2,048 tokens
-(per-step overheads dominate tiny steps), keeping at least 200 optimizer steps per run (few steps learn
-too little: benchmarks/quality/).
+(per-step overheads dominate tiny steps), keeping at least 500 optimizer steps per run (fewer, larger steps
+learned less: benchmarks/quality/).
 
 Learning rate: the service exposes a multiplier, not a value; we pick the usual peak for each method
 (LoRA 2e-4, full 1e-5 at batch 4) and scale it with the square root of the batch size, the rule that
@@ -67,12 +67,14 @@ def openai_batch_size(n_examples: int) -> int:
 # OpenAI's 0.2% gives batch 2 for 1,200 examples: 1,620 steps of two ~60-token chats took ~30 min on 2 CPU
 # cores, where batch 16-32 does the same epochs in a fraction of the steps. So: the largest power of two
 # with at most TARGET_STEP_TOKENS tokens per step, never below OpenAI's value, and never so large that
-# the run has fewer than MIN_STEPS updates. The floor was 48 at first: on unicode_category (300 examples of
-# ~127 tokens, benchmarks/quality/) that gave batch 16 and 57 steps, 0.400 accuracy, where batch 4 (225 steps)
-# and OpenAI's batch 1 (900 steps) both reached 0.560, batch 4 in the wall time of batch 16 (342 vs 335 s;
-# batch 1: 393 s). Once the per-step costs were gone, steps are cheap; too few of them learn too little.
+# the run has fewer than MIN_STEPS updates. The floor was 48 at first. benchmarks/quality/ then measured three
+# tasks on 300-example subsets (~100-130-token examples, 3 epochs), batch 16 / 4 / 1 (57 / 225 / 900 steps):
+# unicode_category 0.400 / 0.560 / 0.560, signature_json 0.580 / 0.610 / 0.690, code_summary ROUGE-L
+# 0.368 / 0.383 / 0.381, with batch 1 taking ~13% more wall time than batch 4. Once the per-step costs were
+# gone (page-fault churn, the head's per-row copy), steps are cheap, and few large ones learn less. 500 puts
+# those sets at batch 1; between 225 and 900 steps nothing was measured.
 TARGET_STEP_TOKENS = 2048
-MIN_STEPS = 200
+MIN_STEPS = 500
 
 
 def auto_batch_size(n_examples: int, mean_tokens: float | None = None, epochs: int = TARGET_EPOCHS) -> int:
