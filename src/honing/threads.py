@@ -14,7 +14,6 @@ import contextlib
 import statistics
 import time
 
-
 DECODE_ROWS = 64  # a batch-64 decode step
 TRAIN_ROWS = 512  # a short-example training micro-batch (8 x ~64 tokens)
 

@@ -289,8 +289,8 @@ def evaluate(
     conformance for JSON tasks. ``threads="auto"`` measures whether 1 thread beats torch's default
     right now (it does on a busy machine; see ``honing.threads``). Returns an :class:`EvalResult`.
     """
-    from honing.threads import fastest_thread_count, torch_threads
     from honing.precision import auto_dtype
+    from honing.threads import fastest_thread_count, torch_threads
     from honing.train.runtime import resolve_device
 
     say = progress or (lambda _msg: None)
