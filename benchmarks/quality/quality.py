@@ -253,9 +253,11 @@ def table() -> str:
         flag = " **flagged**" if f.get("flagged") else ""
         forgot = (f"{f.get('perplexity_change', 0):+.0%}, {f.get('qa_accuracy_change', 0) * 100:+.0f} pts{flag}"
                   if f else "not measured")
+        load = (r.get("loadavg") or [0])[0]
+        busy = f", load {load:.0f}" if load > 3 else ""  # wall time from a shared machine: CPU s is the cost
         lines.append(
             f"| {r['task']} | {r['cell']} | {r['examples']} | {r['primary']} {r['value']:.3f} [{r['ci']['low']:.3f}, {r['ci']['high']:.3f}] | "
-            f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {forgot} | {r['train_wall_s']:.0f} ({r['train_cpu_s']:.0f}) | "
+            f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {forgot} | {r['train_wall_s']:.0f} ({r['train_cpu_s']:.0f}{busy}) | "
             f"{r['steps']} |")
     return "\n".join(lines)
 
