@@ -83,10 +83,34 @@ def baselines(task: str, n: int | None) -> dict:
     return out
 
 
+def scored(task: str, name: str, approach, base: dict) -> dict:
+    """The fields every result shares: the fine-tuned approach's score with its CI, the baselines, and the
+    paired difference to few-shot on the same examples (its CI must exclude 0 to count as a win)."""
+    from honing.evaluate.bootstrap import paired_difference_ci
+
+    primary = approach.scores.primary
+    scores = approach.scores.per_example[primary]
+    vs_few = paired_difference_ci(scores, base["few-shot"]["per_example"])
+    return {"task": task, "cell": name, "examples": len(scores), "primary": primary,
+            "value": approach.primary_value, "ci": approach.primary_ci.to_dict(),
+            "few_shot": base["few-shot"]["value"], "zero_shot": base["zero-shot"]["value"],
+            "vs_few_shot": vs_few.to_dict(), "beats_few_shot": vs_few.low > 0,
+            "loadavg": os.getloadavg(), "per_example": scores}
+
+
+def save(record: dict) -> str:
+    """Write results/<task>/<cell>.json; returns the one-line summary both kinds of cell print first."""
+    path = RESULTS / record["task"] / f"{record['cell']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    d = record["vs_few_shot"]
+    return (f"== {record['task']}/{record['cell']}: {record['primary']} {record['value']:.3f} vs few-shot "
+            f"{record['few_shot']:.3f} (diff {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])")
+
+
 def run_cell(task: str, name: str, overrides: list[str], n: int | None, max_train: int | None = None) -> dict:
     from honing.config import build_config
     from honing.evaluate import evaluate
-    from honing.evaluate.bootstrap import paired_difference_ci
     from honing.train import train
 
     t = TASKS[task]
@@ -101,31 +125,19 @@ def run_cell(task: str, name: str, overrides: list[str], n: int | None, max_trai
     result = train(config, progress=False, log=print)
     train_wall, train_cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
     ev = evaluate(out, ROOT / t["eval"], baselines=(), max_examples=n, write_report=False, progress=print)
-    ft = ev.approaches[-1]
-    primary = ft.scores.primary
-    scores = ft.scores.per_example[primary]
-    vs_few = paired_difference_ci(scores, base["few-shot"]["per_example"])
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     record = {
-        "task": task, "cell": name, "overrides": overrides, "examples": len(scores), "primary": primary,
-        "value": ft.primary_value, "ci": ft.primary_ci.to_dict(),
-        "few_shot": base["few-shot"]["value"], "zero_shot": base["zero-shot"]["value"],
-        "vs_few_shot": vs_few.to_dict(), "beats_few_shot": vs_few.low > 0,
+        **scored(task, name, ev.approaches[-1], base), "overrides": overrides,
         "forgetting": ev.forgetting, "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
         "steps": result.steps, "status": result.status, "hyperparameters": result.hyperparameters,
         "input_tokens_per_s": result.input_tokens_per_s,
         "probe": [{k: r[k] for k in r if k.startswith("forgetting") or k in ("step", "eval_loss")}
                   for r in rows if "eval_loss" in r],
-        "loadavg": os.getloadavg(), "per_example": scores,
     }
-    path = RESULTS / task / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1))
     f = ev.forgetting or {}
-    print(f"== {task}/{name}: {primary} {ft.primary_value:.3f} vs few-shot {base['few-shot']['value']:.3f} "
-          f"(diff {vs_few.estimate:+.3f} [{vs_few.low:+.3f}, {vs_few.high:+.3f}]); forgetting flagged "
-          f"{f.get('flagged')} ppl {f.get('perplexity_change', 0):+.1%} qa {f.get('qa_accuracy_change', 0):+.2f}; "
-          f"train {train_wall:.0f}s wall {train_cpu:.0f}s cpu, {result.steps} steps")
+    print(f"{save(record)}; forgetting flagged {f.get('flagged')} ppl {f.get('perplexity_change', 0):+.1%} "
+          f"qa {f.get('qa_accuracy_change', 0):+.2f}; train {train_wall:.0f}s wall {train_cpu:.0f}s cpu, "
+          f"{result.steps} steps")
     return record
 
 
@@ -162,7 +174,6 @@ def run_trl(task: str, n: int | None, max_train: int | None, budget_s: float | N
     from trl import SFTConfig, SFTTrainer
 
     from honing.evaluate import evaluate
-    from honing.evaluate.bootstrap import paired_difference_ci
     from honing.models.catalog import resolve_model
 
     t = TASKS[task]
@@ -192,26 +203,15 @@ def run_trl(task: str, n: int | None, max_train: int | None, budget_s: float | N
     tok.save_pretrained(merged)
     ev = evaluate(merged, ROOT / t["eval"], baselines=("zero-shot",), max_examples=n, write_report=False,
                   forgetting=False, progress=print)
-    ft = ev.approaches[0]  # the TRL model answering the plain prompt: its fine-tuned answer
-    primary = ft.scores.primary
-    scores = ft.scores.per_example[primary]
-    vs_few = paired_difference_ci(scores, base["few-shot"]["per_example"])
+    # ev.approaches[0]: the TRL model answering the plain prompt, i.e. its fine-tuned answer.
     name = f"trl-docs{'-' + str(int(budget_s)) + 's' if budget_s else ''}{'-n' + str(max_train) if max_train else ''}"
     record = {
-        "task": task, "cell": name, "overrides": {"lora": TRL_LORA, "learning_rate": TRL_LEARNING_RATE,
-                                                  "budget_s": budget_s}, "examples": len(scores),
-        "primary": primary, "value": ft.primary_value, "ci": ft.primary_ci.to_dict(),
-        "few_shot": base["few-shot"]["value"], "zero_shot": base["zero-shot"]["value"],
-        "vs_few_shot": vs_few.to_dict(), "beats_few_shot": vs_few.low > 0, "forgetting": None,
-        "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1), "steps": steps,
-        "planned_steps": planned, "loadavg": os.getloadavg(), "per_example": scores,
+        **scored(task, name, ev.approaches[0], base),
+        "overrides": {"lora": TRL_LORA, "learning_rate": TRL_LEARNING_RATE, "budget_s": budget_s},
+        "forgetting": None, "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
+        "steps": steps, "planned_steps": planned,
     }
-    dest = RESULTS / task / f"{name}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(record, indent=1))
-    print(f"== {task}/{name}: {primary} {ft.primary_value:.3f} vs few-shot {base['few-shot']['value']:.3f} "
-          f"(diff {vs_few.estimate:+.3f} [{vs_few.low:+.3f}, {vs_few.high:+.3f}]); "
-          f"train {train_wall:.0f}s wall {train_cpu:.0f}s cpu, {steps} of {planned} steps")
+    print(f"{save(record)}; train {train_wall:.0f}s wall {train_cpu:.0f}s cpu, {steps} of {planned} steps")
     return record
 
 

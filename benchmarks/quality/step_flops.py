@@ -1,44 +1,64 @@
-#!/usr/bin/env python
-"""FLOPs per training token of the demo recipe's step (LoRA r16 on all linear layers of the top 8 of 30,
-head on trained positions only), counted by torch's FlopCounterMode; and this CPU's bf16/fp32 matmul rate."""
-import sys, time, json, torch
+"""FLOPs per training token of the demo recipe's step, and this CPU's bf16 / fp32 matmul rates.
+
+The step: LoRA r 16 on every linear layer of the top 8 of 30 decoder layers, a [8, 89] batch (the demo's
+mean example length), the head on the trained positions only; counted by torch's FlopCounterMode. Divide
+the step's measured tokens/s by the rate to see what share of the machine's matmul throughput a step uses.
+
+Usage: python benchmarks/quality/step_flops.py MODEL_DIR   (e.g. ~/.cache/honing/models/smollm2-135m-instruct)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM
-from peft import LoraConfig, get_peft_model
+
+BATCH, LENGTH, TRAINED = 8, 89, 4
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-path = sys.argv[1]
-model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-n_layers = model.config.num_hidden_layers
-cfg = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"], layers_to_transform=list(range(n_layers - 8, n_layers)))
-model = get_peft_model(model, cfg)
-B, T, trained = 8, 89, 4
-ids = torch.randint(0, 49152, (B, T))
-with FlopCounterMode(display=False) as fc:
-    h = model.base_model.model.model(input_ids=ids).last_hidden_state
-    logits = model.base_model.model.lm_head(h[:, -trained:, :].contiguous())
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, -trained:].reshape(-1))
-    loss.backward()
-flops = fc.get_total_flops()
-per_token = flops / (B * T)
+def step_flops_per_token(path: str) -> float:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    n = model.config.num_hidden_layers
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=LINEAR,
+                                             layers_to_transform=list(range(n - 8, n))))
+    inner = model.base_model.model
+    ids = torch.randint(0, inner.config.vocab_size, (BATCH, LENGTH))
+    with FlopCounterMode(display=False) as counter:
+        hidden = inner.model(input_ids=ids).last_hidden_state
+        logits = inner.lm_head(hidden[:, -TRAINED:, :].contiguous())
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                          ids[:, -TRAINED:].reshape(-1)).backward()
+    return counter.get_total_flops() / (BATCH * LENGTH)
 
-def rate(dtype, n=2048, reps=5):
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+
+def matmul_gflops(rows: int, inner: int, cols: int, dtype, reps: int = 5) -> float:
+    """Best of ``reps`` for a [rows, inner] @ [inner, cols] matmul, after one warm-up call."""
+    a, b = torch.randn(rows, inner).to(dtype), torch.randn(inner, cols).to(dtype)
     a @ b
-    best = 1e9
+    best = float("inf")
     for _ in range(reps):
-        t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * rows * inner * cols / best / 1e9
 
-def mlp_rate(dtype, rows=712, reps=10):  # the step's own shape: [8x89, 576] @ [576, 1536]
-    x, w = torch.randn(rows, 576).to(dtype), torch.randn(1536, 576).to(dtype)
-    torch.nn.functional.linear(x, w)
-    best = 1e9
-    for _ in range(reps):
-        t = time.perf_counter(); torch.nn.functional.linear(x, w); best = min(best, time.perf_counter() - t)
-    return 2 * rows * 576 * 1536 / best / 1e9
 
-out = {"flops_per_token": per_token, "threads": torch.get_num_threads(),
-       "bf16_gflops_2048": rate(torch.bfloat16), "fp32_gflops_2048": rate(torch.float32),
-       "bf16_gflops_mlp_shape": mlp_rate(torch.bfloat16), "fp32_gflops_mlp_shape": mlp_rate(torch.float32)}
-print(json.dumps(out, indent=1))
+def main() -> None:
+    mlp = (BATCH * LENGTH, 576, 1536)  # the step's own MLP shape for SmolLM2-135M
+    print(json.dumps({
+        "flops_per_token": step_flops_per_token(sys.argv[1]), "threads": torch.get_num_threads(),
+        "bf16_gflops_2048": matmul_gflops(2048, 2048, 2048, torch.bfloat16),
+        "fp32_gflops_2048": matmul_gflops(2048, 2048, 2048, torch.float32),
+        "bf16_gflops_mlp_shape": matmul_gflops(*mlp, torch.bfloat16, reps=10),
+        "fp32_gflops_mlp_shape": matmul_gflops(*mlp, torch.float32, reps=10),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
