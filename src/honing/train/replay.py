@@ -82,7 +82,8 @@ def resolve_fraction(config, objective_name: str) -> tuple[float, str | None]:
 
 
 def build_replay(config, objective, tokenizer) -> tuple[ReplaySet | None, str | None]:
-    """The run's replay set (None when the fraction resolves to 0) and, for ``auto``, why it is on or off."""
+    """The run's replay set (None when the fraction resolves to 0) and, for ``auto``, why it is on or off.
+    A set fraction with another objective than sft never gets here: the config refuses it."""
     from honing.errors import ConfigError
     from honing.train.dataset import file_sha256, read_examples
 
@@ -90,9 +91,6 @@ def build_replay(config, objective, tokenizer) -> tuple[ReplaySet | None, str | 
     fraction, why = resolve_fraction(config, objective.name)
     if not fraction:
         return None, (f"replay: {why}" if why else None)
-    if objective.name != "sft":
-        raise ConfigError(f"replay.fraction: replay mixes chat examples into supervised training; objective "
-                          f"{objective.name!r} does not take them (set replay.fraction: 0)")
     path = Path(rc.data) if rc.data else shipped_path()
     examples = read_examples(path, "auto")
     rendered = objective.render_set(tokenizer, examples, str(path), file_sha256(path))
