@@ -1,6 +1,7 @@
 #!/bin/sh
 # System packages the test suite uses beyond Python: PostgreSQL (tests/test_serve_postgres.py starts a
-# throwaway cluster) and Chromium + its driver (the dashboard's browser test). Idempotent: installs only
+# throwaway cluster), Chromium + its driver (the dashboard's browser test) and bubblewrap (the sandbox
+# that python graders run in: src/honing/graders/sandbox.py). Idempotent: installs only
 # what is missing, and only as root with apt-get; otherwise says so and exits 0 (those tests then skip
 # with a message naming this script).
 set -u
@@ -8,8 +9,9 @@ missing=""
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
+command -v bwrap >/dev/null 2>&1 || missing="$missing bubblewrap"
 if [ -z "$missing" ]; then
-    echo "system_deps: postgresql, chromium and chromium-driver are installed"
+    echo "system_deps: postgresql, chromium, chromium-driver and bubblewrap are installed"
     exit 0
 fi
 if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
