@@ -144,6 +144,33 @@ class IdempotentRequest(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
 
 
+class StoredCompletion(Base):
+    """A chat completion kept with ``store: true`` (OpenAI's stored completions), and Honing's feedback on it."""
+
+    __tablename__ = "stored_completions"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the completion's own id (chatcmpl-...)
+    project: Mapped[str] = mapped_column(String(100), index=True)
+    model: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    created_ts: Mapped[float] = mapped_column(Float, index=True)  # list order within one second
+    request: Mapped[dict] = mapped_column(JSON)  # {"messages": [...], and the sampling parameters sent}
+    response: Mapped[dict] = mapped_column(JSON)  # the chat.completion object as answered
+    completion_metadata: Mapped[dict | None] = mapped_column("metadata", JSON, nullable=True)
+    rating: Mapped[str | None] = mapped_column(String(10), nullable=True)  # up | down
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)  # the answer it should have given
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    feedback_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class ProjectSettings(Base):
+    """Per-project settings; a project without a row has the defaults (stored completions kept forever)."""
+
+    __tablename__ = "project_settings"
+    project: Mapped[str] = mapped_column(String(100), primary_key=True)
+    store_retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
 def default_db_url(data_dir: str | Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'honing.db'}"
 
