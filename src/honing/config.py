@@ -125,6 +125,53 @@ class CPTConfig(_Strict):
         "blocks; nothing truncated away); null: max_length.")
 
 
+class GRPOConfig(_Strict):
+    """Reinforcement fine-tuning against a grader (``objective: grpo``; the service's ``reinforcement`` method):
+    sample ``group_size`` completions per prompt from the current policy, grade them, and push up the
+    completions that score above their group's mean (group-relative advantages)."""
+
+    grader: str | dict | None = Field(
+        None, description="The grader: a path to a JSON file holding OpenAI's grader object (string_check, "
+        "text_similarity, python, score_model, multi), or the object itself. Required for objective grpo.")
+    group_size: int = Field(4, ge=2, description="Completions sampled per prompt (TRL's num_generations); the "
+                            "advantage of each is its reward against its group's.")
+    max_completion_tokens: int = Field(64, ge=1, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest set of tokens whose "
+                         "probability reaches top_p.")
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field(
+        "dapo", description="How token losses are averaged (TRL's formulas): grpo (per completion, then over "
+        "completions), dr_grpo (summed, divided by max_completion_tokens x completions), dapo (over all completion "
+        "tokens of the step; TRL's default).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the reward std of the group, of the whole batch, or not at all "
+        "(none: Dr. GRPO's recommendation).")
+    beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference (the base: the adapter "
+                        "disabled); 0 (TRL's default) skips the reference forward.")
+    epsilon: float = Field(0.2, gt=0, description="Clipping range of the probability ratio (lower side).")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clipping range (DAPO's clip-higher); null: "
+                                       "epsilon.")
+    eval_temperature: float = Field(0.0, ge=0, description="Sampling temperature of the validation completions "
+                                    "(0: greedy, so validation reward is repeatable).")
+
+
+class KTOConfig(_Strict):
+    """KTO (``objective: kto``): unpaired examples labelled desirable or not, against a reference."""
+
+    beta: float = Field(0.1, gt=0, description="KTO beta: how far the policy may move from the reference.")
+    desirable_weight: float = Field(1.0, gt=0, description="Weight of desirable examples' losses (raise it when "
+                                    "they are fewer than undesirable ones; TRL's recommendation: keep "
+                                    "desirable_weight x desirable / (undesirable_weight x undesirable) in [1, 4/3]).")
+    undesirable_weight: float = Field(1.0, gt=0, description="Weight of undesirable examples' losses.")
+
+
+class ORPOConfig(_Strict):
+    """ORPO (``objective: orpo``): reference-free, supervised loss on the chosen reply plus an odds-ratio term."""
+
+    beta: float = Field(0.1, gt=0, description="ORPO lambda: weight of the odds-ratio term against the chosen "
+                        "reply's NLL (TRL's beta).")
+
+
 class ReplayConfig(_Strict):
     """Replay of general instruction data during supervised training, against forgetting (honing.train.replay)."""
 
@@ -155,9 +202,11 @@ class TrainConfig(_Strict):
     method: Literal["lora", "qlora", "full"] = Field(
         "lora", description="lora: train a PEFT adapter; qlora: the same over a frozen 4-bit NF4 base "
         "(bitsandbytes, double quantization); full: train every weight.")
-    objective: Literal["sft", "dpo", "simpo", "cpt"] = Field(
+    objective: Literal["sft", "dpo", "simpo", "cpt", "grpo", "kto", "orpo"] = Field(
         "sft", description="Training objective: sft (supervised, assistant tokens only), dpo (preference pairs "
-        "against a reference), simpo (preference pairs, no reference), cpt (continued pre-training on raw text).")
+        "against a reference), simpo (preference pairs, no reference), cpt (continued pre-training on raw text), "
+        "grpo (reinforcement against a grader: prompts, sampled completions, rewards), kto (unpaired examples "
+        "labelled good or bad), orpo (preference pairs, supervised and odds-ratio loss in one).")
     init_from: str | None = Field(
         None, description="Start from an earlier run directory's result (its adapter, or its full weights): SFT "
         "then DPO, continued pre-training then SFT. run.json records the chain.")
@@ -165,6 +214,9 @@ class TrainConfig(_Strict):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings (used when objective is dpo).")
     simpo: SimPOConfig = Field(default_factory=SimPOConfig, description="SimPO settings (used when objective is simpo).")
     cpt: CPTConfig = Field(default_factory=CPTConfig, description="Continued pre-training settings (objective cpt).")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="Reinforcement settings (objective grpo).")
+    kto: KTOConfig = Field(default_factory=KTOConfig, description="KTO settings (objective kto).")
+    orpo: ORPOConfig = Field(default_factory=ORPOConfig, description="ORPO settings (objective orpo).")
 
     # --- how long and how hard
     epochs: int | Auto = Field("auto", description="Passes over the training data; auto: from dataset size.")
@@ -297,6 +349,9 @@ class TrainConfig(_Strict):
         if self.replay.fraction not in ("auto", 0) and self.objective != "sft":
             raise ValueError(f"replay.fraction: replay mixes chat examples into supervised training (objective sft); "
                              f"objective {self.objective} does not take them (set replay.fraction: 0)")
+        if self.objective == "grpo" and self.grpo.grader is None:
+            raise ValueError("grpo.grader: objective grpo needs a grader (--grader grader.json, or grpo.grader in the "
+                             "recipe: OpenAI's grader object)")
         return self
 
     def resolved_dict(self) -> dict:

@@ -29,7 +29,9 @@ def train_cmd(
     data: str = typer.Option(None, "--data", help="Same as --set data=... ."),
     eval_data: str = typer.Option(None, "--eval-data", help="Same as --set eval_data=... ."),
     method: str = typer.Option(None, "--method", help="Same as --set method=lora|qlora|full."),
-    objective: str = typer.Option(None, "--objective", help="Same as --set objective=sft|dpo|simpo|cpt."),
+    objective: str = typer.Option(None, "--objective",
+                                  help="Same as --set objective=sft|dpo|simpo|cpt|grpo|kto|orpo."),
+    grader: str = typer.Option(None, "--grader", help="objective grpo: the grader JSON file (--set grpo.grader=...)."),
     init_adapter: str = typer.Option(
         None, "--init-adapter", help="Start from an earlier run's result (RUN_DIR): same as --set init_from=RUN_DIR."),
     epochs: str = typer.Option(None, "--epochs", help="Same as --set epochs=N|auto."),
@@ -62,7 +64,7 @@ def train_cmd(
             raise ConfigError(f"--epochs: expected a positive integer or 'auto', got {epochs!r}") from None
     values = {"model": model, "data": data, "eval_data": eval_data, "method": method, "objective": objective,
               "init_from": init_adapter, "epochs": epochs,
-              "out": out, "merge": merge, "device": device}
+              "out": out, "merge": merge, "device": device, "grpo.grader": grader}
     config = build_config(recipe, overrides=set_ or [], values=values)
     console.print(f"[bold]hone train[/] -> {config.out}")
     result = train(config, resume=resume, progress=not quiet, log=console.print)

@@ -16,62 +16,12 @@ the eval loss is the held-out domain text's mean negative log-likelihood per tok
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from honing.data.conversation import RawText
+from honing.data.rawtext import is_raw_text_source, read_raw_documents, source_sha256
 from honing.data.render import RenderedExample
 from honing.errors import DataError
+from honing.train.dataset import RenderedSet
 from honing.train.objectives import SFTObjective
-
-TEXT_SUFFIXES = (".txt", ".md")
-
-
-def is_raw_text_source(path: str | Path) -> bool:
-    """A folder, or a plain-text file: what :func:`read_raw_documents` reads (JSONL text records go through
-    the ordinary data reader)."""
-    p = Path(path)
-    return p.is_dir() or p.suffix.lower() in TEXT_SUFFIXES
-
-
-def _text_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    if not files:
-        raise DataError(f"{path}: no .txt or .md files in this folder")
-    return files
-
-
-def read_raw_documents(path: str | Path) -> list[RawText]:
-    """One RawText per file (a .txt/.md file, or every such file under a folder, in sorted order).
-    ``line`` is the file's 1-based position in that order."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file or folder")
-    docs = []
-    for i, f in enumerate(_text_files(p), start=1):
-        try:
-            text = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{f}: byte {e.start} is not valid UTF-8 (save the file as UTF-8)") from None
-        if text.strip():
-            docs.append(RawText(text, line=i))
-    if not docs:
-        raise DataError(f"{p}: the text is empty")
-    return docs
-
-
-def source_sha256(path: str | Path) -> str:
-    """The fingerprint of a file, or of a folder's text files (names and contents, in order)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    for f in _text_files(p):
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode() + b"\0")
-        h.update(f.read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def token_stream(tokenizer, documents: list[RawText]) -> list[int]:
@@ -103,8 +53,6 @@ class CPTObjective(SFTObjective):
     name = "cpt"
 
     def render_set(self, tokenizer, examples, path, sha256):
-        from honing.train.dataset import RenderedSet
-
         bad = next((e for e in examples if not isinstance(e, RawText)), None)
         if bad is not None:
             where = f"{path} line {bad.line}" if getattr(bad, "line", None) else str(path)
@@ -120,3 +68,7 @@ class CPTObjective(SFTObjective):
                   "trained_tokens": len(stream) - 1, "truncated": 0, "dropped": 0}
         # A block spans documents, so it has no source line of its own (the data-order audit shows null).
         return RenderedSet(items, [None] * len(items), source, [])
+
+
+# Re-exported: raw-text reading lives in honing.data.rawtext (the data layer), CPT renders it.
+__all__ = ["CPTObjective", "blocks", "is_raw_text_source", "read_raw_documents", "source_sha256", "token_stream"]

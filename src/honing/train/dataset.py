@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from honing.data.conversation import Conversation, PreferencePair, RawText
+from honing.data.formats import load_examples
+from honing.data.rawtext import is_raw_text_source, read_raw_documents, source_sha256
 from honing.data.render import RenderedExample, TemplateError, render_example
 from honing.errors import DataError
 
@@ -17,9 +19,6 @@ def read_examples(path: str | Path, data_format: str = "auto") -> list:
 
     The first bad record raises the data module's ``DataError`` naming ``path:line`` and what is wrong.
     """
-    from honing.data.formats import load_examples
-    from honing.train.cpt import is_raw_text_source, read_raw_documents
-
     p = Path(path)
     if p.exists() and is_raw_text_source(p):  # continued pre-training: .txt/.md files or a folder of them
         return read_raw_documents(p)
@@ -33,8 +32,6 @@ def read_examples(path: str | Path, data_format: str = "auto") -> list:
 
 def file_sha256(path: str | Path) -> str:
     if Path(path).is_dir():
-        from honing.train.cpt import source_sha256
-
         return source_sha256(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -42,7 +42,8 @@ from honing.train.checkpoint import (
 )
 from honing.train.dataset import file_sha256, held_out_split, read_examples
 from honing.train.errors import TrainingError
-from honing.train.objectives import Objective, SetupContext, build_objective
+from honing.train.objectives import Objective, SetupContext
+from honing.train.registry import build_objective
 from honing.train.reporting import (
     EventLog,
     MetricsLog,

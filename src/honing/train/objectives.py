@@ -8,8 +8,9 @@ log-probabilities). The loop divides the summed loss by the normalizer of the wh
 across accumulation and processes, so batch 4 x accumulation 1 and 2 processes x batch 2 give the same
 gradient, whatever the objective.
 
-A new objective subclasses :class:`Objective` and is listed in ``OBJECTIVES`` (built from its own config
-section by ``build_objective``).
+A new objective subclasses :class:`Objective` in its own module and is listed in
+``honing.train.registry.OBJECTIVES`` (the one module that imports every objective; objectives never import
+the registry or each other's modules, so there is no circle).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from honing.data.render import IGNORE_INDEX
+from honing.train.batching import make_collate
+from honing.train.dataset import render_set
+from honing.train.losses import causal_lm_loss_sum
 
 
 @dataclass
@@ -58,8 +62,6 @@ class Objective:
         raise NotImplementedError
 
     def collate(self, items: list, pad_id: int) -> dict:
-        from honing.train.batching import make_collate
-
         return make_collate(self.config.packing and self.packing_supported, pad_id)(items)
 
     def normalizer(self, item) -> int:
@@ -86,8 +88,6 @@ def token_cross_entropy_sum(model, batch: dict):
     """(sum of next-token cross-entropy over positions whose unshifted label is not -100, their count).
 
     The chunked loss (``honing.train.losses``) never builds the full fp32 [tokens, vocab] logits."""
-    from honing.train.losses import causal_lm_loss_sum
-
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     return causal_lm_loss_sum(model, inputs, labels)
@@ -99,8 +99,6 @@ class SFTObjective(Objective):
     name = "sft"
 
     def render_set(self, tokenizer, examples, path, sha256):
-        from honing.train.dataset import render_set
-
         return render_set(tokenizer, examples, self.config.max_length, path, sha256, self.name)
 
     def normalizer(self, item) -> int:
@@ -111,37 +109,11 @@ class SFTObjective(Objective):
         return LossOutput(loss_sum)
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFTObjective}
-
-
-def _register_other_objectives() -> None:
-    # Their modules import this one (LossOutput, Objective, SFTObjective), so they register afterwards.
-    from honing.train.cpt import CPTObjective
-    from honing.train.preference import DPOObjective, SimPOObjective
-
-    OBJECTIVES.update(dpo=DPOObjective, simpo=SimPOObjective, cpt=CPTObjective)
-
-
-_register_other_objectives()
-
-
-def build_objective(config) -> Objective:
-    try:
-        cls = OBJECTIVES[config.objective]
-    except KeyError:
-        from honing.errors import ConfigError
-
-        raise ConfigError(f"objective: unknown objective {config.objective!r} (known: {', '.join(OBJECTIVES)})") from None
-    return cls(config)
-
-
 __all__ = [
     "IGNORE_INDEX",
-    "OBJECTIVES",
     "LossOutput",
     "Objective",
     "SFTObjective",
     "SetupContext",
-    "build_objective",
     "token_cross_entropy_sum",
 ]

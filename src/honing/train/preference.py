@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from honing.data.conversation import PreferencePair
 from honing.data.render import IGNORE_INDEX, RenderedExample, TemplateError, render_preference
 from honing.errors import DataError
+from honing.train.dataset import RenderedSet
 from honing.train.objectives import LossOutput, Objective
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -63,8 +64,6 @@ class PairItem:
 def render_pairs(tokenizer, examples: list, max_length: int, path: str, sha256: str, objective: str):
     """A RenderedSet of PairItems. Pairs longer than max_length are cut at the end (warned); a pair left
     with no reply token on either side is dropped (warned)."""
-    from honing.train.dataset import RenderedSet
-
     items, lines, warnings = [], [], []
     truncated = dropped = 0
     for ex in examples:
