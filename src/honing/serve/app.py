@@ -12,7 +12,7 @@ import logging
 
 from fastapi import FastAPI
 
-from honing.serve import api, chat, errors
+from honing.serve import api, chat, errors, stored
 from honing.serve.db import make_engine, sessions, upgrade
 from honing.serve.inference import ModelPool
 from honing.serve.schemas import Health
@@ -55,9 +55,11 @@ def create_app(settings: Settings) -> FastAPI:
             worker = Worker(settings, Session)
             thread = worker.start_thread()
         app.state.worker = worker
+        sweeper = stored.Sweeper(Session).start()  # stored completions past their project's retention
         try:
             yield
         finally:
+            sweeper.stop()
             if worker is not None:
                 # A graceful stop: the running job's process is stopped and the job re-queued (it resumes
                 # from its last checkpoint at the next start).
@@ -84,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(api.router)
     app.include_router(chat.router)
+    app.include_router(stored.router)
     _document_errors_as_answered(app)
     try:
         from honing.serve.dashboard import mount

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from honing.serve import schemas as S
+from honing.serve import stored
 from honing.serve.api import Project
 from honing.serve.db import Checkpoint, Job, new_id
 from honing.serve.errors import APIError, error_body
@@ -131,6 +132,8 @@ class ChatRequest(BaseModel):
     n: int | None = Field(None, ge=1, le=16)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    store: bool | None = False  # keep request and answer (GET /v1/chat/completions; serve/stored.py)
+    metadata: stored.MetadataField = None
 
 
 def _messages(req: ChatRequest):
@@ -197,7 +200,10 @@ def chat_completions(request: Request, project: Project, req: ChatRequest):
         cid, created = new_id("chatcmpl"), int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            gen = _sse(pool, target, prompt_ids, params, req.model, cid, created, include_usage)
+            gen = _sse(pool, target, prompt_ids, params, req.model, cid, created, include_usage or bool(req.store))
+            if req.store:
+                gen = stored.store_stream(request.app.state.Session, project, req, gen,
+                                          client_wants_usage=include_usage)
             return StreamingResponse(_released(gen), media_type="text/event-stream")
         choices = pool.complete(target, prompt_ids, params)
     except BaseException:
@@ -205,7 +211,7 @@ def chat_completions(request: Request, project: Project, req: ChatRequest):
         raise
     GATE.leave()
     completion = sum(c.completion_tokens for c in choices)
-    return {
+    body = {
         "id": cid, "object": "chat.completion", "created": created, "model": req.model,
         "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
                      "finish_reason": c.finish_reason, "logprobs": None} for i, c in enumerate(choices)],
@@ -213,6 +219,9 @@ def chat_completions(request: Request, project: Project, req: ChatRequest):
                   "total_tokens": len(prompt_ids) + completion},
         "system_fingerprint": None,
     }
+    if req.store:
+        stored.save(request.app.state.Session, project, stored.request_record(req), body, req.metadata)
+    return body
 
 
 def _released(gen):
