@@ -147,8 +147,8 @@ def _final_hidden(model, inputs: dict):
     return decoder_hidden_states(model, inputs, decoder), head, getattr(core.config, "final_logit_softcapping", None)
 
 
-def sequence_logps(model, batch: dict, n_sequences: int, chunk_tokens: int = CHUNK_TOKENS):
-    """(summed log-probs of each sequence's trained tokens: fp32 [n_sequences], their counts: fp32 [n_sequences]).
+def token_logps(model, batch: dict, chunk_tokens: int = CHUNK_TOKENS):
+    """(log-prob of every trained token: fp32 [N], the sequence each belongs to: long [N]), in batch order.
 
     Only the positions whose next token is trained go through the output head, ``chunk_tokens`` at a time;
     with gradients on, each chunk is recomputed in the backward instead of keeping its [chunk, vocab] logits.
@@ -165,16 +165,22 @@ def sequence_logps(model, batch: dict, n_sequences: int, chunk_tokens: int = CHU
     who = owner[:, 1:].reshape(-1).index_select(0, keep)
     if head is None:  # full logits from the model (e.g. an adapted lm_head): trained positions only
         logits = out[:, :-1].reshape(-1, out.shape[-1]).index_select(0, keep).float()
-        per_token = logits.gather(1, t.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=1)
-    else:
-        h = out[:, :-1].reshape(-1, out.shape[-1]).index_select(0, keep)
-        parts = []
-        grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
-        for s in range(0, h.shape[0], chunk_tokens):
-            args = (h[s : s + chunk_tokens], head.weight, head.bias, t[s : s + chunk_tokens], softcap)
-            parts.append(checkpoint(_chunk_token_logps, *args, use_reentrant=False) if grad
-                         else _chunk_token_logps(*args))
-        per_token = torch.cat(parts) if parts else h.sum(-1) * 0.0
+        return logits.gather(1, t.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=1), who
+    h = out[:, :-1].reshape(-1, out.shape[-1]).index_select(0, keep)
+    parts = []
+    grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
+    for s in range(0, h.shape[0], chunk_tokens):
+        args = (h[s : s + chunk_tokens], head.weight, head.bias, t[s : s + chunk_tokens], softcap)
+        parts.append(checkpoint(_chunk_token_logps, *args, use_reentrant=False) if grad
+                     else _chunk_token_logps(*args))
+    return (torch.cat(parts) if parts else h.sum(-1) * 0.0), who
+
+
+def sequence_logps(model, batch: dict, n_sequences: int, chunk_tokens: int = CHUNK_TOKENS):
+    """(summed log-probs of each sequence's trained tokens: fp32 [n_sequences], their counts: fp32 [n_sequences])."""
+    import torch
+
+    per_token, who = token_logps(model, batch, chunk_tokens)
     zeros = torch.zeros(n_sequences, dtype=torch.float32, device=per_token.device)
     logps = zeros.index_add(0, who, per_token)
     counts = zeros.index_add(0, who, torch.ones_like(per_token))
