@@ -94,15 +94,13 @@ def render_pairs(tokenizer, examples: list, max_length: int, path: str, sha256: 
     return RenderedSet(items, lines, source, warnings)
 
 
-def collate_pairs(items: list[PairItem], pad_id: int, packing: bool) -> dict:
-    """One batch of 2B sequences, chosen first: the model's inputs (packed row or right-padded rows, as
-    for SFT) plus ``sequence_index`` (which sequence each token belongs to, -1 on padding), ``n_pairs``
-    and, when precomputed, ``ref_logps`` [2B]."""
+def collate_sequences(seqs: list[RenderedExample], pad_id: int, packing: bool) -> dict:
+    """The model's inputs for ``seqs`` (one packed row, or right-padded rows, as for SFT) plus
+    ``sequence_index``: which sequence each token belongs to (-1 on padding), for per-sequence log-probs."""
     import torch
 
     from honing.train.packing import collate_packed, collate_padded
 
-    seqs = [it.chosen for it in items] + [it.rejected for it in items]
     if packing:
         batch = collate_packed(seqs)
         owner = [i for i, s in enumerate(seqs) for _ in range(len(s))]
@@ -111,6 +109,15 @@ def collate_pairs(items: list[PairItem], pad_id: int, packing: bool) -> dict:
         batch = collate_padded(seqs, pad_id)
         rows = torch.arange(len(seqs)).unsqueeze(1).expand_as(batch["input_ids"])
         batch["sequence_index"] = rows.masked_fill(batch["attention_mask"] == 0, -1).contiguous()
+    return batch
+
+
+def collate_pairs(items: list[PairItem], pad_id: int, packing: bool) -> dict:
+    """One batch of 2B sequences, chosen first (:func:`collate_sequences`), plus ``n_pairs`` and, when
+    precomputed, ``ref_logps`` [2B]."""
+    import torch
+
+    batch = collate_sequences([it.chosen for it in items] + [it.rejected for it in items], pad_id, packing)
     batch["n_pairs"] = torch.tensor(len(items))
     if all(it.ref is not None for it in items):
         batch["ref_logps"] = torch.tensor([it.ref[0] for it in items] + [it.ref[1] for it in items],
