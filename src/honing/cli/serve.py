@@ -12,6 +12,8 @@ serve_app = typer.Typer(help="Serve the OpenAI-compatible fine-tuning and chat A
                         invoke_without_command=True)
 keys_app = typer.Typer(help="API keys: each scoped to one project, stored hashed.", no_args_is_help=True)
 serve_app.add_typer(keys_app, name="keys")
+projects_app = typer.Typer(help="A project's data as a whole.", no_args_is_help=True)
+serve_app.add_typer(projects_app, name="projects")
 
 DB_HELP = "Database URL (default: SQLite at DATA_DIR/honing.db); PostgreSQL: postgresql+psycopg://USER@HOST/DB."
 DATA_HELP = "Uploaded files and run directories live here."
@@ -104,6 +106,31 @@ def keys_create(
     engine = make_engine(settings.db_url)
     print(create_key(sessions(engine), project))
     engine.dispose()
+
+
+@projects_app.command("delete")
+def projects_delete(
+    project: str = typer.Argument(..., help="The project whose data goes."),
+    yes: bool = typer.Option(False, "--yes", help="Really delete (without it, nothing is done)."),
+    db: str = typer.Option(None, "--db", help=DB_HELP),
+    data_dir: str = typer.Option("hone-data", "--data-dir", help=DATA_HELP),
+) -> None:
+    """Delete PROJECT's data: keys, files, jobs, checkpoints, stored chat completions and their feedback."""
+    from honing.errors import ConfigError
+    from honing.serve.db import make_engine, sessions, upgrade
+    from honing.serve.projects import delete_project
+    from honing.serve.settings import Settings
+
+    if not yes:
+        raise ConfigError(f"projects delete {project}: pass --yes to delete all of its data")
+    settings = Settings(data_dir=data_dir, db_url=db)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        counts = delete_project(settings, sessions(engine), project)
+    finally:
+        engine.dispose()
+    print(f"deleted project {project}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
 
 
 def worker_cmd(
