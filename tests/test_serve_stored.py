@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
-from serve_helpers import create_key, start_postgres, start_server
+from serve_helpers import create_key, hone, start_postgres, start_server
 
 openai = pytest.importorskip("openai")
 MODEL = "smollm2-135m-instruct"  # the embedded model: chat needs no job
@@ -169,6 +169,24 @@ def test_retention_hides_and_sweeps_expired_rows(served, tmp_path):
     assert len(client(server, keys["alpha"]).chat.completions.list(limit=100).data) == alpha_before
     r = http(server, keys["beta"], "POST", "/project/settings", json_body={"store_retention_days": 0})
     assert r.status_code == 400 and r.json()["error"]["param"] == "store_retention_days"
+
+
+def test_deleting_a_project_deletes_its_stored_completions(served):
+    server, keys = served
+    gamma = create_key(server.data_dir, "gamma")
+    kept = client(server, keys["alpha"]).chat.completions.create(messages=user("kept"), store=True, **ASK)
+    gone = client(server, gamma).chat.completions.create(messages=user("gone"), store=True, **ASK)
+    http(server, gamma, "POST", f"/chat/completions/{gone.id}/feedback", json_body={"rating": "up"})
+    args = ["serve", "projects", "delete", "gamma", "--data-dir", str(server.data_dir)]
+    assert hone(*args, check=False).returncode != 0  # without --yes nothing happens
+    out = hone(*args, "--yes").stdout
+    assert "1 stored_completions" in out and "1 api_keys" in out, out
+    with sqlite3.connect(server.data_dir / "honing.db") as db:
+        rows = db.execute("SELECT id FROM stored_completions WHERE project = 'gamma'").fetchall()
+    assert rows == []
+    with pytest.raises(openai.AuthenticationError):  # its key went too
+        client(server, gamma).chat.completions.list()
+    assert client(server, keys["alpha"]).chat.completions.retrieve(kept.id).id == kept.id
 
 
 def test_stored_completions_on_postgres(tmp_path):
