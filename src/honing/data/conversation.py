@@ -1,12 +1,13 @@
 """The one internal example type the rest of Honing uses.
 
 Every input format (OpenAI chat, prompt/completion, Alpaca, ShareGPT, preference pairs, raw text) is
-converted into one of three shapes:
+converted into one of four shapes:
 
 * ``Conversation``: system/user/assistant messages; assistant messages may carry ``weight`` 0 or 1
   (0 = keep as context, do not train on it). Used for supervised fine-tuning.
 * ``PreferencePair``: a prompt conversation plus a chosen and a rejected assistant reply (DPO).
 * ``RawText``: plain domain text for continued pre-training (every token is trained).
+* ``LabeledExample``: a prompt and one reply labelled desirable or undesirable (KTO's unpaired feedback).
 """
 
 from __future__ import annotations
@@ -74,7 +75,26 @@ class RawText:
         return "text"
 
 
-Example = Conversation | PreferencePair | RawText
+@dataclass(frozen=True)
+class LabeledExample:
+    """One prompt and one assistant completion labelled desirable (``label`` True, a thumbs up) or not: the
+    unpaired feedback KTO learns from (no second reply to compare with)."""
+
+    prompt: tuple[Message, ...]
+    completion: str
+    label: bool
+    line: int | None = field(default=None, compare=False)
+
+    @property
+    def kind(self) -> str:
+        return "unpaired"
+
+    def conversation(self) -> Conversation:
+        """The prompt followed by the completion as the assistant's reply (how it is rendered)."""
+        return Conversation(self.prompt + (Message("assistant", self.completion),), line=self.line)
+
+
+Example = Conversation | PreferencePair | RawText | LabeledExample
 
 
 def chat(*turns: tuple[str, str], line: int | None = None) -> Conversation:
