@@ -16,6 +16,9 @@ openai_dpo     ``{"input": {"messages"}, "preferred_output",                    
                "non_preferred_output"}`` (OpenAI's DPO format; the older
                ``preferred_completion``/``non_preferred_completion`` too)
 text           ``{"text": str}``                                               RawText
+unpaired       ``{"prompt", "completion", "label": true|false}`` (TRL's         LabeledExample
+               unpaired format, strings or message lists) or ``{"messages",
+               "label"}`` (the last assistant turn is the labelled reply): KTO
 =============  ==============================================================  ===================
 
 Containers (chosen by file extension): JSONL (``.jsonl``/``.ndjson``; streamed line by line in constant
@@ -45,10 +48,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from honing.data.conversation import Conversation, Example, Message, PreferencePair, RawText
+from honing.data.conversation import Conversation, Example, LabeledExample, Message, PreferencePair, RawText
 from honing.errors import DataError
 
-FORMATS: tuple[str, ...] = ("chat", "completion", "alpaca", "sharegpt", "preference", "openai_dpo", "text")
+FORMATS: tuple[str, ...] = ("chat", "completion", "alpaca", "sharegpt", "preference", "openai_dpo", "text",
+                             "unpaired")
 CONTAINERS: dict[str, str] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
     ".parquet": "parquet", ".pq": "parquet",
@@ -65,12 +69,14 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "preference": ("chosen", "rejected"),  # and "prompt", unless both sides are whole conversations
     "openai_dpo": ("input", "preferred_output", "non_preferred_output"),
     "text": ("text",),
+    "unpaired": ("label",),  # and "prompt" + "completion", or "messages"
 }
 # OpenAI's first DPO files named the replies *_completion; read them as the *_output keys.
 OPENAI_DPO_ALIASES = {"preferred_completion": "preferred_output", "non_preferred_completion": "non_preferred_output"}
 OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     "chat": (), "completion": (), "alpaca": ("input", "system"), "sharegpt": ("system",),
     "preference": ("prompt",), "openai_dpo": (), "text": (),
+    "unpaired": ("prompt", "completion", "messages"),
 }
 CHAT_MESSAGE_KEYS = frozenset({"role", "content", "weight", "name"})
 SHAREGPT_MESSAGE_KEYS = frozenset({"from", "value", "weight"})
@@ -102,6 +108,7 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     "missing_field": ("error", "a field the format requires is missing"),
     "invalid_field": ("error", "a field has the wrong type"),
     "invalid_weight": ("error", "weight is not 0 or 1, or is on a non-assistant message"),
+    "invalid_label": ("error", "an unpaired example's label is not true or false (a JSON boolean)"),
     "no_assistant_turn": ("error", "the conversation has no assistant message"),
     "not_ending_with_assistant": ("error", "the conversation does not end with an assistant message"),
     "no_trained_turn": ("error", "every assistant message has weight 0: nothing to train on"),
@@ -330,6 +337,8 @@ def _iter_json_array(text: str, pos: int) -> Iterator[tuple[int, Any]]:
 # Columns that carry message lists (or other structure) as JSON text inside a CSV cell.
 JSON_COLUMNS = frozenset({"messages", "conversations"})
 MAYBE_JSON_COLUMNS = frozenset({"prompt", "chosen", "rejected"})
+# A CSV cell has no types: an unpaired example's label is spelled true/false (any case), as JSON spells it.
+CSV_BOOLEAN_COLUMNS = frozenset({"label"})
 
 
 def _iter_csv(path, delimiter: str) -> Iterator[tuple[int, Any]]:
@@ -395,6 +404,8 @@ def _iter_csv(path, delimiter: str) -> Iterator[tuple[int, Any]]:
                         break
                     value = cell  # plain text that happens to start with a bracket
                 record[key] = value
+            elif key in CSV_BOOLEAN_COLUMNS and cell.strip().lower() in ("true", "false"):
+                record[key] = cell.strip().lower() == "true"
             else:
                 record[key] = cell
         yield start, (problem if problem else record)
@@ -434,6 +445,8 @@ def _iter_parquet(path) -> Iterator[tuple[int, Any]]:
 def detect_format(record: dict) -> str | None:
     """The format a record's keys say it is in, or None when they match none fully."""
     keys = record.keys()
+    if "label" in keys and ("completion" in keys or "messages" in keys):
+        return "unpaired"
     if "messages" in keys:
         return "chat"
     if "conversations" in keys:
@@ -788,9 +801,53 @@ def _parse_text(c: _Checker, record: dict) -> RawText | None:
     return RawText(text, line=c.line)
 
 
+def _parse_unpaired(c: _Checker, record: dict) -> LabeledExample | None:
+    """KTO's unpaired feedback: TRL's ``{"prompt", "completion", "label"}`` (strings or message lists), or a
+    chat conversation with a top-level ``label`` judging its last assistant turn."""
+    if not _require(c, record, "unpaired"):
+        return None
+    label = record["label"]
+    if not isinstance(label, bool):
+        shown = f" {label!r}" if isinstance(label, (str, int, float)) else ""
+        c.add("invalid_label", f"'label' must be true or false (a JSON boolean), not {_type_name(label)}{shown}")
+    if "messages" in record:
+        if "prompt" in record or "completion" in record:
+            c.add("invalid_field", "give either 'messages' or 'prompt' and 'completion', not both")
+            return None
+        found = _labeled_conversation(c, record["messages"])
+    elif "prompt" not in record or "completion" not in record:
+        c.add("missing_field", f"missing {'prompt' if 'prompt' not in record else 'completion'!r} (unpaired "
+                               "examples are {'prompt', 'completion', 'label'} or {'messages', 'label'})")
+        return None
+    else:
+        found = _prompt_messages(c, record["prompt"], "prompt"), _reply(c, record["completion"], "completion")
+    if found is None or None in found or not isinstance(label, bool):
+        return None
+    return LabeledExample(found[0], found[1], label, line=c.line)
+
+
+def _labeled_conversation(c: _Checker, value: Any) -> tuple[tuple[Message, ...], str] | None:
+    """(prompt, reply) of a labelled conversation: the reply is its last message, an assistant turn."""
+    items = _message_list(c, value, "messages")
+    msgs = _chat_messages(c, items, "role", "content", CHAT_ROLES, CHAT_MESSAGE_KEYS) if items is not None else None
+    if msgs is None:
+        return None
+    if msgs[-1].role != "assistant":
+        c.add("not_ending_with_assistant", f"the conversation ends with a {msgs[-1].role} message, not the assistant "
+                                           "reply its label judges")
+        return None
+    if len(msgs) < 2 or msgs[-2].role != "user":
+        c.add("prompt_not_ending_with_user", "the labelled reply must answer a user message (the turn before it)")
+        return None
+    if not msgs[-1].content.strip():
+        c.add("empty_content", "the labelled assistant reply is empty")
+        return None
+    return tuple(msgs[:-1]), msgs[-1].content
+
+
 _PARSERS = {"chat": _parse_chat, "sharegpt": _parse_sharegpt, "completion": _parse_completion,
             "alpaca": _parse_alpaca, "preference": _parse_preference, "openai_dpo": _parse_openai_dpo,
-            "text": _parse_text}
+            "text": _parse_text, "unpaired": _parse_unpaired}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -832,6 +889,9 @@ def example_to_record(example: Example) -> dict:
     if isinstance(example, PreferencePair):
         return {"prompt": [m.as_dict() for m in example.prompt], "chosen": example.chosen,
                 "rejected": example.rejected}
+    if isinstance(example, LabeledExample):
+        return {"prompt": [m.as_dict() for m in example.prompt], "completion": example.completion,
+                "label": example.label}
     if isinstance(example, RawText):
         return {"text": example.text}
     raise TypeError(f"not an example: {type(example).__name__}")
