@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from honing.data.conversation import Conversation, Example, PreferencePair
+from honing.data.conversation import Conversation, Example, LabeledExample, PreferencePair
 
 DIGEST_BYTES = 16
 _WORD = re.compile(r"\w+")
@@ -31,6 +31,8 @@ def normalize(text: str) -> str:
 
 
 def _fields(example: Example) -> list:
+    if isinstance(example, LabeledExample):
+        return [[[m.role, m.content] for m in example.prompt], example.completion, example.label]
     if isinstance(example, Conversation):
         return [[m.role, m.content, m.weight] for m in example.messages]
     if isinstance(example, PreferencePair):
@@ -63,6 +65,8 @@ def prompt_text(example: Example) -> str:
         return "\n".join(f"{m.role}: {m.content}" for m in example.messages[:last] if m.role != "system") or ""
     if isinstance(example, PreferencePair):
         return "\n".join(f"{m.role}: {m.content}" for m in example.prompt if m.role != "system")
+    if isinstance(example, LabeledExample):
+        return "\n".join(f"{m.role}: {m.content}" for m in example.prompt if m.role != "system")
     return example.text
 
 
@@ -77,6 +81,8 @@ def trained_answers(example: Example) -> list[str]:
         return [m.content for m in example.messages if m.role == "assistant" and m.weight == 1]
     if isinstance(example, PreferencePair):
         return [example.chosen]
+    if isinstance(example, LabeledExample):  # an undesirable reply is trained away from, not towards
+        return [example.completion] if example.label else []
     return []
 
 

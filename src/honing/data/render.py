@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from honing.data.conversation import Conversation, Message, PreferencePair, RawText
+from honing.data.conversation import Conversation, LabeledExample, Message, PreferencePair, RawText
 
 IGNORE_INDEX = -100
 
@@ -130,6 +130,8 @@ def render_example(tokenizer, example, max_length: int | None = None) -> Rendere
         return render_conversation(tokenizer, example, max_length)
     if isinstance(example, RawText):
         return render_raw_text(tokenizer, example, max_length)
+    if isinstance(example, LabeledExample):
+        return render_conversation(tokenizer, example.conversation(), max_length)
     raise TypeError(f"cannot render {type(example).__name__} as a single sequence")
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from honing.data.conversation import Conversation, Example, PreferencePair, RawText
+from honing.data.conversation import Conversation, Example, LabeledExample, PreferencePair, RawText
 from honing.data.curate import DuplicateFinder, RepeatedAnswers, prompt_key, trained_answers
 from honing.data.formats import CATEGORIES, Problem, RecordParser, container_of, iter_records
 from honing.data.render import TemplateError, render_conversation, render_preference, render_raw_text
@@ -90,6 +90,8 @@ def _render(tokenizer, example: Example, max_length: int):
         return [render_conversation(tokenizer, example, max_length)]
     if isinstance(example, PreferencePair):
         return list(render_preference(tokenizer, example, max_length))
+    if isinstance(example, LabeledExample):
+        return [render_conversation(tokenizer, example.conversation(), max_length)]
     return [render_raw_text(tokenizer, example, max_length)]
 
 
