@@ -30,6 +30,10 @@ def validate_cmd(
     eval_file: Annotated[Path | None, typer.Option("--eval", help="Eval file: checked too, and for prompts that "
                                                                  "also appear in FILE (leakage).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    show: Annotated[int | None, typer.Option("--show", min=1, metavar="N",
+                                             help="Also print the example on line N (row N for Parquet) as "
+                                                  "the model's chat template renders it, trained spans "
+                                                  "between ⟦ and ⟧.")] = None,
 ) -> None:
     """List every problem in FILE with its line number and category, then token statistics.
 
@@ -42,6 +46,8 @@ def validate_cmd(
     container_of(file)  # unreadable file: a one-line error before loading any tokenizer
     if eval_file is not None:
         container_of(eval_file)
+    if show is not None and model.lower() == "none":
+        raise typer.BadParameter("--show renders with the model's chat template; give --model", param_hint="--show")
     tokenizer = parameters = None
     if model.lower() != "none":
         from honing.data.stats import count_parameters
@@ -52,11 +58,51 @@ def validate_cmd(
         parameters = count_parameters(resolved.path)
     report = validate_file(file, format=format, tokenizer=tokenizer, max_length=max_length, epochs=epochs,
                            eval_path=eval_file, parameters=parameters)
+    shown = _shown(file, format, tokenizer, show) if show is not None else None
     if as_json:
-        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+        out = report.to_json()
+        if shown is not None:
+            out["show"] = shown
+        print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         _print_report(report)
+        if shown is not None:
+            _print_shown(shown)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _shown(file: Path, format: str, tokenizer, line: int) -> dict:
+    """``{"line", "renderings": [{"label", "text"}] | "problems": [...]}`` for the record on ``line``."""
+    from honing.data.formats import RecordParser, iter_records
+    from honing.data.render import marked_renderings
+
+    parser = RecordParser(format)
+    for n, value in iter_records(file):
+        example, problems = parser.parse(n, value)
+        if n < line:
+            continue
+        if n > line or example is None:
+            return {"line": line, "problems": [p.as_dict() for p in problems if n == line] or
+                    [{"line": line, "category": "no_example", "message": f"no example starts on line {line}"}]}
+        try:
+            renderings = marked_renderings(tokenizer, example)
+        except Exception as e:  # noqa: BLE001 - the template_error is in the report too; say it here
+            return {"line": line, "problems": [{"line": line, "category": "template_error",
+                                                "message": f"{type(e).__name__}: {e}"}]}
+        return {"line": line, "renderings": [{"label": label, "text": text} for label, text in renderings]}
+    return {"line": line, "problems": [{"line": line, "category": "no_example",
+                                        "message": f"the file ends before line {line}"}]}
+
+
+def _print_shown(shown: dict) -> None:
+    # Plain print: rich would read "[...]" in the rendered text as markup.
+    if "problems" in shown:
+        print(f"\nline {shown['line']} cannot be shown: " +
+              "; ".join(f"{p['category']}: {p['message']}" for p in shown["problems"]))
+        return
+    for r in shown["renderings"]:
+        print(f"\n--- line {shown['line']}, {r['label']} (trained text between ⟦ and ⟧) ---")
+        print(r["text"])
 
 
 @app.command("curate")

@@ -3,8 +3,9 @@
 Every input format (OpenAI chat, prompt/completion, Alpaca, ShareGPT, preference pairs, raw text) is
 converted into one of four shapes:
 
-* ``Conversation``: system/user/assistant messages; assistant messages may carry ``weight`` 0 or 1
-  (0 = keep as context, do not train on it). Used for supervised fine-tuning.
+* ``Conversation``: system/user/assistant/tool messages; assistant messages may carry ``weight`` 0 or 1
+  (0 = keep as context, do not train on it) and ``tool_calls``; ``tool`` messages answer one call by its
+  id. The conversation may declare ``tools`` (OpenAI's function schemas). Used for supervised fine-tuning.
 * ``PreferencePair``: a prompt conversation plus a chosen and a rejected assistant reply (DPO).
 * ``RawText``: plain domain text for continued pre-training (every token is trained).
 * ``LabeledExample``: a prompt and one reply labelled desirable or undesirable (KTO's unpaired feedback).
@@ -12,11 +13,27 @@ converted into one of four shapes:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-Role = Literal["system", "user", "assistant"]
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call made by an assistant turn. ``arguments`` is JSON text, as OpenAI's files carry it."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def parsed_arguments(self) -> Any:
+        return json.loads(self.arguments)
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
 @dataclass(frozen=True)
@@ -25,12 +42,33 @@ class Message:
     content: str
     # Only meaningful on assistant messages: 1 = train on it (default), 0 = context only.
     weight: int = 1
+    # Assistant messages: the functions it calls (its content may then be empty).
+    tool_calls: tuple[ToolCall, ...] = ()
+    # Tool messages: the id of the call whose result this is.
+    tool_call_id: str | None = None
 
     def as_dict(self) -> dict:
-        d = {"role": self.role, "content": self.content}
+        d: dict = {"role": self.role}
+        if self.content or not self.tool_calls:
+            d["content"] = self.content
+        if self.tool_calls:
+            d["tool_calls"] = [c.as_dict() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
         if self.role == "assistant" and self.weight != 1:
             d["weight"] = self.weight
         return d
+
+    def trained_text(self) -> str:
+        """What the model learns to write for this turn: its content and its calls (for duplicate and
+        repeated-answer checks; rendering is :mod:`honing.data.render`'s business)."""
+        calls = [json.dumps({"name": c.name, "arguments": c.arguments}, ensure_ascii=False) for c in self.tool_calls]
+        return "\n".join([self.content] * bool(self.content) + calls)
+
+
+def tool_name(tool: dict) -> str:
+    """The function name of a tool in OpenAI's shape ``{"type": "function", "function": {"name", ...}}``."""
+    return tool["function"]["name"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +76,10 @@ class Conversation:
     messages: tuple[Message, ...]
     # 1-based line (JSONL/CSV row) the example came from, for error messages; None if built in code.
     line: int | None = field(default=None, compare=False)
+    # OpenAI tool definitions ({"type": "function", "function": {name, description, parameters}}); dicts
+    # are not hashable, so they stay out of the hash (equality still compares them).
+    tools: tuple[dict, ...] = field(default=(), hash=False)
+    parallel_tool_calls: bool | None = None
 
     @property
     def kind(self) -> str:
@@ -59,6 +101,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     line: int | None = field(default=None, compare=False)
+    tools: tuple[dict, ...] = field(default=(), hash=False)  # OpenAI DPO's input.tools
 
     @property
     def kind(self) -> str:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from honing.data.conversation import Conversation, Example, LabeledExample, PreferencePair
+from honing.data.conversation import Conversation, Example, LabeledExample, Message, PreferencePair, RawText
 
 DIGEST_BYTES = 16
 _WORD = re.compile(r"\w+")
@@ -30,13 +30,20 @@ def normalize(text: str) -> str:
     return " ".join(_WORD.findall(text.casefold()))
 
 
+def _message_fields(m: Message, *extra) -> list:
+    # Tool calls and result ids only when present, so plain conversations keep their fingerprints.
+    calls = [[c.id, c.name, c.arguments] for c in m.tool_calls] if m.tool_calls or m.tool_call_id else []
+    return [m.role, m.content, *extra] + ([calls, m.tool_call_id] if calls or m.tool_call_id else [])
+
+
 def _fields(example: Example) -> list:
     if isinstance(example, LabeledExample):
         return [[[m.role, m.content] for m in example.prompt], example.completion, example.label]
+    tools = [list(example.tools)] if not isinstance(example, RawText) and example.tools else []
     if isinstance(example, Conversation):
-        return [[m.role, m.content, m.weight] for m in example.messages]
+        return [_message_fields(m, m.weight) for m in example.messages] + tools
     if isinstance(example, PreferencePair):
-        return [[[m.role, m.content] for m in example.prompt], example.chosen, example.rejected]
+        return [[_message_fields(m) for m in example.prompt], example.chosen, example.rejected] + tools
     return [example.text]
 
 
@@ -62,9 +69,9 @@ def prompt_text(example: Example) -> str:
     raw text's whole text), as one string."""
     if isinstance(example, Conversation):
         last = max((i for i, m in enumerate(example.messages) if m.role == "assistant"), default=len(example.messages))
-        return "\n".join(f"{m.role}: {m.content}" for m in example.messages[:last] if m.role != "system") or ""
+        return "\n".join(f"{m.role}: {m.trained_text()}" for m in example.messages[:last] if m.role != "system")
     if isinstance(example, PreferencePair):
-        return "\n".join(f"{m.role}: {m.content}" for m in example.prompt if m.role != "system")
+        return "\n".join(f"{m.role}: {m.trained_text()}" for m in example.prompt if m.role != "system")
     if isinstance(example, LabeledExample):
         return "\n".join(f"{m.role}: {m.content}" for m in example.prompt if m.role != "system")
     return example.text
@@ -78,7 +85,7 @@ def prompt_key(example: Example) -> bytes:
 def trained_answers(example: Example) -> list[str]:
     """The texts the model is trained to produce (assistant turns with weight 1; a pair's chosen reply)."""
     if isinstance(example, Conversation):
-        return [m.content for m in example.messages if m.role == "assistant" and m.weight == 1]
+        return [m.trained_text() for m in example.messages if m.role == "assistant" and m.weight == 1]
     if isinstance(example, PreferencePair):
         return [example.chosen]
     if isinstance(example, LabeledExample):  # an undesirable reply is trained away from, not towards

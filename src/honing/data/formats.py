@@ -6,6 +6,8 @@ Formats (detected per record by its keys, or forced with ``format=``):
 name           record                                                          becomes
 =============  ==============================================================  ===================
 chat           ``{"messages": [{"role", "content", "weight"?}, ...]}``         Conversation
+               (+ OpenAI function calling: ``tools``, ``tool_calls``, ``tool``
+               messages; legacy ``functions``/``function_call``)
 completion     ``{"prompt": str, "completion": str}``                          Conversation
 alpaca         ``{"instruction", "input"?, "output", "system"?}``              Conversation
 sharegpt       ``{"conversations": [{"from", "value"}, ...], "system"?}``      Conversation
@@ -48,7 +50,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from honing.data.conversation import Conversation, Example, LabeledExample, Message, PreferencePair, RawText
+from honing.data.conversation import (
+    Conversation,
+    Example,
+    LabeledExample,
+    Message,
+    PreferencePair,
+    RawText,
+    ToolCall,
+)
+from honing.data.tools import check_tool_flow, read_functions, read_tool_calls, read_tools
 from honing.errors import DataError
 
 FORMATS: tuple[str, ...] = ("chat", "completion", "alpaca", "sharegpt", "preference", "openai_dpo", "text",
@@ -74,14 +85,15 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 # OpenAI's first DPO files named the replies *_completion; read them as the *_output keys.
 OPENAI_DPO_ALIASES = {"preferred_completion": "preferred_output", "non_preferred_completion": "non_preferred_output"}
 OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
-    "chat": (), "completion": (), "alpaca": ("input", "system"), "sharegpt": ("system",),
+    "chat": ("tools", "parallel_tool_calls", "functions"), "completion": (), "alpaca": ("input", "system"), "sharegpt": ("system",),
     "preference": ("prompt",), "openai_dpo": (), "text": (),
     "unpaired": ("prompt", "completion", "messages"),
 }
-CHAT_MESSAGE_KEYS = frozenset({"role", "content", "weight", "name"})
+CHAT_MESSAGE_KEYS = frozenset({"role", "content", "weight", "name", "tool_calls", "tool_call_id", "function_call"})
 SHAREGPT_MESSAGE_KEYS = frozenset({"from", "value", "weight"})
-# "developer" is OpenAI's newer name for the system role.
-CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# "developer" is OpenAI's newer name for the system role; "function" is the legacy role of a function's result.
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+              "function": "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "chatgpt": "assistant"}
 
@@ -99,7 +111,7 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     "empty_messages": ("error", "the messages list is empty"),
     "invalid_message": ("error", "a message is not an object"),
     "missing_role": ("error", "a message has no role"),
-    "unknown_role": ("error", "a message's role is not system/user/assistant"),
+    "unknown_role": ("error", "a message's role is not system/user/assistant/tool"),
     "missing_content": ("error", "a message has no content"),
     "invalid_content": ("error", "content is not text"),
     "invalid_unicode": ("error", "text contains unpaired surrogates (not encodable as UTF-8)"),
@@ -113,6 +125,16 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     "not_ending_with_assistant": ("error", "the conversation does not end with an assistant message"),
     "no_trained_turn": ("error", "every assistant message has weight 0: nothing to train on"),
     "mixed_formats": ("error", "the record's format differs from the rest of the file"),
+    # tool calls (honing.data.tools)
+    "invalid_tools": ("error", "'tools' is not a list of function definitions with a name and a valid JSON Schema"),
+    "invalid_tool_call": ("error", "a tool call without an id, a function name or arguments"),
+    "invalid_tool_arguments": ("error", "a tool call's arguments are not a JSON object"),
+    "tool_arguments_mismatch": ("error", "a tool call's arguments do not match the tool's JSON Schema"),
+    "unknown_tool": ("error", "a call to a function that 'tools' does not declare"),
+    "duplicate_tool_call_id": ("error", "two tool calls with the same id"),
+    "unknown_tool_call_id": ("error", "a tool message answering a call id no earlier assistant message made"),
+    "tool_call_answered_twice": ("error", "two tool messages answering the same call"),
+    "unanswered_tool_call": ("error", "a tool call no tool message answers, though the conversation goes on"),
     # whole-file and content checks (honing.data.validate)
     "too_long": ("error", "longer than the max length in tokens (would be truncated)"),
     "template_error": ("error", "the model's chat template cannot render the conversation"),
@@ -584,6 +606,7 @@ def _chat_messages(c: _Checker, items: list, role_key: str, content_key: str, ro
                    allowed: frozenset, where: str = "message") -> list[Message] | None:
     out: list[Message] = []
     ok = True
+    legacy = _LegacyCalls()
     for i, m in enumerate(items, start=1):
         at = f"{where} {i}"
         if not isinstance(m, dict):
@@ -599,13 +622,9 @@ def _chat_messages(c: _Checker, items: list, role_key: str, content_key: str, ro
             c.add("unknown_role", f"{at} has {role_key} {shown!r}; expected one of {', '.join(roles)}")
         else:
             role = roles[m[role_key]]
-        content = None
-        if content_key not in m:
-            c.add("missing_content", f"{at} has no {content_key!r}")
-        elif m[content_key] is None:
-            c.add("missing_content", f"{at} has null {content_key!r} (tool calls are not supported)")
-        else:
-            content = c.text(m[content_key], f"{at} {content_key}", category="invalid_content")
+        calls = _message_tool_calls(c, m, role, at, legacy) if "tool_calls" in allowed else ()
+        # a broken tool_calls list is reported once, not again as missing content
+        content = _message_content(c, m, content_key, role, at, has_calls=calls is None or bool(calls))
         weight = 1
         if "weight" in m:
             w = m["weight"]
@@ -615,11 +634,96 @@ def _chat_messages(c: _Checker, items: list, role_key: str, content_key: str, ro
                 c.add("invalid_weight", f"{at}: weight must be 0 or 1, not {json.dumps(w)[:40]}")
             else:
                 weight = int(w)
-        if role is None or content is None:
+        call_id = _tool_call_id(c, m, role, at, legacy)
+        if role is None or content is None or calls is None or call_id is False:
             ok = False
             continue
-        out.append(Message(role, content, weight))  # type: ignore[arg-type]
+        out.append(Message(role, content, weight, tool_calls=calls, tool_call_id=call_id or None))  # type: ignore[arg-type]
     return out if ok else None
+
+
+class _LegacyCalls:
+    """OpenAI's legacy ``function_call`` has no id and a ``function`` message names the function it answers:
+    calls get ids ``call_1``, ``call_2``... and each result answers the oldest open call of its function."""
+
+    def __init__(self):
+        self.n = 0
+        self.open: dict[str, list[str]] = {}
+
+    def call(self, name: str) -> str:
+        self.n += 1
+        call_id = f"call_{self.n}"
+        self.open.setdefault(name, []).append(call_id)
+        return call_id
+
+    def answer(self, name: str) -> str:
+        pending = self.open.get(name)
+        return pending.pop(0) if pending else f"(no open call of {name})"
+
+
+def _message_tool_calls(c: _Checker, m: dict, role: str | None, at: str,
+                        legacy: _LegacyCalls) -> tuple[ToolCall, ...] | None:
+    """The message's calls: ``tool_calls``, or the legacy ``function_call``; None after an error."""
+    if "tool_calls" not in m and "function_call" not in m:
+        return ()
+    if role is not None and role != "assistant":
+        c.add("invalid_tool_call", f"{at}: only assistant messages make tool calls, not {role} messages")
+        return None
+    if "tool_calls" in m:
+        return read_tool_calls(m["tool_calls"], c.add, at)
+    fc = m["function_call"]
+    if not isinstance(fc, dict) or not isinstance(fc.get("name"), str) or not fc["name"]:
+        c.add("invalid_tool_call", f"{at}: 'function_call' must be {{\"name\", \"arguments\"}}")
+        return None
+    return read_tool_calls([{"id": legacy.call(fc["name"]), "type": "function", "function": fc}], c.add, at)
+
+
+def _message_content(c: _Checker, m: dict, key: str, role: str | None, at: str, has_calls: bool) -> str | None:
+    """The message's text. An assistant turn that only calls tools may have none; a tool result may be ''."""
+    if m.get(key) is None and has_calls:
+        return ""
+    if key not in m:
+        c.add("missing_content", f"{at} has no {key!r}")
+        return None
+    if m[key] is None:
+        c.add("missing_content", f"{at} has null {key!r}")
+        return None
+    return c.text(m[key], f"{at} {key}", category="invalid_content", allow_empty=has_calls or role == "tool")
+
+
+def _tool_call_id(c: _Checker, m: dict, role: str | None, at: str, legacy: _LegacyCalls) -> str | bool | None:
+    """The id a tool message answers (None for other roles); False after an error."""
+    if role != "tool":
+        if "tool_call_id" in m and role is not None:
+            c.add("invalid_field", f"{at}: 'tool_call_id' belongs on tool messages, not {role} messages")
+            return False
+        return None
+    if m.get("role") == "function":  # legacy: the result names its function instead
+        name = m.get("name")
+        if not isinstance(name, str) or not name:
+            c.add("missing_field", f"{at}: a 'function' message needs the 'name' of the function it answers")
+            return False
+        return legacy.answer(name)
+    call_id = m.get("tool_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        c.add("missing_field", f"{at}: a tool message needs the 'tool_call_id' of the call it answers"
+              if call_id is None else f"{at}: 'tool_call_id' must be a string, not {_type_name(call_id)}")
+        return False
+    return call_id
+
+
+def _record_tools(c: _Checker, record: dict) -> tuple[dict, ...] | None:
+    """The record's ``tools`` (or legacy ``functions``); () when it declares none, None after an error."""
+    if "tools" in record:
+        tools = read_tools(record["tools"], c.add)
+    elif "functions" in record:
+        tools = read_functions(record["functions"], c.add)
+    else:
+        return ()
+    ptc = record.get("parallel_tool_calls")
+    if ptc is not None and not isinstance(ptc, bool):
+        c.add("invalid_field", f"'parallel_tool_calls' must be true or false, not {_type_name(ptc)}")
+    return tools
 
 
 def _check_conversation(c: _Checker, messages: list[Message]) -> None:
@@ -640,14 +744,18 @@ def _check_conversation(c: _Checker, messages: list[Message]) -> None:
 def _parse_chat(c: _Checker, record: dict) -> Conversation | None:
     if not _require(c, record, "chat"):
         return None
+    tools = _record_tools(c, record)
     items = _message_list(c, record["messages"], "messages")
     if items is None:
         return None
     msgs = _chat_messages(c, items, "role", "content", CHAT_ROLES, CHAT_MESSAGE_KEYS)
-    if msgs is None:
+    if msgs is None or tools is None:
         return None
     _check_conversation(c, msgs)
-    return Conversation(tuple(msgs), line=c.line)
+    check_tool_flow(msgs, tools, c.add)
+    ptc = record.get("parallel_tool_calls")
+    return Conversation(tuple(msgs), line=c.line, tools=tools,
+                        parallel_tool_calls=ptc if isinstance(ptc, bool) else None)
 
 
 def _parse_sharegpt(c: _Checker, record: dict) -> Conversation | None:
@@ -702,12 +810,17 @@ def _reply(c: _Checker, value: Any, key: str) -> str | None:
         if msgs[-1].role != "assistant":
             c.add("not_ending_with_assistant", f"{key!r} must end with an assistant message")
             return None
+        if msgs[-1].tool_calls:
+            c.add("invalid_content", f"{key!r}: a preference reply must be text; tool calls as replies are not "
+                                     "supported")
+            return None
         return msgs[-1].content
     return c.text(value, repr(key))
 
 
-def _prompt_messages(c: _Checker, value: Any, key: str) -> tuple[Message, ...] | None:
-    """A preference prompt: a string (one user turn) or a message list ending with a user turn."""
+def _prompt_messages(c: _Checker, value: Any, key: str, tools: tuple[dict, ...] = ()) -> tuple[Message, ...] | None:
+    """A preference prompt: a string (one user turn) or a message list ending with a user turn (or with the
+    tool results the replies answer)."""
     if not isinstance(value, list):
         text = c.text(value, repr(key))
         return (Message("user", text),) if text is not None else None
@@ -716,10 +829,11 @@ def _prompt_messages(c: _Checker, value: Any, key: str) -> tuple[Message, ...] |
                           where=f"{key} message") if items is not None else None
     if msgs is None:
         return None
-    if msgs[-1].role != "user":
+    if msgs[-1].role not in ("user", "tool"):
         c.add("prompt_not_ending_with_user", f"{key!r} ends with a {msgs[-1].role} message; the prompt must end "
                                              "with the user turn the chosen and rejected replies answer")
         return None
+    check_tool_flow(msgs, tools, c.add, open_last_turn=False)
     return tuple(msgs)
 
 
@@ -749,12 +863,12 @@ def _implicit_prompt(c: _Checker, record: dict) -> tuple[tuple[Message, ...], st
     return prompt_c, sides["chosen"][-1].content, sides["rejected"][-1].content
 
 
-def _pair(c: _Checker, prompt, chosen, rejected) -> PreferencePair | None:
-    if prompt is None or chosen is None or rejected is None:
+def _pair(c: _Checker, prompt, chosen, rejected, tools: tuple[dict, ...] | None = ()) -> PreferencePair | None:
+    if prompt is None or chosen is None or rejected is None or tools is None:
         return None
     if chosen == rejected:
         c.add("identical_pair", "'chosen' and 'rejected' are the same text, so the pair teaches nothing")
-    return PreferencePair(prompt, chosen, rejected, line=c.line)
+    return PreferencePair(prompt, chosen, rejected, line=c.line, tools=tools)
 
 
 def _parse_preference(c: _Checker, record: dict) -> PreferencePair | None:
@@ -783,14 +897,15 @@ def _parse_openai_dpo(c: _Checker, record: dict) -> PreferencePair | None:
     if not isinstance(inp, dict):
         c.add("invalid_field", f"'input' must be an object with 'messages', not {_type_name(inp)}")
         return None
-    c.keys(inp, ("messages", "tools", "parallel_tool_calls"), where="'input': ")
+    c.keys(inp, ("messages", "tools", "parallel_tool_calls", "functions"), where="'input': ")
     if "messages" not in inp:
         c.add("missing_messages", "no 'input.messages' list")
         return None
-    prompt = _prompt_messages(c, inp["messages"], "input.messages")
+    tools = _record_tools(c, inp)
+    prompt = _prompt_messages(c, inp["messages"], "input.messages", tools or ())
     chosen = _reply(c, record["preferred_output"], "preferred_output")
     rejected = _reply(c, record["non_preferred_output"], "non_preferred_output")
-    return _pair(c, prompt, chosen, rejected)
+    return _pair(c, prompt, chosen, rejected, tools)
 
 
 def _parse_text(c: _Checker, record: dict) -> RawText | None:
@@ -885,8 +1000,17 @@ def load_examples(path: str | os.PathLike, format: str = "auto", on_error: str =
 def example_to_record(example: Example) -> dict:
     """The canonical JSONL record of an example: OpenAI chat, preference (chat prompt), or text."""
     if isinstance(example, Conversation):
-        return {"messages": example.as_dicts()}
+        record: dict = {"messages": example.as_dicts()}
+        if example.tools:
+            record["tools"] = list(example.tools)
+        if example.parallel_tool_calls is not None:
+            record["parallel_tool_calls"] = example.parallel_tool_calls
+        return record
     if isinstance(example, PreferencePair):
+        if example.tools:  # only OpenAI's DPO format carries tools with a preference pair
+            return {"input": {"messages": [m.as_dict() for m in example.prompt], "tools": list(example.tools)},
+                    "preferred_output": [{"role": "assistant", "content": example.chosen}],
+                    "non_preferred_output": [{"role": "assistant", "content": example.rejected}]}
         return {"prompt": [m.as_dict() for m in example.prompt], "chosen": example.chosen,
                 "rejected": example.rejected}
     if isinstance(example, LabeledExample):

@@ -12,6 +12,11 @@ separately (rather than the whole string, then mapping offsets) makes the prompt
 what ``apply_chat_template(..., add_generation_prompt=True)`` gives at inference, and makes the mask
 exact: no token straddles a boundary. The end-of-turn token (``<|im_end|>``, ``<|eot_id|>``…) is inside
 the trained span, so the fine-tuned model learns to stop.
+
+Tool calling: a template that refers to ``tools`` gets them through ``apply_chat_template(tools=...)`` with
+the calls and results as Hugging Face's message fields; any other template gets the fallback text format of
+:mod:`honing.data.tools`. Either way only assistant turns (their text and their calls) are trained: the
+tool schemas and the tool results are context.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from honing.data.conversation import Conversation, LabeledExample, Message, PreferencePair, RawText
+from honing.data.tools import template_messages
 
 IGNORE_INDEX = -100
 
@@ -48,10 +54,12 @@ class RenderedExample:
         return [t if m else IGNORE_INDEX for t, m in zip(self.input_ids, self.loss_mask)]
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
     if not messages:
         return ""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **extra)
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -61,16 +69,19 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def assistant_spans(tokenizer, messages: tuple[Message, ...] | list[Message]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer, messages: tuple[Message, ...] | list[Message],
+                    tools: tuple[dict, ...] = ()) -> tuple[str, list[tuple[int, int]]]:
     """Render ``messages``; return the text and the character spans of trained assistant turns."""
-    dicts = [{"role": m.role, "content": m.content} for m in messages]
-    full = _render(tokenizer, dicts, add_generation_prompt=False)
+    dicts, tool_arg = template_messages(tokenizer, messages, tools)
+    # The fallback format may add a system turn for the tool schemas: message i is then dicts[i + shift].
+    shift = len(dicts) - len(messages)
+    full = _render(tokenizer, dicts, add_generation_prompt=False, tools=tool_arg)
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(messages):
         if msg.role != "assistant" or msg.weight == 0:
             continue
-        before = _render(tokenizer, dicts[:i], add_generation_prompt=True)
-        through = _render(tokenizer, dicts[: i + 1], add_generation_prompt=False).rstrip()
+        before = _render(tokenizer, dicts[: i + shift], add_generation_prompt=True, tools=tool_arg)
+        through = _render(tokenizer, dicts[: i + shift + 1], add_generation_prompt=False, tools=tool_arg).rstrip()
         if not full.startswith(before) or not full.startswith(through) or len(through) < len(before):
             raise TemplateError(
                 f"the chat template does not render assistant turn {i + 1} as a prefix of the whole "
@@ -83,7 +94,7 @@ def assistant_spans(tokenizer, messages: tuple[Message, ...] | list[Message]) ->
 
 def render_conversation(tokenizer, conversation: Conversation, max_length: int | None = None) -> RenderedExample:
     """Token ids + loss mask for one conversation (assistant turns with weight 1 are trained)."""
-    text, spans = assistant_spans(tokenizer, conversation.messages)
+    text, spans = assistant_spans(tokenizer, conversation.messages, conversation.tools)
     ids: list[int] = []
     mask: list[bool] = []
     cursor = 0
@@ -101,10 +112,11 @@ def render_conversation(tokenizer, conversation: Conversation, max_length: int |
     return _truncate(ids, mask, max_length)
 
 
-def render_prompt(tokenizer, messages: tuple[Message, ...] | list[Message]) -> list[int]:
-    """Token ids of a prompt ending with the assistant header, exactly as training saw it."""
-    dicts = [{"role": m.role, "content": m.content} for m in messages]
-    return _encode(tokenizer, _render(tokenizer, dicts, add_generation_prompt=True))
+def render_prompt(tokenizer, messages: tuple[Message, ...] | list[Message], tools: tuple[dict, ...] = ()) -> list[int]:
+    """Token ids of a prompt ending with the assistant header, exactly as training saw it (with ``tools``
+    declared the same way)."""
+    dicts, tool_arg = template_messages(tokenizer, messages, tuple(tools))
+    return _encode(tokenizer, _render(tokenizer, dicts, add_generation_prompt=True, tools=tool_arg))
 
 
 def render_raw_text(tokenizer, item: RawText, max_length: int | None = None) -> RenderedExample:
@@ -119,8 +131,8 @@ def render_preference(
     tokenizer, pair: PreferencePair, max_length: int | None = None
 ) -> tuple[RenderedExample, RenderedExample]:
     """(chosen, rejected) renderings sharing the same prompt; only the reply is in each mask."""
-    chosen = Conversation(pair.prompt + (Message("assistant", pair.chosen),), line=pair.line)
-    rejected = Conversation(pair.prompt + (Message("assistant", pair.rejected),), line=pair.line)
+    chosen = Conversation(pair.prompt + (Message("assistant", pair.chosen),), line=pair.line, tools=pair.tools)
+    rejected = Conversation(pair.prompt + (Message("assistant", pair.rejected),), line=pair.line, tools=pair.tools)
     return render_conversation(tokenizer, chosen, max_length), render_conversation(tokenizer, rejected, max_length)
 
 
@@ -140,3 +152,31 @@ def _truncate(ids: list[int], mask: list[bool], max_length: int | None) -> Rende
     if max_length is not None and n > max_length:
         return RenderedExample(ids[:max_length], mask[:max_length], truncated=True, full_length=n)
     return RenderedExample(ids, mask, truncated=False, full_length=n)
+
+
+# Markers around trained text in `hone data validate --show` (chosen because chat templates never use them).
+TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
+
+
+def marked_renderings(tokenizer, example) -> list[tuple[str, str]]:
+    """``[(label, text)]``: the example rendered as training sees it, with every trained span between
+    :data:`TRAINED_OPEN` and :data:`TRAINED_CLOSE` (the spans are exactly the loss mask's, since each
+    segment is tokenized on its own). A preference pair gives its chosen and rejected renderings."""
+    if isinstance(example, RawText):
+        eos = tokenizer.eos_token or ""
+        return [("text", f"{TRAINED_OPEN}{example.text}{eos}{TRAINED_CLOSE}")]
+    if isinstance(example, PreferencePair):
+        sides = [("chosen", example.chosen), ("rejected", example.rejected)]
+        convs = [(side, Conversation(example.prompt + (Message("assistant", reply),), tools=example.tools))
+                 for side, reply in sides]
+    else:
+        convs = [("conversation", example)]
+    out = []
+    for label, conv in convs:
+        text, spans = assistant_spans(tokenizer, conv.messages, conv.tools)
+        pieces, cursor = [], 0
+        for start, end in spans:
+            pieces += [text[cursor:start], TRAINED_OPEN, text[start:end], TRAINED_CLOSE]
+            cursor = end
+        out.append((label, "".join(pieces) + text[cursor:]))
+    return out
