@@ -4,7 +4,10 @@
 //   #/new          upload a file (its validation result shown) and start a job
 //   #/jobs/<id>    one job: live loss curves, events, checkpoints, resolved hyperparameters,
 //                  the files' validation, the evaluation report once it exists
-//   #/chat         chat with any served model, streamed (server-sent events)
+//   #/chat         chat with any served model, streamed (server-sent events); answers are stored
+//                  (store: true) and can be rated or corrected under each bubble
+//   #/review       the review queue: stored completions (filter by model, metadata, rated or not) to rate
+//                  or correct; the feedback becomes training data (`hone data from-traffic`)
 //
 // Safety rule for the next engineer: every string that comes from the API goes into the page through
 // h() / textContent, never through an HTML-parsing property. The evaluation report is HTML by design: it goes into a
@@ -223,6 +226,9 @@
     } else if (path === "/chat") {
       name = "chat";
       chatView(ctx, view, params.get("model"));
+    } else if (path === "/review") {
+      name = "review";
+      reviewView(ctx, view, params);
     } else {
       jobsView(ctx, view);
     }
@@ -677,13 +683,15 @@
     const input = h("textarea", { id: "chat-input", placeholder: "Message… (Enter sends, Shift+Enter for a new line)" });
     const send = h("button", { type: "submit", id: "chat-send" }, "Send");
     const clear = h("button", { type: "button", class: "secondary" }, "Clear");
+    const store = h("input", { type: "checkbox", id: "chat-store", checked: true });
     const usage = h("p", { class: "muted", id: "chat-usage" });
     const form = h("form", { class: "chat-form" }, input, send, clear);
     replace(view, h("h1", null, "Chat"),
       h("div", { class: "panel" },
         h("div", { class: "toolbar" },
           h("label", null, "Model ", model), h("label", null, "System ", system),
-          h("label", null, "max tokens ", maxTokens), h("label", null, "temperature ", temperature)),
+          h("label", null, "max tokens ", maxTokens), h("label", null, "temperature ", temperature),
+          h("label", { title: "store: true — kept for review and rating (#/review)" }, store, " keep for review")),
         log, form, usage));
 
     let history = [];
@@ -713,15 +721,20 @@
       const t0 = performance.now();
       try {
         const reply = await streamChat({
-          model: model.value, messages, stream: true, stream_options: { include_usage: true },
+          model: model.value, messages, stream: true, stream_options: { include_usage: true }, store: store.checked,
+          metadata: store.checked ? { source: "dashboard-chat" } : undefined,
           max_tokens: parseInt(maxTokens.value, 10) || 128, temperature: parseFloat(temperature.value) || 0,
         }, (delta) => { bubble.textContent += delta; log.scrollTop = log.scrollHeight; }, (u) => {
           const secs = (performance.now() - t0) / 1000;
           usage.textContent = `${u.prompt_tokens} prompt + ${u.completion_tokens} completion tokens in ` +
             `${secs.toFixed(1)} s (${(u.completion_tokens / secs).toFixed(1)} tokens/s)`;
         });
-        history.push({ role: "assistant", content: reply });
+        history.push({ role: "assistant", content: reply.text });
         bubble.dataset.done = "true";
+        if (store.checked && reply.id) {
+          bubble.dataset.id = reply.id;
+          bubble.after(feedbackControls(reply.id, null, reply.text));
+        }
       } catch (e) {
         bubble.className = "msg error";
         bubble.textContent = e.message;
@@ -739,6 +752,7 @@
     const decoder = new TextDecoder();
     let buffer = "";
     let text = "";
+    let id = null;
     for (;;) {
       const { value, done } = await reader.read();
       buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
@@ -748,15 +762,127 @@
         buffer = buffer.slice(nl + 1);
         if (!line.startsWith("data:")) continue;
         const payload = line.slice(5).trim();
-        if (payload === "[DONE]") return text;
+        if (payload === "[DONE]") return { text, id };
         const chunk = JSON.parse(payload);
         if (chunk.error) throw new ApiError(500, chunk.error.message || "stream error", chunk.error.code);
+        id = id || chunk.id || null;
         const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta && chunk.choices[0].delta.content;
         if (delta) { text += delta; onDelta(delta); }
         if (chunk.usage) onUsage(chunk.usage);
       }
-      if (done) return text; // the server closed without [DONE]: keep what came
+      if (done) return { text, id: null }; // closed without [DONE]: keep what came; nothing was stored
     }
+  }
+
+  // ---------------------------------------------------------------- feedback on a stored completion
+  // Thumbs up / down, or the corrected answer (POST /v1/chat/completions/{id}/feedback, a Honing extension).
+  function feedbackControls(id, current, answer) {
+    const status = h("span", { class: "fb-status muted" });
+    const correction = h("textarea", { class: "fb-correction", rows: 3 });
+    correction.value = answer || "";
+    const note = h("input", { type: "text", class: "fb-note", placeholder: "note (optional)", size: 30 });
+    const save = h("button", { type: "button", class: "fb-save" }, "Save correction");
+    const box = h("div", { class: "fb-correct", hidden: true },
+      h("label", { class: "muted" }, "The answer it should have given"), correction, h("div", null, note, " ", save));
+    const up = h("button", { type: "button", class: "secondary fb-up", title: "a good answer" }, "👍");
+    const down = h("button", { type: "button", class: "secondary fb-down", title: "a wrong answer" }, "👎");
+    const fix = h("button", { type: "button", class: "link fb-fix" }, "correct…");
+    const el = h("div", { class: "feedback", dataset: { id } }, up, down, fix, status, box);
+
+    function show(fb) {
+      el.dataset.rating = fb && fb.rating ? fb.rating : "";
+      el.dataset.corrected = fb && fb.correction ? "true" : "false";
+      status.textContent = !fb ? "not rated" : `rated ${fb.rating || "—"}${fb.correction ? ", corrected" : ""}`;
+    }
+    async function send(body) {
+      try {
+        const obj = await api.post(`/v1/chat/completions/${encodeURIComponent(id)}/feedback`, body);
+        show(obj.feedback);
+        box.hidden = true;
+        flash(null);
+      } catch (e) {
+        flash(e.message);
+      }
+    }
+    up.addEventListener("click", () => send({ rating: "up" }));
+    down.addEventListener("click", () => send({ rating: "down" }));
+    fix.addEventListener("click", () => { box.hidden = !box.hidden; if (!box.hidden) correction.focus(); });
+    save.addEventListener("click", () => {
+      const text = correction.value.trim();
+      if (!text) { flash("Write the corrected answer first."); return; }
+      send({ rating: "down", correction: text, note: note.value.trim() || null });
+    });
+    show(current);
+    return el;
+  }
+
+  // ---------------------------------------------------------------- #/review : the review queue
+  // Stored completions (GET /v1/chat/completions), newest first, filtered by model, metadata and whether
+  // they were rated; each with its request's messages and the feedback controls.
+  function metadataQuery(text) {
+    const q = new URLSearchParams();
+    for (const pair of text.split(",")) {
+      const [k, ...v] = pair.split("=");
+      if (k.trim()) q.set(`metadata[${k.trim()}]`, v.join("=").trim());
+    }
+    return q;
+  }
+
+  function reviewView(ctx, view, params) {
+    const model = h("select", { id: "review-model" }, h("option", { value: "" }, "any model"));
+    const meta = h("input", { type: "text", id: "review-metadata", placeholder: "key=value, key2=value2", size: 28,
+      value: params.get("metadata") || "" });
+    const show = h("select", { id: "review-show" }, ["unrated", "all", "rated"].map((v) =>
+      h("option", { value: v, selected: v === (params.get("show") || "unrated") }, v)));
+    const apply = h("button", { type: "submit", id: "review-apply" }, "Show");
+    const list = h("div", { id: "review-list" });
+    const more = h("button", { type: "button", class: "secondary", id: "review-more", hidden: true }, "More");
+    const form = h("form", { class: "toolbar" }, h("label", null, "Model ", model), h("label", null, "Metadata ", meta),
+      h("label", null, "Show ", show), apply);
+    replace(view, h("h1", null, "Review"),
+      h("p", { class: "muted" }, "Stored chat completions (store: true). Rate them or give the corrected answer; " +
+        "`hone data from-traffic` turns the feedback into a training file, after validation."),
+      h("div", { class: "panel" }, form, list, more));
+
+    api.get("/v1/models").then((body) => {
+      if (!ctx.alive) return;
+      append(model, listOf(body).map((m) => h("option", { value: m.id, selected: m.id === params.get("model") }, m.id)));
+    }).catch((e) => flash(e.message));
+
+    let after = null;
+    async function load(reset) {
+      const q = metadataQuery(meta.value);
+      q.set("order", "desc");
+      q.set("limit", "20");
+      if (model.value) q.set("model", model.value);
+      if (show.value !== "all") q.set("rated", show.value);
+      if (!reset && after) q.set("after", after);
+      const page = await api.get(`/v1/chat/completions?${q}`);
+      if (!ctx.alive) return;
+      if (reset) list.replaceChildren();
+      const items = listOf(page);
+      const cards = await Promise.all(items.map(reviewCard));
+      if (!ctx.alive) return;
+      append(list, cards);
+      if (reset && !items.length) append(list, h("p", { class: "muted", id: "review-empty" }, "Nothing to review."));
+      after = page.last_id;
+      more.hidden = !page.has_more;
+      list.dataset.loads = String(Number(list.dataset.loads || 0) + 1); // a page landed (tests wait on it)
+    }
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); load(true).catch((e) => flash(e.message)); });
+    more.addEventListener("click", () => load(false).catch((e) => flash(e.message)));
+    load(true).catch((e) => flash(e.message));
+  }
+
+  async function reviewCard(c) {
+    const msgs = listOf(await api.get(`/v1/chat/completions/${encodeURIComponent(c.id)}/messages?limit=100`));
+    const answer = (c.choices && c.choices[0] && c.choices[0].message.content) || "";
+    const tags = Object.entries(c.metadata || {}).map(([k, v]) => h("span", { class: "tag" }, `${k}=${v}`));
+    return h("div", { class: "review-item", dataset: { id: c.id } },
+      h("div", { class: "review-head muted" }, h("span", { class: "mono" }, c.model), " · ", when(c.created), " ", tags),
+      msgs.map((m) => h("div", { class: `msg ${m.role === "user" ? "user" : "context"}` }, `${m.role}: ${m.content || ""}`)),
+      h("div", { class: "msg assistant review-answer" }, answer),
+      feedbackControls(c.id, c.feedback, answer));
   }
 
   // ---------------------------------------------------------------- start
