@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from honing.data.conversation import Conversation, Message
 from honing.data.render import render_conversation, render_prompt
+from honing.models.kvcache import cache_keyword, output_cache
 
 # Token budget (prompt tokens x rows) for one generation batch: large enough to keep the matrix
 # units busy on CPU, small enough that the KV cache of a 135M model stays well under a GiB.
@@ -101,7 +102,7 @@ def _prefix_cache(model, prefix: list[int], device):
     import torch
 
     out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
-    return out.past_key_values
+    return output_cache(out)
 
 
 def generate(
@@ -155,7 +156,7 @@ def generate(
             if prefix_cache is not None:
                 cache = copy.deepcopy(prefix_cache)
                 cache.batch_repeat_interleave(len(batch))
-                extra["past_key_values"] = cache
+                extra[cache_keyword(model)] = cache
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
