@@ -40,7 +40,7 @@ from honing.train.checkpoint import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from honing.train.dataset import file_sha256, held_out_split, read_examples
+from honing.train.dataset import file_sha256, held_out_split
 from honing.train.errors import TrainingError
 from honing.train.objectives import Objective, SetupContext
 from honing.train.registry import build_objective
@@ -223,7 +223,7 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     if ckpt is not None:
         state = TrainerState.from_dict(load_checkpoint(ckpt, core, optimizer, scheduler, dist.rank))
         say(f"resuming from {ckpt} (step {state.step} of {hp.total_steps})")
-    objective.setup(SetupContext(model=core, run_dir=run_dir, train_set=train_set, eval_set=eval_set,
+    objective.setup(SetupContext(model=core, tokenizer=tokenizer, run_dir=run_dir, train_set=train_set, eval_set=eval_set,
                                  runtime=runtime, config=config, resumed=ckpt is not None, log=say))
     from honing.evaluate.forgetting import TextProbe
     from honing.train.replay import build_replay
@@ -294,10 +294,10 @@ def _prepare_run_dir(config: TrainConfig, resume: bool, dist) -> tuple[Path, Pat
 def _load_datasets(config: TrainConfig, objective: Objective, tokenizer, say):
     """(train set, eval set or None), rendered by the objective. Without eval_data a seeded share of the
     training examples is held out; a large eval file is cut to a seeded subset (eval cost stays bounded)."""
-    train_examples = read_examples(config.data, config.data_format)
+    train_examples = objective.read_examples(config.data, config.data_format)
     train_sha = file_sha256(config.data)
     if config.eval_data:
-        eval_examples = read_examples(config.eval_data, config.data_format)
+        eval_examples = objective.read_examples(config.eval_data, config.data_format)
         eval_path, eval_sha, split = config.eval_data, file_sha256(config.eval_data), None
         if len(eval_examples) > config.eval_max_examples:
             _, keep = held_out_split(len(eval_examples), 1.0, config.eval_max_examples, config.seed)
@@ -358,6 +358,9 @@ def _compute_paths(core, config: TrainConfig) -> str:
         loss = "the model's own logits (its output head is not a plain Linear)"
     elif config.objective in ("dpo", "simpo"):
         loss = "reply log-probabilities through the output head in chunks of trained positions (honing.train.preference)"
+    elif config.objective == "grpo":
+        loss = ("completions sampled with the KV cache, each prompt computed once for its group (honing.train.sampler); "
+                "per-token log-probabilities through the output head in chunks (honing.train.grpo)")
     else:
         loss = "chunked linear cross-entropy over trained positions (honing.train.losses)"
     return f"attention: {attn}, {rows}; loss: {loss}"
@@ -385,7 +388,9 @@ def _evaluate_base(run: Run) -> None:
         run.metrics.log({"step": 0, "epoch": 0, **metrics})
         run.events.metrics({"step": 0, **metrics}, run.hp.total_steps)
     run.bar.update(0, eval_loss=metrics.get("eval_loss"))
-    run.say(f"eval loss before training: {metrics['eval_loss']:.4f}")
+    name, value = run.objective.eval_metric, metrics.get(run.objective.eval_metric)
+    shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+    run.say(f"{name.replace('_', ' ')} before training: {shown}")
 
 
 def _evaluate(run: Run) -> dict:
@@ -394,6 +399,9 @@ def _evaluate(run: Run) -> dict:
     import torch
 
     dist, objective, items = run.runtime.dist, run.objective, run.eval_set.items
+    own = objective.evaluate(items)
+    if own is not None:
+        return {**own, **_forgetting_probe(run)}
     run.core.eval()
     mine = list(range(dist.rank, len(items), dist.world_size))
     chunk = max(1, run.hp.micro_batch_size)
@@ -442,9 +450,12 @@ def _optimizer_step(run: Run) -> dict:
     t0 = time.perf_counter()
     epoch, indices = step_indices(len(items), hp.batch_size, cfg.seed, step)
     mine = micro_batches(indices, hp.grad_accumulation, hp.micro_batch_size, dist.rank, dist.world_size)
-    local_norm = sum(objective.normalizer(items[i]) for mb in mine for i in mb)
-    local_tokens = sum(objective.tokens(items[i]) for mb in mine for i in mb)
-    local_trained = sum(objective.trained_tokens(items[i]) for mb in mine for i in mb)
+    # An objective that makes its training data on the fly (GRPO samples and grades) does it here, before
+    # anything is counted.
+    batches, step_stats = objective.prepare_step(step, [[items[i] for i in mb] for mb in mine])
+    local_norm = sum(objective.normalizer(it) for b in batches for it in b)
+    local_tokens = sum(objective.tokens(it) for b in batches for it in b)
+    local_trained = sum(objective.trained_tokens(it) for b in batches for it in b)
     replay = run.replay.for_step(step, dist.rank, dist.world_size) if run.replay is not None else []
     local_replay_norm = sum(objective.normalizer(it) for it in replay)
     local_tokens += sum(objective.tokens(it) for it in replay)
@@ -458,11 +469,11 @@ def _optimizer_step(run: Run) -> dict:
     loss_total = torch.zeros((), dtype=torch.float64, device=run.runtime.device)
     stats: dict = {}
     replay_loss = _replay_backward(run, replay, replay_norm) if replay else None
-    for j, mb in enumerate(mine):
+    for j, mb in enumerate(batches):
         if not mb and not dist.enabled:
             continue
         # An empty shard (epoch end) still joins the gradient all-reduce, with zero weight.
-        batch_items = [items[i] for i in mb] or [items[0]]
+        batch_items = mb or [_filler_item(run, batches, step)]
         weight = scale if mb else 0.0
         sync = (j == len(mine) - 1) or not dist.enabled
         with gradient_sync(run.model, sync):
@@ -496,11 +507,31 @@ def _optimizer_step(run: Run) -> dict:
            "examples_per_s": round(len(indices) / dt, 2) if dt > 0 else None,
            "trained_tokens": s.trained_tokens, "step_seconds": round(dt, 4)}
     row.update({f"train_{k}": v / max(global_norm, 1) for k, v in zip(keys, totals[1:])})
+    row.update(_step_statistics(dist, step_stats))
     if replay_loss is not None:
         row["replay_loss"] = replay_loss
     # The data file lines of this step's examples: the data order, auditable after a resume.
     row["lines"] = [run.train_set.lines[i] for i in indices]
     return row
+
+
+def _filler_item(run: Run, batches: list[list], step: int):
+    """A stand-in item for an empty shard's zero-weight forward (it only joins the gradient all-reduce)."""
+    ready = next((b[0] for b in batches if b), None)
+    if ready is not None:
+        return ready
+    prepared, _ = run.objective.prepare_step(step, [[run.train_set.items[0]]])
+    return prepared[0][0]
+
+
+def _step_statistics(dist, sums: dict) -> dict:
+    """``train_<name>``: an objective's step statistics ({name: (sum, count)}) over every process."""
+    keys = sorted(sums)
+    if not keys:
+        return {}
+    totals = dist.all_reduce_sum([x for k in keys for x in sums[k]])
+    return {f"train_{k}": round(totals[2 * i] / totals[2 * i + 1], 4) if totals[2 * i + 1] else None
+            for i, k in enumerate(keys)}
 
 
 def _replay_backward(run: Run, replay: list, replay_norm: float) -> float:
@@ -553,7 +584,10 @@ def _after_step(run: Run, row: dict) -> None:
         row.update(_evaluate(run))
         over_budget = _over_forgetting_budget(run, row)
         # An eval past the forgetting budget is never the best: the result stays within the budget.
-        new_best, stop_early = (False, True) if over_budget else _track_best(run, row.get(run.objective.eval_metric))
+        value = row.get(run.objective.eval_metric)
+        if value is not None and run.objective.eval_higher_is_better:
+            value = -value  # best = lowest
+        new_best, stop_early = (False, True) if over_budget else _track_best(run, value)
     if run.metrics is not None:
         run.metrics.log(row)
         run.events.metrics(row, hp.total_steps)
@@ -578,7 +612,7 @@ def _after_step(run: Run, row: dict) -> None:
     elif stop_early:
         run.status = "early_stopped"
         run.say(f"early stopping at step {s.step}: no better {run.objective.eval_metric} in "
-                f"{run.config.early_stopping_patience} evals (best {s.best_eval_loss:.4f} at step {s.best_step})")
+                f"{run.config.early_stopping_patience} evals (best {_best_value(run):.4f} at step {s.best_step})")
     elif pause and not last:
         run.status = "paused"
         run.say(f"paused at step {s.step} of {hp.total_steps} (checkpoint saved); resume to continue")
@@ -587,6 +621,13 @@ def _after_step(run: Run, row: dict) -> None:
 def _over_forgetting_budget(run: Run, row: dict) -> bool:
     budget, ratio = run.config.forgetting_budget, row.get("forgetting_ppl_ratio")
     return budget is not None and ratio is not None and ratio > 1.0 + budget
+
+
+def _best_value(run: Run) -> float | None:
+    """The best eval's value of the objective's eval metric (the state keeps it negated when higher is better,
+    so that "best" is always the lowest)."""
+    v = run.state.best_eval_loss
+    return -v if v is not None and run.objective.eval_higher_is_better else v
 
 
 def _track_best(run: Run, value: float | None) -> tuple[bool, bool]:
@@ -603,6 +644,7 @@ def _track_best(run: Run, value: float | None) -> tuple[bool, bool]:
 # ----------------------------------------------------------------------------------------------- finish
 def _fail(run: Run, error: BaseException) -> None:
     run.bar.close()
+    run.objective.close()
     if run.runtime.dist.is_main:
         run.info.update(status="failed", error=f"{type(error).__name__}: {error}")
         write_json_atomic(run.run_dir / "run.json", run.info)
@@ -615,6 +657,7 @@ def _fail(run: Run, error: BaseException) -> None:
 def _finish(run: Run) -> RunResult:
     """The result is the best checkpoint by the eval metric (the last weights without an eval set)."""
     run.bar.close()
+    run.objective.close()
     s, dist = run.state, run.runtime.dist
     final_dir, merged_dir = run.run_dir / "final", None
     secs = s.train_seconds
@@ -639,7 +682,8 @@ def _finish(run: Run) -> RunResult:
     if dist.is_main:
         status = run.status if run.status != "running" else "completed"
         run.info.update(
-            status=status, steps_done=s.step, best={"step": s.best_step, "eval_loss": s.best_eval_loss},
+            status=status, steps_done=s.step, best={"step": s.best_step, "metric": run.objective.eval_metric, "value": _best_value(run),
+                  "eval_loss": s.best_eval_loss if run.objective.eval_metric == "eval_loss" else None},
             final_train_loss=next((r["train_loss"] for r in reversed(rows) if r.get("train_loss") is not None), None),
             peak_memory_mb=run.runtime.peak_memory_mb(), memory=run.runtime.memory(), tokens_per_s=tokens_per_s,
             input_tokens_per_s=input_tokens_per_s, merged=merged_dir is not None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from honing.data.render import IGNORE_INDEX
 from honing.train.batching import make_collate
-from honing.train.dataset import render_set
+from honing.train.dataset import read_examples, render_set
 from honing.train.losses import causal_lm_loss_sum
 
 
@@ -38,6 +38,7 @@ class SetupContext:
     """What ``Objective.setup`` may use, once, before the first optimizer step."""
 
     model: object  # the unwrapped trainable model
+    tokenizer: object
     run_dir: object
     train_set: object
     eval_set: object | None
@@ -51,11 +52,16 @@ class Objective:
     """The base: subclasses implement ``render_set``, ``normalizer`` and ``loss`` at least."""
 
     name = "base"
-    eval_metric = "eval_loss"  # the logged metric that picks the best checkpoint (lower is better)
+    eval_metric = "eval_loss"  # the logged metric that picks the best checkpoint
+    eval_higher_is_better = False  # a loss: lower is better (a reward: higher)
     packing_supported = True  # may items of a micro-batch share one packed row
 
     def __init__(self, config):
         self.config = config
+
+    def read_examples(self, path, data_format: str = "auto") -> list:
+        """The examples of a data file (default: every format ``honing.data.formats`` reads)."""
+        return read_examples(path, data_format)
 
     def render_set(self, tokenizer, examples: list, path: str, sha256: str):
         """A ``honing.train.dataset.RenderedSet`` of this objective's items."""
@@ -82,6 +88,21 @@ class Objective:
 
     def setup(self, ctx: SetupContext) -> None:
         """One-time work before training (default: none)."""
+
+    def prepare_step(self, step: int, batches: list[list]) -> tuple[list[list], dict]:
+        """This process's micro-batches of the step, before any normalizer is counted: an objective that
+        generates its training data on the fly (GRPO's sampled completions) turns them into what its
+        ``collate``/``loss`` take. Returns (micro-batches, statistics as {name: (sum, count)}), the
+        statistics summed over processes and logged as sum / count. Default: unchanged, none."""
+        return batches, {}
+
+    def evaluate(self, items: list) -> dict | None:
+        """Eval metrics computed by the objective itself (e.g. a validation reward); None: the loop's
+        default, the objective's loss over the eval set."""
+        return None
+
+    def close(self) -> None:
+        """Release what ``setup`` started (e.g. sandboxed grader processes); called when the run ends."""
 
 
 def token_cross_entropy_sum(model, batch: dict):

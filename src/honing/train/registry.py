@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from honing.errors import ConfigError
 from honing.train.cpt import CPTObjective
+from honing.train.grpo import GRPOObjective
+from honing.train.kto import KTOObjective
 from honing.train.objectives import Objective, SFTObjective
+from honing.train.orpo import ORPOObjective
 from honing.train.preference import DPOObjective, SimPOObjective
 
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -17,6 +20,9 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "dpo": DPOObjective,
     "simpo": SimPOObjective,
     "cpt": CPTObjective,
+    "kto": KTOObjective,
+    "orpo": ORPOObjective,
+    "grpo": GRPOObjective,
 }
 
 
