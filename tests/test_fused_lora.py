@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from conftest import TEST_DEVICE, make_tiny_llama
 
 from honing.train.fused_lora import enable_fused_lora
 
@@ -53,13 +53,13 @@ def _assert_same(reference, fused, **batch):
 
 
 def _tiny(vocab=128, layers=2):
-    return make_tiny_llama(vocab_size=vocab, layers=layers)
+    return make_tiny_llama(vocab_size=vocab, layers=layers).to(TEST_DEVICE)
 
 
 def _batch(vocab=128, b=2, t=24, seed=0):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (b, t), generator=g)
-    return ids
+    ids = torch.randint(3, vocab, (b, t), generator=g)  # drawn on the CPU: the same ids on every device
+    return ids.to(TEST_DEVICE)
 
 
 @pytest.mark.parametrize("lora", [{}, {"target_modules": ["q_proj", "v_proj"]}, {"use_rslora": True, "r": 8}],
@@ -85,7 +85,7 @@ def test_packed_rows_match_peft_and_keep_examples_apart():
     reference, fused = _pair(_tiny())
     a, b = _batch(b=1, t=15, seed=1), _batch(b=1, t=11, seed=2)
     ids = torch.cat([a, b], dim=1)
-    pos = torch.cat([torch.arange(15), torch.arange(11)])[None]
+    pos = torch.cat([torch.arange(15), torch.arange(11)])[None].to(TEST_DEVICE)
     labels = ids.clone()
     labels[0, 15] = -100  # the second example's first token is not predicted from the first example
     _assert_same(reference, fused, input_ids=ids, position_ids=pos, labels=labels)
@@ -178,6 +178,7 @@ def test_real_model_matches_peft_and_saves_less(smol_tokenizer):
 
     model, _, _ = load_model("smollm2-135m-instruct", dtype=torch.float32)
     model.model.layers = model.model.layers[:6]  # 6 of 30 real layers keep the test quick
+    model.to(TEST_DEVICE)
     model.config.num_hidden_layers = 6
     reference, fused = _pair(model, r=8, lora_alpha=16)
     ids = _batch(vocab=49152, b=1, t=256, seed=3)

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_llama
+from conftest import TEST_DEVICE, make_tiny_llama
 
 from honing.data.render import IGNORE_INDEX, RenderedExample
 from honing.train.losses import causal_lm_loss_sum
@@ -36,7 +36,12 @@ def random_examples(n: int, seed: int, lo: int = 5, hi: int = 60, learnable: boo
 def tiny(seed: int = 0, attn: str = "sdpa"):
     model = make_tiny_llama(vocab_size=VOCAB, seed=seed)
     model.config._attn_implementation = attn
-    return model
+    return model.to(TEST_DEVICE)
+
+
+def on_device(batch: dict) -> dict:
+    """A collated batch moved to where the tiny models run (cpu, or cuda in the GPU check)."""
+    return {k: v.to(TEST_DEVICE) for k, v in batch.items()}
 
 
 # --- pack_rows -------------------------------------------------------------------------------------
@@ -108,11 +113,11 @@ def test_no_attention_crosses_an_example_boundary(attn):
     a, b = random_examples(2, seed=3, lo=20, hi=40)
     a2 = RenderedExample([(t * 7 + 1) % VOCAB for t in a.input_ids], a.loss_mask)
     with torch.no_grad():
-        row = collate_packed([a, b])
-        row2 = collate_packed([a2, b])
+        row = on_device(collate_packed([a, b]))
+        row2 = on_device(collate_packed([a2, b]))
         out = model(input_ids=row["input_ids"], position_ids=row["position_ids"], use_cache=False).logits[0, len(a):]
         out2 = model(input_ids=row2["input_ids"], position_ids=row2["position_ids"], use_cache=False).logits[0, len(a):]
-        alone = model(input_ids=torch.tensor([b.input_ids])).logits[0]
+        alone = model(input_ids=torch.tensor([b.input_ids], device=TEST_DEVICE)).logits[0]
         leaky = model(input_ids=row2["input_ids"], position_ids=row2["position_ids"],
                       attention_mask=torch.ones_like(row2["input_ids"])).logits[0, len(a):]
         leaky_ref = model(input_ids=row["input_ids"], position_ids=row["position_ids"],
@@ -128,7 +133,7 @@ def test_no_attention_crosses_an_example_boundary(attn):
 def per_example_losses_unpacked(model, examples):
     out = []
     for ex in examples:
-        batch = collate_padded([ex], pad_id=2)
+        batch = on_device(collate_padded([ex], pad_id=2))
         logits = model(input_ids=batch["input_ids"]).logits[0, :-1].float()
         out.append(F.cross_entropy(logits, batch["labels"][0, 1:], ignore_index=IGNORE_INDEX, reduction="sum"))
     return torch.stack(out)
@@ -139,7 +144,7 @@ def test_packed_and_unpacked_give_the_same_per_example_losses():
     examples = random_examples(6, seed=4)
     with torch.no_grad():
         ref = per_example_losses_unpacked(model, examples)
-        row = collate_packed(examples)
+        row = on_device(collate_packed(examples))
         logits = model(input_ids=row["input_ids"], position_ids=row["position_ids"], use_cache=False).logits[0, :-1].float()
         token_nll = F.cross_entropy(logits, row["labels"][0, 1:], ignore_index=IGNORE_INDEX, reduction="none")
         bounds = [0]
@@ -174,11 +179,11 @@ def test_speed_costs_no_quality_packed_vs_padded_training():
         for step in range(12):
             items = train[(step * 4) % len(train):][:4]
             if packed:
-                row = collate_packed(items)
+                row = on_device(collate_packed(items))
                 s, n = causal_lm_loss_sum(model, {k: v for k, v in row.items() if k != "labels"}, row["labels"],
                                           chunk_tokens=32)
             else:
-                batch = collate_padded(items, pad_id=2)
+                batch = on_device(collate_padded(items, pad_id=2))
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 shift = batch["labels"][:, 1:]
                 s = F.cross_entropy(logits[:, :-1].float().reshape(-1, VOCAB), shift.reshape(-1),

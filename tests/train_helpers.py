@@ -23,10 +23,10 @@ def write_arithmetic_chat(path: Path, n: int, seed: int = 0, offset: int = 0) ->
 
 def build_tiny_model_dir(out: Path, seed: int = 0) -> Path:
     """A tiny random Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer, saved as a HF dir."""
-    from conftest import make_tiny_llama
+    from conftest import TEST_TOKENIZER, make_tiny_llama
 
     from honing.models import load_tokenizer
 
     make_tiny_llama(seed=seed).save_pretrained(out)
-    load_tokenizer("smollm2-135m-instruct").save_pretrained(out)
+    load_tokenizer(TEST_TOKENIZER).save_pretrained(out)
     return out
