@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from honing.data.conversation import Conversation, PreferencePair, RawText
+from honing.data.conversation import Conversation, LabeledExample, PreferencePair, RawText
 from honing.data.formats import load_examples
 from honing.data.rawtext import is_raw_text_source, read_raw_documents, source_sha256
 from honing.data.render import RenderedExample, TemplateError, render_example
@@ -79,6 +79,9 @@ def render_set(tokenizer, examples: list, max_length: int, path: str, sha256: st
         where = f"{path} line {ex.line}" if getattr(ex, "line", None) else path
         if isinstance(ex, PreferencePair):
             raise DataError(f"{where}: a preference pair cannot be used for objective '{objective}' (use dpo)")
+        if isinstance(ex, LabeledExample):
+            raise DataError(f"{where}: an example labelled desirable or not cannot be used for objective "
+                            f"'{objective}' (use kto)")
         if not isinstance(ex, (Conversation, RawText)):
             raise DataError(f"{where}: unsupported example type {type(ex).__name__}")
         try:
