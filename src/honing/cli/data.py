@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from honing.cli.traffic import from_traffic_cmd
+
 app = typer.Typer(help="Training data: validate files, list every problem, count tokens.", no_args_is_help=True)
 
 # Problems of one category shown before "... and N more" in the human output (--json lists them all).
@@ -197,6 +199,9 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+app.command("from-traffic")(from_traffic_cmd)
 
 
 def register(root: typer.Typer) -> None:

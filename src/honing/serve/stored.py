@@ -9,6 +9,7 @@ Honing's feedback on them and each project's retention setting.
     GET    /v1/chat/completions/{id}/messages        the request's messages (chat.completion.store_message)
     POST   /v1/chat/completions/{id}/feedback        Honing: {"rating": "up"|"down", "correction", "note"}
     GET    /v1/project/settings, POST ...            Honing: {"store_retention_days": N | null}
+    POST   /v1/files/from_traffic                    Honing: the feedback as a validated training file
 
 Every row belongs to a project and every query filters by it: another project's id is the same 404 as an
 unknown one. Expired rows (older than the project's retention) are never answered, and are deleted by
@@ -17,6 +18,7 @@ unknown one. Expired rows (older than the project's retention) are never answere
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -27,10 +29,13 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import and_, delete, or_, select
 
+from honing.data.validate import MIN_EXAMPLES
+from honing.lifecycle.traffic import KINDS, Traffic, build_dataset
 from honing.serve import schemas as S
 from honing.serve.api import Project
-from honing.serve.db import ProjectSettings, StoredCompletion, now
+from honing.serve.db import File, ProjectSettings, StoredCompletion, new_id, now
 from honing.serve.errors import APIError, not_found
+from honing.serve.files import file_object, get_file
 
 router = APIRouter(prefix="/v1", responses=S.ERROR_RESPONSES)
 
@@ -338,3 +343,59 @@ def set_settings(request: Request, project: Project, body: SettingsUpdate) -> di
     sweep(Session, project=project)
     with Session() as s:
         return _settings_object(s, project)
+
+
+# -- training files from traffic (Honing) ---------------------------------------------------------
+def traffic(s, project: str, *, model: str | None = None, meta: dict | None = None,
+            since_days: float | None = None) -> list[Traffic]:
+    """The project's live stored completions that have feedback, oldest first, as training needs them."""
+    q = query_stored(s, project, model=model, rated="rated")
+    if since_days is not None:
+        q = q.where(StoredCompletion.created_ts >= time.time() - since_days * DAY_S)
+    out = []
+    for r in s.scalars(q).all():
+        if all((r.completion_metadata or {}).get(k) == v for k, v in (meta or {}).items()):
+            answer = r.response["choices"][0]["message"].get("content") or ""
+            out.append(Traffic(id=r.id, model=r.model, messages=tuple(r.request["messages"]), answer=answer,
+                               rating=r.rating, correction=r.correction, metadata=r.completion_metadata or {}))
+    return out
+
+
+class FromTraffic(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal[KINDS] = Field("sft", description="sft: corrected answers; kto: rated answers (TRL's unpaired "
+                                 "format); dpo: corrections against the model's own answers.")
+    model: str | None = Field(None, description="Only completions of this model.")
+    metadata: MetadataField = Field(None, description="Only completions with all these metadata pairs.")
+    since_days: float | None = Field(None, gt=0)
+    eval_file: str | None = Field(None, description="A file whose prompts are left out (leakage).")
+    approved: bool = Field(False, description="sft: thumbs-up answers count as examples too.")
+    min_examples: int = Field(MIN_EXAMPLES, ge=1)
+
+
+@router.post("/files/from_traffic", tags=["honing"])
+def file_from_traffic(request: Request, project: Project, body: FromTraffic) -> dict:
+    """Honing: build a fine-tune file from this project's feedback (`hone data from-traffic`): curated
+    (duplicates, near-duplicates, prompts of ``eval_file``) and validated; a 400 says why when nothing
+    usable is left, and no file is made."""
+    settings, Session = request.app.state.settings, request.app.state.Session
+    with Session() as s:
+        eval_path = get_file(s, project, body.eval_file, param="eval_file").path if body.eval_file else None
+        rows = traffic(s, project, model=body.model, meta=body.metadata, since_days=body.since_days)
+    file_id = new_id("file")
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    target = settings.files_dir / f"{file_id}.jsonl"
+    summary = build_dataset(rows, body.kind, target, eval_path=eval_path, min_examples=body.min_examples)
+    data = target.read_bytes()
+    row = File(id=file_id, project=project, filename=f"traffic-{body.kind}.jsonl", purpose="fine-tune",
+               bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), path=str(target), created_at=now(),
+               validation={**summary.validation, "path": f"traffic-{body.kind}.jsonl"})
+    try:
+        with Session.begin() as s:
+            s.add(row)
+    except BaseException:
+        target.unlink(missing_ok=True)  # no file without its row
+        raise
+    summary.path = None  # server paths never reach a client
+    summary.validation = None
+    return {"object": "honing.traffic_dataset", "file": file_object(row), "summary": summary.as_dict()}
