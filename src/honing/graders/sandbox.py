@@ -25,6 +25,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -122,7 +123,7 @@ def bwrap_argv() -> list[str]:
     if site:
         argv += _ro_bind(site, _INNER_SITE)
     argv += _ro_bind(str(WORKER_SCRIPT), _INNER_WORKER)
-    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(16 << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(16 << 20), "--perms", "1777", "--tmpfs", "/tmp", "--chdir", "/tmp",
              "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
              "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one thread: RLIMIT_NPROC
@@ -148,14 +149,58 @@ def worker_argv(allow_unsafe: bool) -> tuple[list[str], str, str | None]:
             _INNER_SITE if _site_packages() else None)
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+    return {"SIGKILL": "SIGKILL (CPU or memory limit, or killed)", "SIGXCPU": "SIGXCPU (CPU time limit)"}.get(name, name)
+
+
+class _Spawner:
+    """Starts every worker from one long-lived thread. bwrap's --die-with-parent (PR_SET_PDEATHSIG) fires
+    when the *thread* that started it ends, and grading threads are short-lived."""
+
+    def __init__(self) -> None:
+        self.requests: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def spawn(self, argv: list[str]) -> subprocess.Popen:
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._serve, name="grader-sandbox-spawner", daemon=True)
+                self.thread.start()
+        done: queue.Queue = queue.Queue()
+        self.requests.put((argv, done))
+        result = done.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _serve(self) -> None:
+        while True:
+            argv, done = self.requests.get()
+            try:
+                done.put(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, start_new_session=True, close_fds=True))
+            except OSError as e:
+                done.put(e)
+
+
+_spawn = _Spawner().spawn
+
+
 class Worker:
     """One sandboxed worker process: write requests, read replies with a timeout each."""
 
     def __init__(self, source: str, limits: SandboxLimits, allow_unsafe: bool = False):
         self.limits = limits
         argv, _, site = worker_argv(allow_unsafe)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True, close_fds=True)
+        try:
+            self.proc = _spawn(argv)
+        except OSError as e:
+            raise WorkerFailure("python_grader_server_error", f"cannot start the sandbox: {e}", "start") from None
         self.replies: queue.Queue = queue.Queue()
         self.stderr_tail = b""
         threading.Thread(target=self._read_replies, daemon=True).start()
@@ -217,8 +262,9 @@ class Worker:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             code = None
-        why = {-9: "killed (SIGKILL: CPU or memory limit)", -24: "killed (SIGXCPU: CPU time limit)"}.get(
-            code, f"exited with status {code}")
+        # bwrap exits 128 + N when the grader's process died of signal N
+        signum = -code if code is not None and code < 0 else code - 128 if code is not None and code > 128 else None
+        why = f"was killed by {_signal_name(signum)}" if signum else f"exited with status {code}"
         tail = self.stderr_tail.decode(errors="replace").strip()[-300:]
         return f"the grader's process {why}" + (f": {tail}" if tail else "")
 

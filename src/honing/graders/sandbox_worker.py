@@ -97,6 +97,7 @@ def _tail(exc):
 
 
 def _grade_one(grade, request, limits):
+    worker_pid = os.getpid()
     out = _CappedText(limits["output_bytes"])
     sys.stdout = sys.stderr = out
     try:
@@ -109,6 +110,8 @@ def _grade_one(grade, request, limits):
     except BaseException as e:  # noqa: BLE001 (whatever the grader raises, SystemExit included, is its error)
         return {"error": _tail(e), "kind": "runtime"}
     finally:
+        if os.getpid() != worker_pid:  # a process the grader forked: it must never answer
+            os._exit(0)
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     if out.size > limits["output_bytes"]:
         return {"error": f"printed {out.size} characters, more than the {limits['output_bytes']} allowed",
