@@ -18,6 +18,11 @@ openai_dpo     ``{"input": {"messages"}, "preferred_output",                    
                "non_preferred_output"}`` (OpenAI's DPO format; the older
                ``preferred_completion``/``non_preferred_completion`` too)
 text           ``{"text": str}``                                               RawText
+vertex         ``{"systemInstruction"?, "contents": [{"role": "user"|"model",     Conversation
+               "parts": [{"text"}]}]}`` (Vertex AI / Gemini supervised tuning;
+               ``functionCall``/``functionResponse`` parts are tool calls)
+vertex_        ``{"system_instruction"?, "contents", "completions": [{"score":   PreferencePair
+preference     0|1, "completion": {"role": "model", "parts"}}]}`` (Vertex AI)
 unpaired       ``{"prompt", "completion", "label": true|false}`` (TRL's         LabeledExample
                unpaired format, strings or message lists) or ``{"messages",
                "label"}`` (the last assistant turn is the labelled reply): KTO
@@ -60,10 +65,11 @@ from honing.data.conversation import (
     ToolCall,
 )
 from honing.data.tools import check_tool_flow, read_functions, read_tool_calls, read_tools
+from honing.data.vertex import SYSTEM_KEYS, read_completions, read_contents, read_system, read_vertex_tools
 from honing.errors import DataError
 
 FORMATS: tuple[str, ...] = ("chat", "completion", "alpaca", "sharegpt", "preference", "openai_dpo", "text",
-                             "unpaired")
+                             "unpaired", "vertex", "vertex_preference")
 CONTAINERS: dict[str, str] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
     ".parquet": "parquet", ".pq": "parquet",
@@ -81,6 +87,8 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "openai_dpo": ("input", "preferred_output", "non_preferred_output"),
     "text": ("text",),
     "unpaired": ("label",),  # and "prompt" + "completion", or "messages"
+    "vertex": ("contents",),
+    "vertex_preference": ("contents", "completions"),
 }
 # OpenAI's first DPO files named the replies *_completion; read them as the *_output keys.
 OPENAI_DPO_ALIASES = {"preferred_completion": "preferred_output", "non_preferred_completion": "non_preferred_output"}
@@ -88,6 +96,8 @@ OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     "chat": ("tools", "parallel_tool_calls", "functions"), "completion": (), "alpaca": ("input", "system"), "sharegpt": ("system",),
     "preference": ("prompt",), "openai_dpo": (), "text": (),
     "unpaired": ("prompt", "completion", "messages"),
+    "vertex": (*SYSTEM_KEYS, "tools"),
+    "vertex_preference": SYSTEM_KEYS,
 }
 CHAT_MESSAGE_KEYS = frozenset({"role", "content", "weight", "name", "tool_calls", "tool_call_id", "function_call"})
 SHAREGPT_MESSAGE_KEYS = frozenset({"from", "value", "weight"})
@@ -125,6 +135,7 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     "not_ending_with_assistant": ("error", "the conversation does not end with an assistant message"),
     "no_trained_turn": ("error", "every assistant message has weight 0: nothing to train on"),
     "mixed_formats": ("error", "the record's format differs from the rest of the file"),
+    "empty_parts": ("error", "a Vertex AI turn (or system instruction) with no parts"),
     # tool calls (honing.data.tools)
     "invalid_tools": ("error", "'tools' is not a list of function definitions with a name and a valid JSON Schema"),
     "invalid_tool_call": ("error", "a tool call without an id, a function name or arguments"),
@@ -358,7 +369,8 @@ def _iter_json_array(text: str, pos: int) -> Iterator[tuple[int, Any]]:
 
 # Columns that carry message lists (or other structure) as JSON text inside a CSV cell.
 JSON_COLUMNS = frozenset({"messages", "conversations"})
-MAYBE_JSON_COLUMNS = frozenset({"prompt", "chosen", "rejected"})
+MAYBE_JSON_COLUMNS = frozenset({"prompt", "chosen", "rejected", "tools", "contents", "completions",
+                                "systemInstruction", "system_instruction"})
 # A CSV cell has no types: an unpaired example's label is spelled true/false (any case), as JSON spells it.
 CSV_BOOLEAN_COLUMNS = frozenset({"label"})
 
@@ -471,6 +483,8 @@ def detect_format(record: dict) -> str | None:
         return "unpaired"
     if "messages" in keys:
         return "chat"
+    if "contents" in keys:
+        return "vertex_preference" if "completions" in keys else "vertex"
     if "conversations" in keys:
         return "sharegpt"
     if "chosen" in keys and "rejected" in keys:
@@ -584,7 +598,7 @@ def _require(c: _Checker, record: dict, fmt: str) -> bool:
     for key in REQUIRED_KEYS[fmt]:
         if key not in record:
             ok = False
-            if key in ("messages", "conversations"):
+            if key in ("messages", "conversations", "contents"):
                 c.add("missing_messages", f"no {key!r} list")
             else:
                 c.add("missing_field", f"missing {key!r} (the {fmt} format needs "
@@ -960,9 +974,42 @@ def _labeled_conversation(c: _Checker, value: Any) -> tuple[tuple[Message, ...],
     return tuple(msgs[:-1]), msgs[-1].content
 
 
+def _parse_vertex(c: _Checker, record: dict) -> Conversation | None:
+    """Vertex AI supervised tuning: ``systemInstruction`` + ``contents`` of user/model turns (honing.data.vertex)."""
+    if not _require(c, record, "vertex"):
+        return None
+    system = read_system(c, record)
+    tools = read_vertex_tools(c, record["tools"]) if "tools" in record else ()
+    turns = read_contents(c, record["contents"])
+    if system is None or tools is None or turns is None:
+        return None
+    msgs = system + turns
+    _check_conversation(c, msgs)
+    check_tool_flow(msgs, tools, c.add)
+    return Conversation(tuple(msgs), line=c.line, tools=tools)
+
+
+def _parse_vertex_preference(c: _Checker, record: dict) -> PreferencePair | None:
+    """Vertex AI preference tuning: ``contents`` ending with a user turn, two scored ``completions``."""
+    if not _require(c, record, "vertex_preference"):
+        return None
+    system = read_system(c, record)
+    turns = read_contents(c, record["contents"])
+    replies = read_completions(c, record["completions"])
+    if system is None or turns is None or replies is None:
+        return None
+    if turns[-1].role not in ("user", "tool"):
+        c.add("prompt_not_ending_with_user", "'contents' must end with the user turn the completions answer, not a "
+                                             "model turn")
+        return None
+    check_tool_flow(turns, (), c.add, open_last_turn=False)
+    return _pair(c, tuple(system + turns), *replies)
+
+
 _PARSERS = {"chat": _parse_chat, "sharegpt": _parse_sharegpt, "completion": _parse_completion,
             "alpaca": _parse_alpaca, "preference": _parse_preference, "openai_dpo": _parse_openai_dpo,
-            "text": _parse_text, "unpaired": _parse_unpaired}
+            "text": _parse_text, "unpaired": _parse_unpaired, "vertex": _parse_vertex,
+            "vertex_preference": _parse_vertex_preference}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def validate_file(
         report.add(Problem(first, "repeated_answer", f"the answer {preview!r} is trained in {count} examples "
                                                      f"(first at line {first})"))
     # Only formats that can carry a system message are told to add one.
-    can_have_system = parser.format in ("chat", "sharegpt")
+    can_have_system = parser.format in ("chat", "sharegpt", "vertex")
     if not can_have_system:
         pass
     elif n_conversations and n_without_system == n_conversations:
