@@ -29,7 +29,7 @@ def _register() -> None:
     from honing.cli import models as _models
 
     app.add_typer(_models.app, name="models")
-    for name in ("data", "train", "evaluate", "chat", "demo", "export", "serve", "maintain"):
+    for name in ("data", "train", "evaluate", "chat", "demo", "export", "serve", "maintain", "grade"):
         try:
             mod = __import__(f"honing.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -72,6 +72,11 @@ def _unsafe_allowed() -> bool:
     return os.environ.get(UNSAFE_ENV) == "1"
 
 
+def sandbox_unsafe() -> bool:
+    """True when python graders loaded with allow_unsafe would run without the sandbox."""
+    return _unsafe_allowed() and _probe() is not None
+
+
 def check_available(allow_unsafe: bool = False) -> None:
     """Raise GraderError (saying how to install it) unless python graders can run sandboxed here.
     ``allow_unsafe`` (the CLI only, never the service) runs them unsandboxed when HONING_UNSAFE_PYTHON_GRADER=1."""
@@ -143,7 +148,7 @@ def _ro_bind(source: str, target: str) -> list[str]:
 
 def worker_argv(allow_unsafe: bool) -> tuple[list[str], str, str | None]:
     """(argv, the worker script's path inside, the site-packages path inside)."""
-    if allow_unsafe and _unsafe_allowed() and _probe() is not None:
+    if allow_unsafe and sandbox_unsafe():
         return [_python(), "-I", "-S", "-B", str(WORKER_SCRIPT)], str(WORKER_SCRIPT), _site_packages()
     return (bwrap_argv() + [_python(), "-I", "-S", "-B", _INNER_WORKER], _INNER_WORKER,
             _INNER_SITE if _site_packages() else None)
