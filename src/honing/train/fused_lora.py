@@ -297,11 +297,14 @@ def _fused_applies(layer, past_key_values, use_cache) -> bool:
 
 def _fused_layer_forward(layer, original, hidden_states, attention_mask=None, position_ids=None,
                          past_key_values=None, use_cache=False, position_embeddings=None, **kwargs):
-    projs = _layer_projections(layer) if _fused_applies(layer, past_key_values, use_cache) else None
+    # Newer transformers pass the KV cache as ``cache`` (and warn when ``past_key_values`` comes too).
+    cache = kwargs.get("cache", past_key_values)
+    projs = _layer_projections(layer) if _fused_applies(layer, cache, use_cache) else None
     if projs is None or position_embeddings is None:
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
         return original(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                        past_key_values=past_key_values, use_cache=use_cache,
-                        position_embeddings=position_embeddings, **kwargs)
+                        use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
     body = partial(_fused_layer_body, layer, projs, attention_mask=attention_mask,
                    position_embeddings=position_embeddings)
     if getattr(layer, "gradient_checkpointing", False):

@@ -268,10 +268,9 @@ class GRPOObjective(Objective):
         """k3 estimator of KL(policy || reference) per token (TRL's): exp(ref - logp) - (ref - logp) - 1."""
         import torch
 
-        from honing.train.losses import _unwrap
-
-        with torch.no_grad(), _unwrap(model).disable_adapter():
-            ref, _ = token_logps(model, batch)
+        core = getattr(model, "module", model)  # the PeftModel inside DDP (FSDP2 shards it in place)
+        with torch.no_grad(), core.disable_adapter():
+            ref, _ = token_logps(core, batch)
         diff = ref - logps
         return torch.exp(diff) - diff - 1
 
