@@ -36,7 +36,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., float], int, int | None]] = {
 }
 _BINARY: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.Pow: _pow, ast.BitXor: _pow,
+    ast.Pow: _pow,
 }
 _UNARY: dict[type, Callable[[float], float]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 MAX_CHARS = 2000
@@ -58,7 +58,8 @@ class Formula:
         self.where = where
         self.names = tuple(names)
         try:
-            self.tree = ast.parse(text.strip(), mode="eval").body
+            # "^" is a power in OpenAI's formulas, with a power's precedence: parse it as "**".
+            self.tree = ast.parse(text.strip().replace("^", "**"), mode="eval").body
         except SyntaxError as e:
             raise GraderError(f"{where}: {text!r} is not an arithmetic expression ({e.msg}, column "
                               f"{e.offset})") from None
@@ -107,7 +108,7 @@ class Formula:
             self._check(arg)
 
     def _source(self, node: ast.AST) -> str:
-        return ast.get_source_segment(self.text.strip(), node) or type(node).__name__
+        return ast.get_source_segment(self.text.strip().replace("^", "**"), node) or type(node).__name__
 
     def _refuse(self, node: ast.AST, why: str) -> GraderError:
         return GraderError(f"{self.where}: {why}; allowed: {_ALLOWED}")
