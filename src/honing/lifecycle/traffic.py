@@ -21,6 +21,8 @@ its path (atomically; on failure nothing is written). Each record keeps the stor
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,7 @@ from honing.data.curate import CurationSummary, dedupe, prompt_key
 from honing.data.formats import RecordParser, read_examples
 from honing.data.validate import MIN_EXAMPLES, validate_file
 from honing.errors import DataError
-from honing.fileio import atomic_path
+from honing.fileio import write_text_atomic
 
 KINDS = ("sft", "kto", "dpo")
 FORMAT = {"sft": "chat", "kto": "unpaired", "dpo": "preference"}
@@ -149,9 +151,12 @@ def build_dataset(traffic: Iterable[Traffic], kind: str, out: str | Path, *, eva
                         "/v1/chat/completions/{id}/feedback).")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out, overwrite=True) as tmp:
-        tmp.write_text("".join(json.dumps(records[ex.line - 1], ensure_ascii=False) + "\n" for ex in kept),
-                       encoding="utf-8")
+    # Validated under a hidden name with the same extension (the reader goes by it), then renamed into place.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix or ".jsonl", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write_text_atomic(tmp, "".join(json.dumps(records[ex.line - 1], ensure_ascii=False) + "\n" for ex in kept))
         report = validate_file(tmp, format=FORMAT[kind], tokenizer=tokenizer, max_length=max_length,
                                eval_path=eval_path, min_examples=min_examples)
         summary.validation = {**report.to_json(), "path": str(out)}
@@ -159,6 +164,9 @@ def build_dataset(traffic: Iterable[Traffic], kind: str, out: str | Path, *, eva
             first = "; ".join(f"line {p.line}: {p.category}: {p.message}" for p in report.errors[:3])
             raise DataError(f"{out}: the built file fails validation ({report.error_count} error(s): {first}); "
                             "nothing was written")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     summary.path = str(out)
     return summary
 
