@@ -143,6 +143,17 @@ def test_numpy_from_site_packages_imports():
     assert result.reward == 0.5, result.errors
 
 
+def test_unsandboxed_only_with_the_cli_opt_in_and_the_variable(monkeypatch):
+    monkeypatch.setattr(sandbox_mod, "_probe", lambda: "`bwrap` is not installed")
+    spec = {"type": "python", "name": "p", "source": "def grade(s, i):\n    return 0.5\n"}
+    with pytest.raises(GraderError, match="bubblewrap"):
+        load_grader(spec, allow_unsafe_python=True)  # the opt-in alone is not enough
+    monkeypatch.setenv(sandbox_mod.UNSAFE_ENV, "1")
+    assert sandbox_mod.sandbox_unsafe()
+    with load_grader(spec, allow_unsafe_python=True, limits=LIMITS) as grader:
+        assert [r.reward for r in grader.grade([Sample("a", {})])] == [0.5]
+
+
 def test_without_bwrap_python_graders_are_refused(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     sandbox_mod._probe.cache_clear()

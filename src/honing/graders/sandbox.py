@@ -210,7 +210,9 @@ class Worker:
         self.stderr_tail = b""
         threading.Thread(target=self._read_replies, daemon=True).start()
         threading.Thread(target=self._drain_stderr, daemon=True).start()
-        setup = {"source": source, "limits": asdict(limits), "uid": SANDBOX_UID, "site": site}
+        # Unsandboxed (the CLI's explicit opt-in), the real paths are used and may be root's: stay as we are.
+        uid = None if argv[0] != "bwrap" else SANDBOX_UID
+        setup = {"source": source, "limits": asdict(limits), "uid": uid, "site": site}
         self._write([json.dumps(setup)])
         ready = self.reply(limits.startup_s, "starting the worker and running the source's top level")
         if not ready.get("ready"):

@@ -4,7 +4,7 @@ Standalone on purpose (standard library only, never imports honing): it runs in 
 the interpreter, its standard library and a read-only copy of the site-packages are visible.
 
 Protocol (JSON lines; the pipes are moved off fds 0/1 first so the grader's prints cannot reach them):
-  in, first line: {"source": str, "limits": {...}, "uid": int, "site": str | null}
+  in, first line: {"source": str, "limits": {...}, "uid": int | null, "site": str | null}
   out:            {"ready": true} or {"ready": false, "error": str}
   in, per sample: {"i": int, "sample": {...}, "item": {...}}
   out:            {"i": int, "reward": number} | {"i": int, "bad": str} | {"i": int, "error": str, "kind": str}
@@ -60,7 +60,7 @@ def _confine(limits, uid):
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGXCPU, _on_xcpu)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE then fails with EFBIG
-    if os.getuid() == 0:
+    if os.getuid() == 0 and uid is not None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)  # from root to another uid: every capability is dropped with it
