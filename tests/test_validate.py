@@ -312,18 +312,68 @@ def test_cli_curate_writes_clean_file_and_reports_json(tmp_path):
     assert out.read_text().count("\n") == 2
 
 
+def _qa(tmp_path, answers: list[str]) -> Path:
+    lines = [msgs(SYSTEM, {"role": "user", "content": f"item number {i}"}, {"role": "assistant", "content": a})
+             for i, a in enumerate(answers)]
+    return _write(tmp_path, lines, "answers.jsonl")
+
+
 def test_a_label_set_is_recognised_and_its_short_answers_are_not_warned(tmp_path):
     # 3 labels x 4 examples: short, repeated answers by design (classification), so no warnings.
-    lines = [msgs(SYSTEM, {"role": "user", "content": f"item number {i}"},
-                  {"role": "assistant", "content": ("yes", "no", "n/a")[i % 3]}) for i in range(12)]
-    path = tmp_path / "labels.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    report = validate_file(path)
+    report = validate_file(_qa(tmp_path, [("yes", "no", "n/a")[i % 3] for i in range(12)]))
     assert report.lines() == []
     assert report.stats["answer_labels"] == 3
-    # One answer given only once breaks the pattern: the short answers are flagged again.
-    lines.append(msgs(SYSTEM, {"role": "user", "content": "odd one"}, {"role": "assistant", "content": "ok"}))
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    report = validate_file(path)
-    assert report.stats["answer_labels"] is None
-    assert "short_answer" in {c for _, c in report.lines()}
+    # A label given once among them is still a label, not a smell.
+    report = validate_file(_qa(tmp_path, [("yes", "no", "n/a")[i % 3] for i in range(12)] + ["ok"]))
+    assert report.lines() == [] and report.stats["answer_labels"] == 4
+
+
+def test_many_labels_over_few_rows_are_not_warned(tmp_path):
+    """The issue's case: ~35 labels over 40 rows, a few labels given 3-4 times (the old rule warned on each)."""
+    others = ["c", "java", "kotlin", "swift", "ruby", "perl", "php", "scala", "haskell", "ocaml", "elixir", "erlang",
+              "clojure", "lua", "r", "julia", "dart", "zig", "nim", "crystal", "fortran", "cobol", "ada", "lisp",
+              "scheme", "prolog", "bash", "powershell", "groovy", "f#"]
+    answers = ["golang"] * 4 + ["rust"] * 3 + ["python"] * 3 + others
+    report = validate_file(_qa(tmp_path, answers))
+    assert report.lines() == [] and report.stats["answer_labels"] == 33
+
+
+def test_one_label_dominating_is_warned_once(tmp_path):
+    report = validate_file(_qa(tmp_path, ["yes"] * 14 + ["no"] * 6))
+    assert report.lines() == [(None, "dominant_answer")]
+    assert "'yes' is 70% of the examples (14 of 20, first at line 1)" in report.problems[0].message
+    assert validate_file(_qa(tmp_path, ["yes"] * 10 + ["no"] * 10)).lines() == []  # half is not dominating
+
+
+def test_short_answers_repeated_in_prose_data_are_not_warned(tmp_path):
+    # Question answering: mostly sentences, a short fact given three times to different questions.
+    answers = [f"The answer to question {i} is a full sentence." for i in range(17)] + ["Paris"] * 3
+    assert validate_file(_qa(tmp_path, answers)).lines() == []
+    # The same sentence to three different prompts is a canned reply.
+    answers[:3] = ["I am sorry, I cannot help with that request."] * 3
+    assert validate_file(_qa(tmp_path, answers)).lines() == [(1, "repeated_answer")]
+
+
+# Every data file shipped under examples/; maintenance's requests.jsonl is traffic to replay, not examples.
+EXAMPLE_FILES = sorted(p.relative_to(REPO).as_posix() for pattern in ("*/*.jsonl", "*/data/*.jsonl")
+                       for p in (REPO / "examples").glob(pattern) if p.name != "requests.jsonl")
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_every_shipped_example_file_validates_without_warnings(name, smol_tokenizer):
+    """`hone data validate` on each shipped train and eval file: no warning; a training file no error either
+    (an eval file may be smaller than fine-tuning needs: cpt_stdlib_docs holds 8 held-out documents)."""
+    report = validate_file(REPO / name, tokenizer=smol_tokenizer)
+    assert report.warnings == [], report.to_json()["problems"]
+    if Path(name).stem == "train":
+        assert report.ok, report.to_json()["problems"]
+        held_out = REPO / Path(name).with_name("eval.jsonl")
+        if held_out.exists():
+            with_eval = validate_file(REPO / name, tokenizer=smol_tokenizer, eval_path=held_out)
+            assert with_eval.problems == [], with_eval.to_json()["problems"]
+    else:
+        assert {p.category for p in report.errors} <= {"too_few_examples"}
+
+
+def test_shipped_example_files_are_all_checked():
+    assert len(EXAMPLE_FILES) >= 10 and "examples/unicode_category/train.jsonl" in EXAMPLE_FILES

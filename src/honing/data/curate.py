@@ -112,45 +112,76 @@ class DuplicateFinder:
         return None
 
 
+# An answer longer than this (words or characters) is prose, not a label: the same one given to different
+# prompts is a canned reply. "I cannot help with that." (5 words) is prose; "Lu (Letter, uppercase)" a label.
+LABEL_MAX_WORDS = 4
+LABEL_MAX_CHARS = 40
+
+
+def is_long_answer(text: str) -> bool:
+    return len(text.split()) > LABEL_MAX_WORDS or len(text.strip()) > LABEL_MAX_CHARS
+
+
 @dataclass
 class RepeatedAnswers:
-    """Counts normalized trained answers; reports those given in at least ``min_count`` examples and at
-    least ``min_share`` of them (a model trained on one canned reply learns to give it to everything)."""
+    """Counts normalized trained answers, to warn only where repetition is suspicious for the task:
+
+    * the same LONG answer (prose, see :func:`is_long_answer`) in at least ``min_count`` examples and
+      ``min_share`` of them: a model trained on one canned reply learns to give it to everything;
+    * one SHORT answer (a label) in more than ``dominant_share`` of the examples, when most answers are
+      short: a model can score that share by always giving it.
+
+    Short answers that repeat are otherwise the expected shape of a classification file (35 labels over
+    40 rows included), so they are not warned about.
+    """
 
     min_count: int = 3
-    min_share: float = 0.05
-    # digest -> [count, first line]; the text is kept only once an answer is seen twice.
+    # 2%: the stdlib's three "Test if the address is a loopback address." summaries in 200 are not a smell
+    min_share: float = 0.02
+    dominant_share: float = 0.5
+    # digest -> [count, first line, long?]; the text is kept only once an answer is seen twice.
     counts: dict[bytes, list] = field(default_factory=dict)
     previews: dict[bytes, str] = field(default_factory=dict)
+    short_examples: int = 0  # examples whose trained answers are all short
 
     def add(self, example: Example, line: int) -> None:
-        for answer in set(trained_answers(example)):
+        answers = set(trained_answers(example))
+        self.short_examples += bool(answers) and not any(is_long_answer(a) for a in answers)
+        for answer in answers:
             key = digest(normalize(answer))
             entry = self.counts.get(key)
             if entry is None:
-                self.counts[key] = [1, line]
+                self.counts[key] = [1, line, is_long_answer(answer)]
             else:
                 entry[0] += 1
                 if key not in self.previews:
                     self.previews[key] = answer[:60]
 
     def label_set_size(self, total_examples: int, max_labels: int = 50) -> int | None:
-        """How many labels, when the answers look drawn from a small label set (a classification task).
-
-        That is: 2..``max_labels`` distinct answers, every one given at least twice, at least three
-        examples per label on average. Such answers are short and repeat by design, so the
-        short/repeated-answer warnings would be noise. None otherwise.
-        """
+        """How many labels, when the answers look drawn from a label set (a classification task): every
+        answer short, 2..``max_labels`` distinct ones, and some given more than once. Short answers are the
+        point there, so the short-answer warning is noise. None otherwise."""
         n = len(self.counts)
-        if not 2 <= n <= max_labels or total_examples < 3 * n:
+        if not 2 <= n <= max_labels or n >= total_examples or self.short_examples < total_examples:
             return None
-        return n if all(count >= 2 for count, _ in self.counts.values()) else None
+        return n
 
     def repeated(self, total_examples: int) -> list[tuple[int, int, str]]:
-        """``[(first_line, count, preview)]`` for answers over both thresholds, most frequent first."""
+        """``[(first_line, count, preview)]`` for long answers over both thresholds, most frequent first."""
         need = max(self.min_count, self.min_share * total_examples)
-        out = [(first, n, self.previews.get(k, "")) for k, (n, first) in self.counts.items() if n >= need]
+        out = [(first, n, self.previews.get(k, "")) for k, (n, first, long) in self.counts.items()
+               if long and n >= need]
         return sorted(out, key=lambda r: (-r[1], r[0]))
+
+    def dominant(self, total_examples: int, min_examples: int = 10) -> tuple[int, int, str] | None:
+        """``(first_line, count, preview)`` of a short answer given in more than ``dominant_share`` of the
+        examples of a mostly short-answer file (at least ``min_examples``), else None."""
+        if total_examples < min_examples or self.short_examples < total_examples / 2:
+            return None
+        top = max(((n, first, k) for k, (n, first, long) in self.counts.items() if not long), default=None)
+        if top is None or top[0] <= self.dominant_share * total_examples:
+            return None
+        return top[1], top[0], self.previews.get(top[2], "")
 
 
 @dataclass

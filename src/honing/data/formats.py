@@ -158,7 +158,8 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     "near_duplicate": ("warning", "the same as an earlier example after normalizing case/space/punctuation"),
     "no_system_message": ("warning", "conversations without a system message"),
     "short_answer": ("warning", "a very short trained answer"),
-    "repeated_answer": ("warning", "the same answer repeats across many examples"),
+    "repeated_answer": ("warning", "the same long answer (a canned reply) is trained on many different prompts"),
+    "dominant_answer": ("warning", "one short answer (label) is more than half of the examples"),
 }
 
 

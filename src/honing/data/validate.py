@@ -189,9 +189,17 @@ def validate_file(
         # A classification task: one-word answers from a fixed set are the point, not a smell.
         report.problems = [p for p in report.problems if p.category != "short_answer"]
         report.counts.pop("short_answer", None)
-    for first, count, preview in ([] if labels is not None else answers.repeated(n_examples)):
-        report.add(Problem(first, "repeated_answer", f"the answer {preview!r} is trained in {count} examples "
-                                                     f"(first at line {first})"))
+    for first, count, preview in answers.repeated(n_examples):
+        report.add(Problem(first, "repeated_answer", f"the same answer {preview!r} is trained on {count} different "
+                                                     f"prompts (first at line {first}): a canned reply the model "
+                                                     "will learn to give to everything"))
+    top = answers.dominant(n_examples)
+    if top is not None:
+        first, count, preview = top
+        report.add(Problem(None, "dominant_answer", f"the answer {preview!r} is {100 * count / n_examples:.0f}% of the "
+                                                    f"examples ({count} of {n_examples}, first at line {first}): a "
+                                                    "model can reach that accuracy by always giving it; balance "
+                                                    "the labels or weigh the evaluation"))
     # Only formats that can carry a system message are told to add one.
     can_have_system = parser.format in ("chat", "sharegpt", "vertex")
     if not can_have_system:
