@@ -43,7 +43,7 @@ demo: setup
 	$(VENV)/bin/hone demo
 
 test: setup
-	# PostgreSQL and Chromium for the service and dashboard tests (installs what is missing when root).
+	# PostgreSQL, Chromium and bubblewrap for the service, dashboard and python-grader tests (installs what is missing when root).
 	sh scripts/system_deps.sh
 	$(PY) -m pytest -q
 
