@@ -128,6 +128,19 @@ def test_top_level_failure_fails_every_sample_without_looping():
     assert "broken at import" in results[0].errors[0]
 
 
+def test_top_level_hang_times_out_once():
+    source = "while True:\n    pass\ndef grade(sample, item):\n    return 1.0\n"
+    limits = SandboxLimits(startup_s=1.5, workers=1)
+    with load_grader({"type": "python", "name": "hang", "source": source}, limits=limits) as grader:
+        start = time.perf_counter()
+        first = grader.grade([Sample("a", {}), Sample("b", {})])
+        again = grader.grade([Sample("c", {})])
+        elapsed = time.perf_counter() - start
+    assert [r.reward for r in first + again] == [0.0, 0.0, 0.0]
+    assert all(r.metadata["errors"]["unresponsive_reward_error"] for r in first + again)
+    assert elapsed < 6, elapsed  # one startup timeout, not one per sample or per call
+
+
 def test_workers_restart_and_keep_state_per_worker():
     source = "calls = []\ndef grade(sample, item):\n    calls.append(1)\n    return min(1.0, len(calls) / 10)\n"
     with load_grader({"type": "python", "name": "state", "source": source}, limits=LIMITS) as grader:

@@ -99,8 +99,8 @@ class PythonGrader(Grader):
         try:
             worker = Worker(self.source, self.limits, self.allow_unsafe)
         except WorkerFailure as e:
-            if e.flag == "python_grader_runtime_error":
-                self._broken = e  # the same source fails the same way in every new worker
+            if e.flag in ("python_grader_runtime_error", "unresponsive_reward_error"):
+                self._broken = e  # the source's top level fails or hangs the same way in every new worker
             return e
         self._slots[slot] = worker
         return worker

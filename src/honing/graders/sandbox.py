@@ -214,7 +214,11 @@ class Worker:
         uid = None if argv[0] != "bwrap" else SANDBOX_UID
         setup = {"source": source, "limits": asdict(limits), "uid": uid, "site": site}
         self._write([json.dumps(setup)])
-        ready = self.reply(limits.startup_s, "starting the worker and running the source's top level")
+        try:
+            ready = self.reply(limits.startup_s, "starting the worker and running the source's top level")
+        except WorkerFailure:
+            self.kill()
+            raise
         if not ready.get("ready"):
             self.kill()
             raise WorkerFailure("python_grader_runtime_error", f"the grader's source failed: {ready.get('error')}")
