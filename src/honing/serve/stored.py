@@ -47,6 +47,57 @@ SWEEP_EVERY_S = 600.0
 DAY_S = 86400
 
 
+# -- response shapes (OpenAI's, and Honing's additions) -------------------------------------------
+class FeedbackOut(BaseModel):
+    rating: Literal["up", "down"] | None = None
+    correction: str | None = None
+    note: str | None = None
+    created_at: int
+
+
+class StoredChatCompletion(S.ChatCompletion):
+    usage: S.Usage | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    feedback: FeedbackOut | None = None  # Honing: null until rated
+
+
+class StoredPage(S.Page):
+    data: list[StoredChatCompletion]
+
+
+class StoreMessage(BaseModel):
+    id: str
+    role: str
+    content: str | None = None
+    name: str | None = None
+    content_parts: list[dict] | None = None
+
+
+class StoreMessagePage(S.Page):
+    data: list[StoreMessage]
+
+
+class CompletionDeleted(BaseModel):
+    id: str
+    object: Literal["chat.completion.deleted"] = "chat.completion.deleted"
+    deleted: bool
+
+
+class ProjectSettingsOut(BaseModel):
+    object: Literal["project.settings"] = "project.settings"
+    project: str
+    store_retention_days: int | None = None
+
+
+class TrafficDataset(BaseModel):
+    object: Literal["honing.traffic_dataset"] = "honing.traffic_dataset"
+    file: S.FileObject
+    summary: dict
+
+
 # -- writing (called by chat.py) ------------------------------------------------------------------
 def save(Session, project: str, request: dict, response: dict, metadata: dict | None) -> None:
     """Keep one answered request. ``request`` holds the messages and the sampling parameters sent;
@@ -232,7 +283,7 @@ def page_of(s, q, meta: dict, limit: int) -> tuple[list, bool]:
     return rows[:limit], len(rows) > limit
 
 
-@router.get("/chat/completions", tags=["chat"])
+@router.get("/chat/completions", tags=["chat"], response_model=StoredPage)
 def list_stored(request: Request, project: Project, model: str | None = None, after: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=100)] = 20, order: Literal["asc", "desc"] = "asc",
                 rated: Annotated[Literal["rated", "unrated"] | None,
@@ -245,7 +296,7 @@ def list_stored(request: Request, project: Project, model: str | None = None, af
         return _page([completion_object(r) for r in rows], more)
 
 
-@router.get("/chat/completions/{completion_id}", tags=["chat"])
+@router.get("/chat/completions/{completion_id}", tags=["chat"], response_model=StoredChatCompletion)
 def retrieve_stored(request: Request, project: Project, completion_id: str) -> dict:
     with request.app.state.Session() as s:
         return completion_object(get_stored(s, project, completion_id))
@@ -256,7 +307,7 @@ class MetadataUpdate(BaseModel):
     metadata: MetadataField
 
 
-@router.post("/chat/completions/{completion_id}", tags=["chat"])
+@router.post("/chat/completions/{completion_id}", tags=["chat"], response_model=StoredChatCompletion)
 def update_stored(request: Request, project: Project, completion_id: str, body: MetadataUpdate) -> dict:
     """Replace the metadata (the only field OpenAI lets a client change)."""
     with request.app.state.Session.begin() as s:
@@ -265,14 +316,14 @@ def update_stored(request: Request, project: Project, completion_id: str, body: 
         return completion_object(row)
 
 
-@router.delete("/chat/completions/{completion_id}", tags=["chat"])
+@router.delete("/chat/completions/{completion_id}", tags=["chat"], response_model=CompletionDeleted)
 def delete_stored(request: Request, project: Project, completion_id: str) -> dict:
     with request.app.state.Session.begin() as s:
         s.delete(get_stored(s, project, completion_id))
     return {"id": completion_id, "object": "chat.completion.deleted", "deleted": True}
 
 
-@router.get("/chat/completions/{completion_id}/messages", tags=["chat"])
+@router.get("/chat/completions/{completion_id}/messages", tags=["chat"], response_model=StoreMessagePage)
 def list_messages(request: Request, project: Project, completion_id: str, after: str | None = None,
                   limit: Annotated[int, Query(ge=1, le=100)] = 20,
                   order: Literal["asc", "desc"] = "asc") -> dict:
@@ -297,7 +348,7 @@ class Feedback(BaseModel):
     note: str | None = Field(None, max_length=10_000)
 
 
-@router.post("/chat/completions/{completion_id}/feedback", tags=["honing"])
+@router.post("/chat/completions/{completion_id}/feedback", tags=["honing"], response_model=StoredChatCompletion)
 def give_feedback(request: Request, project: Project, completion_id: str, body: Feedback) -> dict:
     """Honing: rate a stored completion and optionally give the corrected answer; replaces earlier
     feedback. A correction without a rating counts as a thumbs down on the model's own answer."""
@@ -324,13 +375,13 @@ def _settings_object(s, project: str) -> dict:
             "store_retention_days": retention_days(s, project)}
 
 
-@router.get("/project/settings", tags=["honing"])
+@router.get("/project/settings", tags=["honing"], response_model=ProjectSettingsOut)
 def get_settings(request: Request, project: Project) -> dict:
     with request.app.state.Session() as s:
         return _settings_object(s, project)
 
 
-@router.post("/project/settings", tags=["honing"])
+@router.post("/project/settings", tags=["honing"], response_model=ProjectSettingsOut)
 def set_settings(request: Request, project: Project, body: SettingsUpdate) -> dict:
     Session = request.app.state.Session
     with Session.begin() as s:
@@ -373,7 +424,7 @@ class FromTraffic(BaseModel):
     min_examples: int = Field(MIN_EXAMPLES, ge=1)
 
 
-@router.post("/files/from_traffic", tags=["honing"])
+@router.post("/files/from_traffic", tags=["honing"], response_model=TrafficDataset)
 def file_from_traffic(request: Request, project: Project, body: FromTraffic) -> dict:
     """Honing: build a fine-tune file from this project's feedback (`hone data from-traffic`): curated
     (duplicates, near-duplicates, prompts of ``eval_file``) and validated; a 400 says why when nothing
