@@ -273,7 +273,7 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_toke
         lr = auto_learning_rate(config.method, batch)
         why = (f"{config.method} base {BASE_LR.get(config.method, 0):.0e} at batch {LR_REFERENCE_BATCH}, x "
                f"sqrt(batch/{LR_REFERENCE_BATCH}), within [{LR_BAND[config.method][0]:.0e}, {LR_BAND[config.method][1]:.0e}]")
-        if getattr(config, "objective", "sft") in ("dpo", "simpo"):
+        if getattr(config, "objective", "sft") in ("dpo", "simpo", "kto"):
             lr *= PREFERENCE_LR_FACTOR
             why += f", x{PREFERENCE_LR_FACTOR} for preference tuning"
         reasons.append(("learning_rate", why))
