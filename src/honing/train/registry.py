@@ -11,9 +11,7 @@ from honing.errors import ConfigError
 from honing.train.cpt import CPTObjective
 from honing.train.grpo import GRPOObjective
 from honing.train.kto import KTOObjective
-from honing.train.kto import KTOObjective
 from honing.train.objectives import Objective, SFTObjective
-from honing.train.orpo import ORPOObjective
 from honing.train.orpo import ORPOObjective
 from honing.train.preference import DPOObjective, SimPOObjective
 
@@ -22,8 +20,6 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "dpo": DPOObjective,
     "simpo": SimPOObjective,
     "cpt": CPTObjective,
-    "kto": KTOObjective,
-    "orpo": ORPOObjective,
     "kto": KTOObjective,
     "orpo": ORPOObjective,
     "grpo": GRPOObjective,
