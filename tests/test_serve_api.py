@@ -237,7 +237,7 @@ def test_dpo_job(served):
     assert record["config"]["objective"] == "dpo" and record["config"]["dpo"]["beta"] == 0.25
     with pytest.raises(openai.BadRequestError) as e:
         c.fine_tuning.jobs.create(model=str(served["tiny"]), training_file=f.id,
-                                  method={"type": "reinforcement"})
+                                  method={"type": "distillation"})
     assert e.value.body["param"] == "method.type"
 
 

@@ -89,9 +89,9 @@ def missing_item_fields(examples: list[PromptExample], fields: set[str]) -> list
     return out
 
 
-def read_rft(path: str | os.PathLike, item_fields: set[str] | None = None) -> list[PromptExample]:
-    """Every row of an RFT file; raises DataError listing every problem with its line (a row missing a
-    field in ``item_fields``, the grader's referenced fields, is one)."""
+def check_rft(path: str | os.PathLike, item_fields: set[str] | None = None) -> tuple[list[PromptExample], list[Problem]]:
+    """(the good rows, every problem with its line) of an RFT file; ``item_fields``: the fields the grader's
+    templates reference, which every row must have."""
     examples, problems = [], []
     for line, value in iter_records(path):
         if isinstance(value, Problem):
@@ -101,7 +101,12 @@ def read_rft(path: str | os.PathLike, item_fields: set[str] | None = None) -> li
         problems += found
         if ex is not None:
             examples.append(ex)
-    problems += missing_item_fields(examples, item_fields or set())
+    return examples, problems + missing_item_fields(examples, item_fields or set())
+
+
+def read_rft(path: str | os.PathLike, item_fields: set[str] | None = None) -> list[PromptExample]:
+    """Every row of an RFT file; raises DataError listing every problem with its line."""
+    examples, problems = check_rft(path, item_fields)
     if problems:
         shown = "\n".join(f"  {path} line {p.line}: {p.category}: {p.message}" for p in problems[:MAX_REPORTED])
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
@@ -111,4 +116,4 @@ def read_rft(path: str | os.PathLike, item_fields: set[str] | None = None) -> li
     return examples
 
 
-__all__ = ["PromptExample", "missing_item_fields", "parse_rft_row", "read_rft"]
+__all__ = ["PromptExample", "check_rft", "missing_item_fields", "parse_rft_row", "read_rft"]

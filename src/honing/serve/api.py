@@ -199,6 +199,9 @@ def create_job(request: Request, project: Project, body: JobCreate, idem: IdemKe
         with S() as s:
             return J.job_object(get_job(s, project, known))
     method, requested = J.hyperparameters_of(body.model_dump())
+    if method["type"] == "reinforcement" and body.validation_file is None:
+        raise APIError(400, "validation_file: required for method reinforcement (the validation reward picks the "
+                            "best checkpoint)", param="validation_file")
     extra = J.check_extra_config(body.honing_config)
     _check_model(body.model)
     job_id = new_id("ftjob")
@@ -219,6 +222,9 @@ def create_job(request: Request, project: Project, body: JobCreate, idem: IdemKe
             s.add(job)
             s.flush()
             add_event(s, job, "status:created", f"Created fine-tuning job: {job_id}")
+            for key in requested.get("not_applicable", []):
+                add_event(s, job, f"not_applicable:{key}", f"hyperparameters.{key}: accepted but not applicable "
+                          f"here ({J.NOT_APPLICABLE[key]})", level="warn")
             if idem:
                 s.add(IdempotentRequest(project=project, key=idem, path="/v1/fine_tuning/jobs", object_id=job_id,
                                         created_at=now()))

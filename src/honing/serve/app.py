@@ -12,7 +12,7 @@ import logging
 
 from fastapi import FastAPI
 
-from honing.serve import api, chat, errors, stored
+from honing.serve import api, chat, errors, graders, stored
 from honing.serve.db import make_engine, sessions, upgrade
 from honing.serve.inference import ModelPool
 from honing.serve.schemas import Health
@@ -87,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api.router)
     app.include_router(chat.router)
     app.include_router(stored.router)
+    app.include_router(graders.router)
     _document_errors_as_answered(app)
     try:
         from honing.serve.dashboard import mount

@@ -2,7 +2,11 @@
 and checkpoint objects the client parses.
 
 Hyperparameters (``method.<type>.hyperparameters`` or the older top-level ``hyperparameters``); method
-``supervised`` trains objective ``sft``, method ``dpo`` objective ``dpo`` (``beta`` -> ``dpo.beta``):
+``supervised`` trains objective ``sft``, method ``dpo`` objective ``dpo`` (``beta`` -> ``dpo.beta``), method
+``reinforcement`` objective ``grpo`` with ``method.reinforcement.grader`` (OpenAI's grader object, checked
+by ``honing.graders``; ``compute_multiplier`` m -> ``grpo.group_size`` = round(4 m), at least 2;
+``eval_interval`` -> ``eval_every``; ``eval_samples`` and ``reasoning_effort`` are accepted and reported as not
+applicable, see :data:`NOT_APPLICABLE`):
 
 * ``n_epochs`` -> ``epochs``; ``batch_size`` -> ``batch_size`` (``"auto"`` stays auto: Honing picks them
   from the dataset size, as ``hone train`` does);
@@ -24,7 +28,7 @@ ALLOWED_CONFIG_KEYS = {
     "method", "lora", "max_steps", "max_length", "micro_batch_size", "lr_scheduler", "warmup_ratio",
     "weight_decay", "max_grad_norm", "packing", "eval_every", "save_every", "keep_checkpoints",
     "early_stopping_patience", "eval_max_examples", "eval_fraction", "dtype", "activation_checkpointing",
-    "learning_rate", "dpo",
+    "learning_rate", "dpo", "grpo", "kto", "orpo", "objective",
     "gate",  # a release gate: the model is promoted only when the end-of-training evaluation passes it
 }
 
@@ -41,16 +45,33 @@ def _number(value, param: str, *, integer: bool, low: float, high: float):
     return int(value) if integer else float(value)
 
 
+METHODS = ("supervised", "dpo", "reinforcement")
+METHOD_HYPERPARAMETERS = {
+    "supervised": set(),
+    "dpo": {"beta"},
+    "reinforcement": {"compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort"},
+}
+# OpenAI hyperparameters with no counterpart here: accepted (a client's request stays valid), echoed back,
+# and named in a job event so nobody believes they took effect.
+NOT_APPLICABLE = {
+    "reasoning_effort": "Honing's models have no reasoning-effort setting",
+    "eval_samples": "validation samples one completion per validation prompt (greedy: grpo.eval_temperature)",
+}
+GROUP_SIZE_PER_COMPUTE = 4  # completions per prompt at compute_multiplier 1 (grpo.group_size's default)
+
+
 def hyperparameters_of(body: dict) -> tuple[dict, dict]:
     """(method object as echoed back, requested hyperparameters {n_epochs, batch_size,
-    learning_rate_multiplier[, beta]}) from a create request; 400 for what this server cannot train."""
+    learning_rate_multiplier[, beta | grader, compute_multiplier, eval_interval, not_applicable]}) from a
+    create request; 400 for what this server cannot train."""
     method = body.get("method") or {"type": "supervised"}
     if not isinstance(method, dict):
         raise APIError(400, "method: expected an object", param="method")
     mtype = method.get("type", "supervised")
-    if mtype not in ("supervised", "dpo"):
-        raise APIError(400, f"method.type: {mtype!r} is not supported by this server (supported: 'supervised', "
-                            "'dpo')", param="method.type")
+    if mtype not in METHODS:
+        raise APIError(400, f"method.type: {mtype!r} is not supported by this server (supported: "
+                            f"{', '.join(repr(m) for m in METHODS)}; Honing's other objectives: honing_config)",
+                       param="method.type")
     section = method.get(mtype) or {}
     hp = (section.get("hyperparameters") if isinstance(section, dict) else None) or {}
     legacy = body.get("hyperparameters") or {}
@@ -59,7 +80,7 @@ def hyperparameters_of(body: dict) -> tuple[dict, dict]:
     hp = dict(hp)
     for k, v in legacy.items():
         hp.setdefault(k, v)
-    allowed = {"n_epochs", "batch_size", "learning_rate_multiplier"} | ({"beta"} if mtype == "dpo" else set())
+    allowed = {"n_epochs", "batch_size", "learning_rate_multiplier"} | METHOD_HYPERPARAMETERS[mtype]
     unknown = sorted(set(hp) - allowed)
     if unknown:
         raise APIError(400, f"hyperparameters: unknown key(s) {unknown} for method {mtype} (supported: "
@@ -74,7 +95,39 @@ def hyperparameters_of(body: dict) -> tuple[dict, dict]:
     if mtype == "dpo":
         requested["beta"] = _number(hp.get("beta"), "hyperparameters.beta", integer=False, low=1e-4, high=10)
     echoed = {"type": mtype, mtype: {"hyperparameters": dict(requested)}}
+    if mtype == "reinforcement":
+        grader = _reinforcement(section, hp, requested)
+        echoed[mtype] = {"grader": grader, "hyperparameters": {k: v for k, v in requested.items()
+                                                               if k not in ("grader", "not_applicable")}}
     return echoed, requested
+
+
+def _reinforcement(section: dict, hp: dict, requested: dict) -> dict:
+    """Check ``method.reinforcement``'s grader and its hyperparameters into ``requested``; the grader."""
+    from honing.graders import GraderError, load_grader
+
+    grader = section.get("grader")
+    if not isinstance(grader, dict):
+        raise APIError(400, "method.reinforcement.grader: required (OpenAI's grader object: string_check, "
+                            "text_similarity, python, score_model or multi)", param="method.reinforcement.grader")
+    try:
+        load_grader(grader, path="method.reinforcement.grader").close()
+    except GraderError as e:
+        raise APIError(400, str(e), param="method.reinforcement.grader") from None
+    requested["grader"] = grader
+    requested["compute_multiplier"] = _number(hp.get("compute_multiplier"), "hyperparameters.compute_multiplier",
+                                              integer=False, low=0.5, high=16)
+    requested["eval_interval"] = _number(hp.get("eval_interval"), "hyperparameters.eval_interval", integer=True,
+                                         low=1, high=100_000)
+    effort = hp.get("reasoning_effort", "default")
+    if effort not in ("default", "low", "medium", "high"):
+        raise APIError(400, f"hyperparameters.reasoning_effort: expected default, low, medium or high, got "
+                            f"{effort!r}", param="hyperparameters.reasoning_effort")
+    requested["reasoning_effort"] = effort
+    requested["eval_samples"] = _number(hp.get("eval_samples"), "hyperparameters.eval_samples", integer=True,
+                                        low=1, high=1000)
+    requested["not_applicable"] = sorted(k for k in NOT_APPLICABLE if k in hp)
+    return grader
 
 
 def base_learning_rate(method: str, batch_size) -> float:
@@ -93,6 +146,14 @@ def training_config(requested: dict, seed: int, extra: dict) -> dict:
         config["objective"] = "dpo"
         if requested["beta"] != "auto":
             config["dpo"] = {**config.get("dpo", {}), "beta": requested["beta"]}
+    if "grader" in requested:  # method reinforcement: GRPO against the grader (honing.train.grpo)
+        config["objective"] = "grpo"
+        grpo = {**config.get("grpo", {}), "grader": requested["grader"]}
+        if requested["compute_multiplier"] != "auto":
+            grpo["group_size"] = max(2, round(GROUP_SIZE_PER_COMPUTE * requested["compute_multiplier"]))
+        config["grpo"] = grpo
+        if requested["eval_interval"] != "auto" and "eval_every" not in extra:
+            config["eval_every"] = requested["eval_interval"]
     m = requested["learning_rate_multiplier"]
     if m != "auto" and "learning_rate" not in extra:
         config["learning_rate"] = m * base_learning_rate(str(extra.get("method", "lora")), requested["batch_size"])
@@ -160,11 +221,17 @@ def job_object(job: Job) -> dict:
         "finished_at": job.finished_at, "trained_tokens": job.trained_tokens,
         "error": job.error, "result_files": job.result_files or [], "seed": job.seed,
         "hyperparameters": {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
-        "method": {"type": job.method.get("type", "supervised"),
-                   job.method.get("type", "supervised"): {"hyperparameters": hp}},
+        "method": _method_object(job, hp),
         "estimated_finish": job.estimated_finish if job.status == "running" else None,
         "integrations": [], "metadata": job.job_metadata, "user_provided_suffix": job.suffix,
     }
+
+
+def _method_object(job: Job, hp: dict) -> dict:
+    """The job's method as OpenAI echoes it: its type, and its section with the resolved hyperparameters
+    (the reinforcement section keeps its grader)."""
+    mtype = job.method.get("type", "supervised")
+    return {"type": mtype, mtype: {**job.method.get(mtype, {}), "hyperparameters": hp}}
 
 
 def event_object(e: JobEvent) -> dict:

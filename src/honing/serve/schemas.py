@@ -81,6 +81,12 @@ class CheckpointMetrics(BaseModel):
     valid_mean_token_accuracy: float | None = None
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
+    # Reinforcement jobs (Honing's names; OpenAI's client keeps extra keys): the step's mean reward and the
+    # validation reward with its bootstrap CI.
+    train_reward: float | None = None
+    valid_reward: float | None = None
+    valid_reward_ci_low: float | None = None
+    valid_reward_ci_high: float | None = None
 
 
 class JobCheckpoint(BaseModel):

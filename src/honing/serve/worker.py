@@ -32,6 +32,9 @@ from pathlib import Path
 
 from sqlalchemy import and_, case, or_, select, update
 
+from honing.data.rft import check_rft
+from honing.graders import load_grader
+from honing.graders.sandbox import UNSAFE_ENV
 from honing.rundir import RunDir
 from honing.serve import jobs as J
 from honing.serve.db import Checkpoint, File, Job, JobEvent, new_id, now
@@ -134,7 +137,7 @@ class Worker:
                     self._fail(s, job, f"invalid_{role}_file", f"The {role} file {file_id} is no longer "
                                "available.", f"{role}_file")
                     return
-                problems = [p for p in report.get("problems", []) if p.get("severity") == "error"
+                problems = [p for p in _file_problems(job, f.path, report) if p.get("severity") == "error"
                             # a held-out set may be small: the 10-example minimum is for training data
                             and not (role == "validation" and p.get("category") == "too_few_examples")]
                 if problems:
@@ -230,6 +233,7 @@ class Worker:
         (run_dir / PAUSE_FILE).unlink(missing_ok=True)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1",
                "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env.pop(UNSAFE_ENV, None)  # a job's python graders run in the sandbox, whatever the server's shell says
         ingest = Ingestor(self, job)
         ingest.previous_logs(logs)
         log_path = logs / f"attempt-{job.attempts}.log"
@@ -437,10 +441,12 @@ class Ingestor:
         self.steps_seen.add(step)
         self.total_steps = self.total_steps or r.get("total_steps")
         if step == 0:
-            add_event(s, self.job, "metrics:0", f"Eval loss before training: {r.get('eval_loss')}",
-                      type="metrics", data={"step": 0, "total_steps": self.total_steps, "train_loss": None,
-                                            "valid_loss": r.get("eval_loss"), "train_mean_token_accuracy": None,
-                                            "learning_rate": None, "epoch": 0})
+            before = (f"Eval reward before training: {r.get('eval_reward')}" if "eval_reward" in r
+                      else f"Eval loss before training: {r.get('eval_loss')}")
+            add_event(s, self.job, "metrics:0", before, type="metrics",
+                      data={"step": 0, "total_steps": self.total_steps, "train_loss": None,
+                            "valid_loss": r.get("eval_loss"), "train_mean_token_accuracy": None,
+                            "learning_rate": None, "epoch": 0, **_reward_metrics(r)})
             return
         self.trained_tokens = r.get("trained_tokens", self.trained_tokens)
         t = time.time()
@@ -448,7 +454,7 @@ class Ingestor:
         self.last_step = (step, t)
         data = {"step": step, "total_steps": self.total_steps, "train_loss": r.get("train_loss"),
                 "valid_loss": r.get("eval_loss"), "train_mean_token_accuracy": r.get("train_mean_token_accuracy"),
-                "learning_rate": r.get("lr"), "epoch": r.get("epoch")}
+                "learning_rate": r.get("lr"), "epoch": r.get("epoch"), **_reward_metrics(r)}
         loss = r.get("train_loss")
         add_event(s, self.job, f"metrics:{step}",
                   f"Step {step}/{self.total_steps}: training loss={loss:.4f}" if isinstance(loss, float)
@@ -473,7 +479,7 @@ class Ingestor:
             r = rows.get(ck.step, {})
             metrics = {"step": ck.step, "train_loss": r.get("train_loss"), "valid_loss": r.get("eval_loss"),
                        "train_mean_token_accuracy": None, "valid_mean_token_accuracy": None,
-                       "full_valid_loss": None, "full_valid_mean_token_accuracy": None}
+                       "full_valid_loss": None, "full_valid_mean_token_accuracy": None, **_reward_metrics(r)}
             insert_ignore(s, Checkpoint, [{
                 "id": new_id("ftckpt"), "job_id": self.job.id, "project": self.job.project, "step": ck.step,
                 "model_name": J.checkpoint_name(self.job, ck.step), "weights": str(target), "metrics": metrics,
@@ -491,6 +497,30 @@ class Ingestor:
             per_step = (t1 - t0) / (s1 - s0)
             out["estimated_finish"] = int(t1 + per_step * max(0, self.total_steps - s1))
         return out
+
+
+# Reinforcement jobs' metrics (objective grpo's rows) under the names events and checkpoints carry.
+REWARD_METRICS = {"train_reward": "train_reward", "train_reward_std": "train_reward_std",
+                  "train_frac_reward_zero_std": "train_frac_reward_zero_std",
+                  "train_completion_length": "train_completion_length", "train_grader_errors": "train_grader_errors",
+                  "eval_reward": "valid_reward", "eval_reward_ci_low": "valid_reward_ci_low",
+                  "eval_reward_ci_high": "valid_reward_ci_high"}
+
+
+def _reward_metrics(row: dict) -> dict:
+    return {name: row[key] for key, name in REWARD_METRICS.items() if key in row}
+
+
+def _file_problems(job: Job, path: str, report: dict) -> list[dict]:
+    """A file's problems for this job: its upload validation's, or for a reinforcement job the RFT checks
+    (messages ending with the user's turn, every field the grader references present)."""
+    if (job.method or {}).get("type") != "reinforcement":
+        return report.get("problems", [])
+    fields = load_grader(job.method["reinforcement"]["grader"]).item_fields()
+    examples, problems = check_rft(path, fields)
+    if not examples and not problems:
+        return [{"line": None, "category": "too_few_examples", "severity": "error", "message": "no examples"}]
+    return [p.as_dict() for p in problems]
 
 
 def release_gate(job: Job, rd: RunDir):
