@@ -39,6 +39,11 @@ LR_BAND = {"lora": (1e-4, 1e-3), "qlora": (1e-4, 1e-3), "full": (5e-6, 5e-5)}
 # Preference tuning (DPO, SimPO) moves a model that already answers well by small log-ratio margins: the
 # usual recipes (Zephyr, TRL's examples) train at about a tenth of the SFT rate or less.
 PREFERENCE_LR_FACTOR = 0.1
+# Reinforcement (GRPO) nudges a model that already samples sensible answers: the same tenth, and one pass
+# over the prompts by default (every step samples and grades group_size completions per prompt, so a step
+# costs several SFT steps; OpenAI's RFT and TRL's GRPO examples train about an epoch).
+RL_LR_FACTOR = 0.1
+RL_EPOCHS = 1
 LR_REFERENCE_BATCH = 4
 
 MAX_MICRO_BATCH = 8
@@ -232,7 +237,11 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_toke
 
     reasons: list[tuple[str, str]] = []
     epochs = config.epochs
-    if epochs == "auto":
+    if epochs == "auto" and getattr(config, "objective", "sft") == "grpo":
+        epochs = RL_EPOCHS
+        reasons.append(("epochs", "one pass over the prompts (reinforcement: each step samples and grades a group "
+                                  "of completions per prompt)"))
+    elif epochs == "auto":
         epochs = auto_epochs(n_train)
         reasons.append(("epochs", (f"OpenAI's rule for {n_train} examples (3; at least ~{MIN_TARGET_EXAMPLES} and "
                                   f"at most ~{MAX_TARGET_EXAMPLES:,} examples seen); early stopping and the best "
@@ -276,6 +285,9 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_toke
         if getattr(config, "objective", "sft") in ("dpo", "simpo", "kto"):
             lr *= PREFERENCE_LR_FACTOR
             why += f", x{PREFERENCE_LR_FACTOR} for preference tuning"
+        elif getattr(config, "objective", "sft") == "grpo":
+            lr *= RL_LR_FACTOR
+            why += f", x{RL_LR_FACTOR} for reinforcement"
         reasons.append(("learning_rate", why))
     steps_per_epoch = math.ceil(n_train / batch)
     total = config.max_steps or epochs * steps_per_epoch
