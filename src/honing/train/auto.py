@@ -239,8 +239,8 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_toke
     epochs = config.epochs
     if epochs == "auto" and getattr(config, "objective", "sft") == "grpo":
         epochs = RL_EPOCHS
-        reasons.append(("epochs", "one pass over the prompts (reinforcement: each step samples and grades a group "
-                                  "of completions per prompt)"))
+        reasons.append(("epochs", ("one pass over the prompts (reinforcement: each step samples and grades a group "
+                                  "of completions per prompt)")))
     elif epochs == "auto":
         epochs = auto_epochs(n_train)
         reasons.append(("epochs", (f"OpenAI's rule for {n_train} examples (3; at least ~{MIN_TARGET_EXAMPLES} and "
