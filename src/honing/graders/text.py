@@ -132,7 +132,9 @@ def _rouge(kind: str, inputs: list[str], refs: list[str]) -> list[float]:
 
 def _cosine(inputs: list[str], refs: list[str]) -> list[float]:
     from honing.evaluate.embeddings import embed
+    from honing.quiet import quiet_libraries
 
+    quiet_libraries()  # no weight-loading progress bar in the middle of `hone grade`'s output
     vectors = embed(list(inputs) + list(refs))  # L2-normalised: a dot product is the cosine
     n = len(inputs)
     return [float(min(1.0, max(-1.0, vectors[i] @ vectors[n + i]))) for i in range(n)]
