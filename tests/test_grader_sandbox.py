@@ -101,7 +101,10 @@ def test_the_sandbox_sees_no_project_home_or_network():
             seen = [os.path.exists(p) for p in ({str(REPO)!r}, '/root/.bashrc', '/etc', '/home', '/work')]
             s = socket.socket()
             unreachable = s.connect_ex(('127.0.0.1', 22)) != 0
-            return 1.0 if not any(seen) and unreachable and os.getuid() != 0 and sum(p.isdigit() for p in os.listdir('/proc')) < 5 else 0.0
+            caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'NoNewPrivs'))]
+            alone = sum(p.isdigit() for p in os.listdir('/proc')) < 5
+            ok = not any(seen) and unreachable and os.getuid() != 0 and caps == ['0' * 16, '0' * 16, '1'] and alone
+            return 1.0 if ok else 0.0
         """)
     with load_grader({"type": "python", "name": "probe", "source": source}, limits=LIMITS) as grader:
         (result,) = grader.grade([Sample("x", {})])

@@ -122,7 +122,7 @@ def bwrap_argv() -> list[str]:
         elif os.path.isdir(top):
             argv += ["--ro-bind", top, top]
     prefix = str(Path(sys.base_prefix).resolve())
-    if not prefix.startswith("/usr/"):
+    if prefix != "/usr" and not prefix.startswith("/usr/"):
         argv += _ro_bind(prefix, prefix)  # the interpreter stays where its libpython rpath expects it
     site = _site_packages()
     if site:
@@ -133,6 +133,8 @@ def bwrap_argv() -> list[str]:
              "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one thread: RLIMIT_NPROC
         argv += ["--setenv", var, "1"]
+    if os.geteuid() == 0:  # keep only what the worker needs to become uid 65534, and drop it with root
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     return argv + ["--remount-ro", "/"]
 
 
