@@ -1,8 +1,11 @@
 """Feedback from the dashboard, in a real headless Chromium against a real ``hone serve``: rate an answer
 in the chat (stored with ``store: true``), then work the review queue (#/review): filter by metadata and
-model, correct one answer, rate another; what the page did is what the API then says."""
+model, correct one answer, rate another; what the page did is what the API then says; then build a
+training file from the feedback on the same page."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from test_dashboard import PageLog, api_json, browser  # noqa: F401  (browser is a fixture)
@@ -71,9 +74,24 @@ def test_rate_in_chat_and_correct_in_the_review_queue(browser, tmp_path):  # noq
         page.wait_for_selector("#review-list[data-loads='3']")
         assert page.locator(".review-item").count() == 3
         assert page.locator(".review-item .feedback[data-rating=down]").count() == 2
+
+        # The feedback becomes a training file from the same page: too few for the default minimum (the
+        # reason is shown, no file is made), then a DPO pair file once the minimum allows one pair.
+        page.select_option("#traffic-kind", "dpo")
+        page.click("#traffic-build")
+        page.wait_for_selector("#traffic-error")
+        assert "need at least 10" in page.text_content("#traffic-error")
+        assert api_json(server, "/files")["data"] == []
+        page.fill("#traffic-min", "1")
+        page.click("#traffic-build")
+        page.wait_for_selector("#traffic-result .validation[data-ok=true]")
+        file_id = page.get_attribute("#traffic-result [data-file]", "data-file")
+        rows = [json.loads(x) for x in c.files.content(file_id).text.splitlines()]
+        assert [(r["id"], r["chosen"]) for r in rows] == [(seeded[0].id, "Blue.")]
+        assert rows[0]["rejected"] == seeded[0].choices[0].message.content
         page.wait_for_timeout(200)
         assert page.title() == "Honing"
-        assert log.unexpected() == [], log.errors
+        assert log.unexpected(allowed=("400",)) == [], log.errors  # the refused build's 400
     finally:
         page.close()
         server.stop()

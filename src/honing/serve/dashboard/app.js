@@ -458,6 +458,7 @@
   function jobView(ctx, view, id) {
     const title = h("div", { class: "headline" }, h("h1", { class: "mono" }, id));
     const chart = h("div", { class: "chart", id: "loss-chart" }, h("p", { class: "muted" }, "No metrics yet."));
+    const chartTitle = h("h2", { id: "chart-title" }, "Loss");
     const progressText = h("p", { class: "muted", id: "progress-text" });
     const details = h("div", { id: "job-details" });
     const hyper = h("div", { id: "hyperparameters" });
@@ -467,7 +468,7 @@
     const report = h("div", { id: "report" }, h("p", { class: "muted" }, "The evaluation report appears here when the job ends."));
     replace(view, title,
       h("div", { class: "grid" },
-        h("div", { class: "panel" }, h("h2", null, "Loss"), chart, progressText),
+        h("div", { class: "panel" }, chartTitle, chart, progressText),
         h("div", { class: "panel" }, h("h2", null, "Job"), details)),
       h("div", { class: "grid", style: "margin-top:16px" },
         h("div", { class: "panel" }, h("h2", null, "Hyperparameters (resolved)"), hyper),
@@ -492,6 +493,7 @@
       renderHeader(title, job, () => refresh());
       const series = lossSeries(rows === null ? null : listOf(rows), evs, rows && rows.total_steps);
       replace(chart, series.train.length || series.evals.length ? lossChart(series) : h("p", { class: "muted" }, "No metrics yet."));
+      chartTitle.textContent = series.kind === "reward" ? "Reward" : "Loss";
       progressText.textContent = series.step !== null ?
         `step ${series.step}${series.total ? ` of ${series.total}` : ""}` : "";
       replace(details, jobTable(job));
@@ -603,22 +605,26 @@
 
   // ---------------------------------------------------------------- loss curves (inline SVG)
   // Rows of GET .../metrics ({step, train_loss, eval_loss}); without that extension, the metrics events.
+  // A reinforcement job's rows carry rewards (train_reward, eval_reward): those are what it optimizes.
   function lossSeries(rows, evs, totalSteps) {
     let points = rows;
     if (!points) {
       points = evs.filter((e) => e.type === "metrics" && e.data).map((e) => ({
-        step: e.data.step, total_steps: e.data.total_steps, train_loss: e.data.train_loss, eval_loss: e.data.valid_loss }))
+        step: e.data.step, total_steps: e.data.total_steps, train_loss: e.data.train_loss, eval_loss: e.data.valid_loss,
+        train_reward: e.data.train_reward, eval_reward: e.data.valid_reward }))
         .reverse();
     }
     const finite = (x) => typeof x === "number" && Number.isFinite(x);
-    const train = points.filter((r) => finite(r.train_loss) && finite(r.step)).map((r) => [r.step, r.train_loss]);
-    const evals = points.filter((r) => finite(r.eval_loss) && finite(r.step)).map((r) => [r.step, r.eval_loss]);
+    const kind = points.some((r) => finite(r.train_reward) || finite(r.eval_reward)) ? "reward" : "loss";
+    const series = (key) => points.filter((r) => finite(r[key]) && finite(r.step)).map((r) => [r.step, r[key]]);
+    const train = series(`train_${kind}`);
+    const evals = series(`eval_${kind}`);
     const steps = points.map((r) => r.step).filter(finite);
     const totals = points.map((r) => r.total_steps).filter(finite);
     const fromEvents = evs.find((e) => e.type === "metrics" && e.data && finite(e.data.total_steps));
     const total = finite(totalSteps) ? totalSteps : totals.length ? Math.max(...totals)
       : fromEvents ? fromEvents.data.total_steps : null;
-    return { train, evals, step: steps.length ? Math.max(...steps) : null, total };
+    return { train, evals, step: steps.length ? Math.max(...steps) : null, total, kind };
   }
 
   // At most ~n points of a long run for drawing (every k-th, the last kept): the chart is 640 units wide.
@@ -639,7 +645,7 @@
     return out;
   }
 
-  function lossChart({ train, evals, total }) {
+  function lossChart({ train, evals, total, kind = "loss" }) {
     const W = 640, H = 260, m = { l: 48, r: 14, t: 10, b: 30 };
     const all = train.concat(evals);
     const xMax = Math.max(total || 0, ...all.map((p) => p[0]), 1);
@@ -655,7 +661,7 @@
     const yt = ticks(yLo, yHi, 5);
     // As many decimals as the tick spacing needs (0.5 -> 1, 0.05 -> 2), the same for every label.
     const yDigits = yt.length > 1 ? Math.max(0, -Math.floor(Math.log10(yt[1] - yt[0]) + 1e-9)) : 2;
-    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "train and eval loss by step",
+    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `train and eval ${kind} by step`,
       "data-train-points": train.length, "data-eval-points": evals.length },
       yt.map((v) => [s("line", { class: "gridline", x1: m.l, x2: W - m.r, y1: y(v), y2: y(v) }),
         s("text", { x: m.l - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(yDigits))]),
@@ -666,11 +672,11 @@
       train.length ? s("polyline", { class: "train", points: line(train) }) : null,
       evals.length > 1 ? s("polyline", { class: "eval", points: line(evals) }) : null,
       evals.map(([a, b]) => s("circle", { class: "eval-dot", cx: x(a), cy: y(b), r: 3.5 },
-        s("title", null, `step ${a}: eval loss ${fmt(b)}`))));
+        s("title", null, `step ${a}: eval ${kind} ${fmt(b)}`))));
     const last = (pts) => (pts.length ? fmt(pts[pts.length - 1][1]) : "—");
     return h("div", null, svg, h("div", { class: "legend" },
-      h("span", null, h("span", { class: "swatch", style: "background:var(--train)" }), `train loss (last ${last(train)})`),
-      h("span", null, h("span", { class: "swatch", style: "background:var(--eval)" }), `eval loss (last ${last(evals)})`)));
+      h("span", null, h("span", { class: "swatch", style: "background:var(--train)" }), `train ${kind} (last ${last(train)})`),
+      h("span", null, h("span", { class: "swatch", style: "background:var(--eval)" }), `eval ${kind} (last ${last(evals)})`)));
   }
 
   // ---------------------------------------------------------------- #/chat : streamed chat
@@ -841,8 +847,9 @@
       h("label", null, "Show ", show), apply);
     replace(view, h("h1", null, "Review"),
       h("p", { class: "muted" }, "Stored chat completions (store: true). Rate them or give the corrected answer; " +
-        "`hone data from-traffic` turns the feedback into a training file, after validation."),
-      h("div", { class: "panel" }, form, list, more));
+        "the feedback becomes a training file below (or with `hone data from-traffic`), after validation."),
+      h("div", { class: "panel" }, form, list, more),
+      trafficPanel(model, meta));
 
     api.get("/v1/models").then((body) => {
       if (!ctx.alive) return;
@@ -872,6 +879,41 @@
     form.addEventListener("submit", (ev) => { ev.preventDefault(); load(true).catch((e) => flash(e.message)); });
     more.addEventListener("click", () => load(false).catch((e) => flash(e.message)));
     load(true).catch((e) => flash(e.message));
+  }
+
+  // POST /v1/files/from_traffic with the queue's filters: a validated fine-tune file, or the reason why not.
+  function trafficPanel(model, meta) {
+    const kind = h("select", { id: "traffic-kind" },
+      h("option", { value: "sft" }, "sft — corrected answers"),
+      h("option", { value: "kto" }, "kto — rated answers (unpaired)"),
+      h("option", { value: "dpo" }, "dpo — correction vs the model's answer"));
+    const minimum = h("input", { type: "number", id: "traffic-min", value: 10, min: 1, style: "width:80px" });
+    const build = h("button", { type: "button", id: "traffic-build" }, "Build training file");
+    const out = h("div", { id: "traffic-result" });
+    build.addEventListener("click", async () => {
+      build.disabled = true;
+      out.replaceChildren();
+      const metadata = Object.fromEntries([...metadataQuery(meta.value)].map(([k, v]) => [k.slice(9, -1), v]));
+      try {
+        const r = await api.post("/v1/files/from_traffic", {
+          kind: kind.value, model: model.value || null, min_examples: parseInt(minimum.value, 10) || 10,
+          metadata: Object.keys(metadata).length ? metadata : null,
+        });
+        const sm = r.summary;
+        const v = await api.optional(`/v1/files/${encodeURIComponent(r.file.id)}/validation`);
+        append(out, h("p", { class: "ok", dataset: { file: r.file.id } }, `${r.file.id}: ${sm.kept} ${sm.kind} examples`),
+          h("p", { class: "muted" }, `from ${sm.stored_completions} stored completions with feedback; removed ` +
+            `${sm.invalid} invalid, ${sm.duplicates} duplicate, ${sm.near_duplicates} near-duplicate`),
+          validationBlock(v));
+      } catch (e) {
+        append(out, h("p", { class: "bad", id: "traffic-error" }, e.message));
+      } finally {
+        build.disabled = false;
+      }
+    });
+    return h("div", { class: "panel" }, h("h2", null, "Training file from feedback"),
+      h("div", { class: "toolbar" }, h("label", null, "Kind ", kind), h("label", null, "at least ", minimum, " examples"),
+        build), out);
   }
 
   async function reviewCard(c) {
