@@ -3,8 +3,11 @@ metadata.errors, and the samples after it in the same batch are still graded rig
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -182,3 +185,45 @@ def test_without_bwrap_python_graders_are_refused(monkeypatch):
     finally:
         monkeypatch.undo()
         sandbox_mod._probe.cache_clear()
+
+
+def _world_readable(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o005 == 0o005 for p in [path, *path.parents])
+
+
+NONROOT_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from honing.graders import load_grader, Sample, SandboxLimits
+source = '''import os
+def grade(sample, item):
+    if item.get("fork"):
+        n = 0
+        try:
+            while True:
+                if os.fork() == 0:
+                    import time
+                    time.sleep(5)
+                    os._exit(0)
+                n += 1
+        except OSError:
+            return n / 100
+    return float(os.getuid() != 0 and not os.path.exists(sys_argv_1))
+'''.replace("sys_argv_1", repr(sys.argv[1]))
+with load_grader({"type": "python", "source": source}, limits=SandboxLimits(workers=1, timeout_s=5)) as g:
+    print([r.reward for r in g.grade([Sample("a", {}), Sample("b", {"fork": True}), Sample("c", {})])])
+"""
+
+
+@pytest.mark.skipif(not (Path("/usr/bin/python3").exists() and shutil.which("setpriv")) or os.geteuid() != 0
+                    or not _world_readable(REPO / "src"), reason="needs root, setpriv, /usr/bin/python3 and a "
+                    "world-readable checkout to run Honing as another user")
+def test_as_an_ordinary_user_the_sandbox_uses_a_user_namespace():
+    """Honing run by uid 65534 (no root anywhere): bwrap makes a user namespace; RLIMIT_NPROC still holds."""
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                           "/usr/bin/python3", "-c", NONROOT_PROBE, str(REPO / "src")],
+                          capture_output=True, text=True, timeout=120, check=False, cwd="/")
+    assert done.returncode == 0, done.stderr[-2000:]
+    ok, forks, after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ok == 1.0 and after == 1.0
+    assert 0 < forks * 100 < SandboxLimits().processes  # stopped by RLIMIT_NPROC (16, counting the worker)
