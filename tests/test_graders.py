@@ -190,6 +190,12 @@ def test_multi_combines_sub_rewards_and_reports_them():
     assert g.item_fields() == {"answer"}
 
 
+def test_multi_with_one_grader_object_as_the_openai_client_types_it():
+    g = load_grader({"type": "multi", "name": "m", "calculate_output": "2 * exact", "graders": check(name="exact")})
+    (r,) = g.grade([Sample("x", {"answer": "x"})])
+    assert r.reward == 2.0 and r.sub_rewards == {"exact": 1.0}
+
+
 def test_multi_sub_grader_error_scores_it_zero_and_is_reported():
     g = load_grader(multi("a + b", {"a": check(name="a"), "b": check(name="b", reference="{{item.other}}")}))
     (r,) = g.grade([Sample("x", {"answer": "x"})])

@@ -28,6 +28,9 @@ class MultiGrader(Grader):
         check_keys(spec, path, ("graders", "calculate_output"))
         super().__init__(grader_name(spec, path))
         graders = spec["graders"]
+        if isinstance(graders, dict) and isinstance(graders.get("type"), str):
+            # One grader object, as the openai client's MultiGrader type declares it: named by its name.
+            graders = {grader_name(graders, where(path, "graders")): graders}
         if not isinstance(graders, dict) or not graders:
             raise GraderError(f"{where(path, 'graders')}: must be an object naming one or more graders "
                               '({"<name>": {grader}, ...})')
