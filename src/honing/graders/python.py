@@ -59,7 +59,9 @@ class PythonGrader(Grader):
                 t.start()
             for t in threads:
                 t.join()
-            return results  # type: ignore[return-value]
+            # A grading thread that died of a bug in this module must not leave a sample without a result.
+            return [r if r is not None else self.failed("python_grader_server_error", "not graded (internal error)")
+                    for r in results]
 
     def _run(self, slot: int, requests: list[tuple[int, str]], results: list) -> None:
         """Grade ``requests`` on worker ``slot``, replacing the worker after a failure."""
