@@ -66,7 +66,9 @@ def _wait(client, job_id, timeout=300):
     raise TimeoutError(job_id)
 
 
-def test_reinforcement_job_trains_grpo_and_reports_rewards(served):
+@pytest.fixture(scope="module")
+def rft_job(served):
+    """One real reinforcement job of project alpha (2 GRPO steps on the tiny model)."""
     c, tmp = served["a"], served["tmp"]
     train = _upload(c, tmp, "rft.jsonl", rft_rows(8))
     valid = _upload(c, tmp, "rft_valid.jsonl", rft_rows(4))
@@ -77,7 +79,11 @@ def test_reinforcement_job_trains_grpo_and_reports_rewards(served):
             "reasoning_effort": "low"}}},
         extra_body={"honing_config": {"dtype": "fp32", "micro_batch_size": 2, "lora": {"r": 4},
                                       "grpo": {"max_completion_tokens": 4}}})
-    job = _wait(c, job.id)
+    return _wait(c, job.id)
+
+
+def test_reinforcement_job_trains_grpo_and_reports_rewards(served, rft_job):
+    c, tmp, job = served["a"], served["tmp"], rft_job
     assert job.status == "succeeded", job.error
     assert job.method.type == "reinforcement"
     assert job.method.reinforcement.grader.type == "text_similarity"
@@ -94,6 +100,28 @@ def test_reinforcement_job_trains_grpo_and_reports_rewards(served):
     assert any(m["step"] == 0 and "valid_reward" in m for m in metrics)
     ckpts = c.fine_tuning.jobs.checkpoints.list(job.id).data
     assert ckpts and all("valid_reward" in ck.metrics.model_dump() for ck in ckpts)
+
+
+def test_the_dashboard_plots_the_reward(served, rft_job, request):
+    from test_dashboard import CHROMIUM_ARGS, PageLog, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("chromium not found (scripts/system_deps.sh installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        log = PageLog(page)
+        page.add_init_script(f"localStorage.setItem('honing.apiKey', {json.dumps(served['a'].api_key)})")
+        page.goto(f"{served['server'].url}/#/jobs/{rft_job.id}")
+        page.wait_for_selector("#chart-title:text('Reward')")
+        chart = page.wait_for_selector("#loss-chart svg")
+        assert int(chart.get_attribute("data-train-points")) >= 1
+        assert int(chart.get_attribute("data-eval-points")) >= 2  # before training, and after
+        assert "train reward" in page.inner_text("#loss-chart .legend")
+        # 404: the evaluation report, which a reinforcement job does not write (its reward is the evaluation)
+        assert log.unexpected(allowed=("404",)) == [], log.errors
+        browser.close()
 
 
 def test_reinforcement_requests_are_checked(served):
