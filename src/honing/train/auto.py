@@ -44,6 +44,7 @@ PREFERENCE_LR_FACTOR = 0.1
 # costs several SFT steps; OpenAI's RFT and TRL's GRPO examples train about an epoch).
 RL_LR_FACTOR = 0.1
 RL_EPOCHS = 1
+RL_BATCH = 4
 LR_REFERENCE_BATCH = 4
 
 MAX_MICRO_BATCH = 8
@@ -247,7 +248,11 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_toke
                                   f"at most ~{MAX_TARGET_EXAMPLES:,} examples seen); early stopping and the best "
                                   "checkpoint guard against too many")))
     batch = config.batch_size
-    if batch == "auto":
+    if batch == "auto" and getattr(config, "objective", "sft") == "grpo":
+        batch = max(min(RL_BATCH, n_train), world_size)
+        reasons.append(("batch_size", (f"{batch} prompts per step, each sampled {config.grpo.group_size} times "
+                                      "(reinforcement: the group, not the batch, carries the signal)")))
+    elif batch == "auto":
         base = openai_batch_size(n_train)
         # Every process needs at least one example per step.
         batch = max(auto_batch_size(n_train, mean_tokens, int(epochs)), world_size)

@@ -116,6 +116,7 @@ class GRPOObjective(Objective):
     name = "grpo"
     eval_metric = "eval_reward"
     eval_higher_is_better = True
+    progress_metric, progress_label = "train_reward", "reward"
 
     def __init__(self, config):
         super().__init__(config)
@@ -155,7 +156,7 @@ class GRPOObjective(Objective):
         warnings = [(f"{path}: {len(too_long)} prompt(s) longer than max_length - max_completion_tokens = {budget} "
                     f"tokens were left out (lines {', '.join(map(str, too_long[:10]))})")] if too_long else []
         source = {"path": str(path), "sha256": sha256, "examples": len(items), "prompts": len(items),
-                  "tokens": sum(len(it) for it in items), "trained_tokens": 0, "dropped": len(too_long),
+                  "tokens": sum(len(it) for it in items), "trained_tokens": None, "dropped": len(too_long),
                   "truncated": 0}
         return RenderedSet(items, lines, source, warnings)
 

@@ -201,7 +201,9 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     hp = resolve_hyperparameters(config, len(train_set), dist.world_size, mean_tokens, on_gpu=runtime.is_cuda,
                                  measure_budget=lambda: measure_cpu_token_budget(model, mean_tokens),
                                  eval_tokens=eval_tokens, recorded=recorded)
-    say(f"training {len(train_set)} examples ({train_set.source.get('trained_tokens')} trained tokens), "
+    trained = train_set.source.get("trained_tokens")
+    say(f"training {len(train_set)} examples "
+        + (f"({trained} trained tokens)" if trained is not None else "(completions sampled during training)") + ", "
         f"eval {len(eval_set) if eval_set else 0}; {hp.describe()}")
     for line in hp.explain():
         say(line)
@@ -244,7 +246,7 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     if dist.is_main:
         write_json_atomic(run_dir / "run.json", info)
     metrics = MetricsLog(run_dir, config.tensorboard, resume_step=state.step) if dist.is_main else None
-    bar = Progress(hp.total_steps, state.step, progress and dist.is_main)
+    bar = Progress(hp.total_steps, state.step, progress and dist.is_main, label=objective.progress_label)
     return Run(config=config, runtime=runtime, run_dir=run_dir, say=say, events=events, model=wrapped, core=core,
                tokenizer=tokenizer, objective=objective, train_set=train_set, eval_set=eval_set, hp=hp,
                optimizer=optimizer, scheduler=scheduler, params=params, pad_id=pad_id, state=state,
@@ -387,7 +389,7 @@ def _evaluate_base(run: Run) -> None:
     if run.metrics is not None:
         run.metrics.log({"step": 0, "epoch": 0, **metrics})
         run.events.metrics({"step": 0, **metrics}, run.hp.total_steps)
-    run.bar.update(0, eval_loss=metrics.get("eval_loss"))
+    run.bar.update(0, eval_loss=metrics.get(run.objective.eval_metric))
     name, value = run.objective.eval_metric, metrics.get(run.objective.eval_metric)
     shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value)
     run.say(f"{name.replace('_', ' ')} before training: {shown}")
@@ -595,7 +597,8 @@ def _after_step(run: Run, row: dict) -> None:
         if warn and warn not in run.warnings:
             run.warnings.append(warn)
             run.say(f"warning: {warn}", level="warning")
-    run.bar.update(s.step, loss=row["train_loss"], eval_loss=row.get("eval_loss"), tps=row["input_tokens_per_s"],
+    run.bar.update(s.step, loss=row.get(run.objective.progress_metric), eval_loss=row.get(run.objective.eval_metric),
+                   tps=row["input_tokens_per_s"],
                    eps=row.get("examples_per_s"), forgetting=row.get("forgetting_ppl_ratio"))
     pause = (run.run_dir / PAUSE_FILE).exists()
     if run.runtime.dist.enabled:  # every process must agree: saving is collective

@@ -54,6 +54,7 @@ class Objective:
     name = "base"
     eval_metric = "eval_loss"  # the logged metric that picks the best checkpoint
     eval_higher_is_better = False  # a loss: lower is better (a reward: higher)
+    progress_metric, progress_label = "train_loss", "loss"  # what the progress bar shows of each step
     packing_supported = True  # may items of a micro-batch share one packed row
 
     def __init__(self, config):

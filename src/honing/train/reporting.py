@@ -152,7 +152,7 @@ class Progress:
     The ETA is the wall time per step so far (evals and checkpoints included, as they will recur) times
     the steps left; rich's own estimate only sees the last few steps and jumps at every eval."""
 
-    def __init__(self, total: int, start: int, enabled: bool):
+    def __init__(self, total: int, start: int, enabled: bool, label: str = "loss"):
         self.enabled = enabled
         if not enabled:
             return
@@ -164,7 +164,7 @@ class Progress:
         self.total, self.start, self.t0, self.clock = total, start, time.perf_counter(), time.perf_counter
         self.bar = RichProgress(
             TextColumn("step"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("loss {task.fields[loss]}  eval {task.fields[eval]}  {task.fields[eps]} ex/s  "
+            TextColumn(label + " {task.fields[loss]}  eval {task.fields[eval]}  {task.fields[eps]} ex/s  "
                        "{task.fields[tps]} tok/s  forgetting {task.fields[forget]}  ETA {task.fields[eta]}"),
             transient=False,
         )
@@ -207,15 +207,17 @@ def write_summary(run_dir: Path, run: dict, hp: dict, warnings: list[str]) -> st
         f"- status: **{run.get('status')}**",
         f"- base model: {run['base_model'].get('reference')} ({run['base_model'].get('source')})",
         f"- method: {run['method']}, objective: {run['objective']}",
-        (f"- train data: {ds.get('train', {}).get('path')} ({ds.get('train', {}).get('examples')} examples, "
-        f"{ds.get('train', {}).get('trained_tokens')} trained tokens)"),
+        (f"- train data: {ds.get('train', {}).get('path')} ({ds.get('train', {}).get('examples')} examples"
+         + (f", {ds['train']['trained_tokens']} trained tokens)" if ds.get("train", {}).get("trained_tokens") is not None
+            else ")")),
     ]
     if ds.get("eval"):
         lines.append(f"- eval data: {ds['eval'].get('path')} ({ds['eval'].get('examples')} examples)")
     lines += [
         (f"- hyperparameters: epochs={hp['epochs']} batch_size={hp['batch_size']} "
         f"learning_rate={hp['learning_rate']:.3g} steps={run.get('steps_done')}/{hp['total_steps']}"),
-        f"- best eval loss: {best.get('eval_loss')} at step {best.get('step')}",
+        (f"- best {best.get('metric', 'eval_loss').replace('_', ' ')}: "
+        f"{best.get('value', best.get('eval_loss'))} at step {best.get('step')}"),
         f"- final train loss: {run.get('final_train_loss')}",
         (f"- trained tokens/s: {run.get('tokens_per_s')} (all example tokens/s: {run.get('input_tokens_per_s')}), "
          f"peak memory (RSS): {run.get('peak_memory_mb')} MB"),
@@ -230,6 +232,26 @@ def write_summary(run_dir: Path, run: dict, hp: dict, warnings: list[str]) -> st
     return text
 
 
+def reward_sentence(run_dir: Path, best_step: int | None) -> str:
+    """Validation reward before training and at the kept checkpoint, with their CIs (a GRPO run's evals)."""
+    rows = {r.get("step"): r for r in read_metrics(run_dir) if "eval_reward" in r}
+    before, best = rows.get(0), rows.get(best_step)
+    if before is None or best is None:
+        return ""
+
+    def shown(r):
+        return f"{r['eval_reward']:.3f} [{r['eval_reward_ci_low']:.3f}, {r['eval_reward_ci_high']:.3f}]"
+
+    return f" Validation reward {shown(before)} before training, {shown(best)} at step {best_step} (kept)."
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def closing_paragraph(result, config, evaluation=None) -> str:
     """The few sentences `hone train` ends with: what was trained, how good it is against the baselines,
     what it cost, where it is. ``result``: the loop's RunResult; ``evaluation``: an EvalResult or None."""
@@ -237,7 +259,8 @@ def closing_paragraph(result, config, evaluation=None) -> str:
     what = {"lora": "LoRA", "qlora": "QLoRA"}.get(config.method, config.method)
     if getattr(config.lora, "use_dora", False) and config.method == "lora":
         what = "DoRA"
-    objective = {"dpo": "DPO ", "simpo": "SimPO ", "cpt": "continued pre-training "}.get(config.objective, "")
+    objective = {"dpo": "DPO ", "simpo": "SimPO ", "cpt": "continued pre-training ", "grpo": "GRPO ", "kto": "KTO ",
+                 "orpo": "ORPO "}.get(config.objective, "")
     if config.method in ("lora", "qlora"):
         lc = config.lora
         what += f" (rank {lc.r}" + (f", top {lc.top_layers} layers" if lc.top_layers else "") + ")"
@@ -246,11 +269,14 @@ def closing_paragraph(result, config, evaluation=None) -> str:
     seconds = float(RunDir(result.run_dir).record().get("wall_seconds") or 0.0)
     parts = [f"Trained a {objective}{what} adapter of {config.model}" if config.method != "full"
              else f"Fine-tuned every weight of {config.model}" + (f" ({objective.strip()})" if objective else ""),
-             f" for {result.steps} steps x {hp.get('batch_size', '?')} examples"]
+             f" for {result.steps} steps x {hp.get('batch_size', '?')} "
+             + (f"prompts x {config.grpo.group_size} completions" if config.objective == "grpo" else "examples")]
     if seconds:
         parts.append(f" in {seconds / 60:.1f} min")
     parts.append(f" ({result.input_tokens_per_s:,.0f} tokens/s of all tokens, {result.tokens_per_s:,.1f} trained "
                  f"tokens/s; peak memory {result.peak_memory_mb / 1024:.1f} GB).")
+    if config.objective == "grpo":
+        parts.append(reward_sentence(result.run_dir, result.best_step))
     if evaluation is not None and evaluation.approaches:
         by_name = {a.name: a for a in evaluation.approaches}
         ft = by_name.get("fine-tuned")
