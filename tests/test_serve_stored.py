@@ -96,7 +96,11 @@ def test_official_client_lists_retrieves_updates_and_deletes(served):
 
     upd = c.chat.completions.update(made[0].id, metadata={"topic": "z"})
     assert upd.metadata == {"topic": "z"}
-    assert [x.id for x in c.chat.completions.list(metadata={"topic": "x"}).data] == [ids[2]]
+    assert [x.id for x in c.chat.completions.list(metadata={"topic": "x"}, limit=1)] == [ids[2]]
+    # Keys SQLite's JSON paths cannot take (quotes, non-ASCII, brackets) are matched too.
+    c.chat.completions.update(made[1].id, metadata={'ü [x]': "q", 'a"b': "r", "topic": "y"})
+    assert [x.id for x in c.chat.completions.list(metadata={'ü [x]': "q", 'a"b': "r", "topic": "y"})] == [ids[1]]
+    assert c.chat.completions.list(metadata={'ü [x]': "q", "topic": "x"}).data == []
 
     d = c.chat.completions.delete(made[2].id)
     assert (d.id, d.deleted, d.object) == (made[2].id, True, "chat.completion.deleted")
@@ -201,6 +205,8 @@ def test_stored_completions_on_postgres(tmp_path):
             made = [c.chat.completions.create(messages=user(f"q{i}"), store=True, metadata={"k": str(i % 2)},
                                               **ASK) for i in range(3)]
             assert [x.id for x in c.chat.completions.list(metadata={"k": "0"}).data] == [made[0].id, made[2].id]
+            c.chat.completions.update(made[0].id, metadata={'a"b': "0", "k": "0"})
+            assert [x.id for x in c.chat.completions.list(metadata={'a"b': "0"})] == [made[0].id]
             assert c.chat.completions.update(made[1].id, metadata={"k": "0"}).metadata == {"k": "0"}
             assert c.chat.completions.delete(made[0].id).deleted
             assert [x.id for x in c.chat.completions.list(order="desc", metadata={"k": "0"})] == [

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from typing import Annotated, Literal
@@ -43,6 +44,7 @@ router = APIRouter(prefix="/v1", responses=S.ERROR_RESPONSES)
 Metadata = dict[Annotated[str, StringConstraints(min_length=1, max_length=64)],
                 Annotated[str, Field(max_length=512)]]
 MetadataField = Annotated[Metadata | None, Field(max_length=16)]
+SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 SWEEP_EVERY_S = 600.0
 DAY_S = 86400
 
@@ -251,11 +253,21 @@ def metadata_filter(request: Request) -> dict[str, str]:
             if k.startswith("metadata[") and k.endswith("]")}
 
 
+def _in_sql(key: str) -> bool:
+    # JSON paths in SQL: PostgreSQL takes any key, SQLite's json_extract misreads quotes and some
+    # non-ASCII keys (silently: no match). Such keys are filtered in Python instead.
+    return SAFE_KEY.match(key) is not None
+
+
 def query_stored(s, project: str, *, model: str | None = None, meta: dict | None = None,
                  after: str | None = None, order: str = "asc", rated: str | None = None):
-    """The project's live stored completions, filtered and ordered (a select; metadata filtered later)."""
+    """The project's live stored completions, filtered and ordered (a select; metadata keys that SQL
+    cannot match reliably are left to :func:`page_of`)."""
     C = StoredCompletion
     q = select(C).where(C.project == project)
+    for k, v in (meta or {}).items():
+        if _in_sql(k):
+            q = q.where(C.completion_metadata[k].as_string() == v)
     cutoff = _cutoff(retention_days(s, project))
     if cutoff is not None:
         q = q.where(C.created_ts >= cutoff)
@@ -275,9 +287,10 @@ def query_stored(s, project: str, *, model: str | None = None, meta: dict | None
 
 
 def page_of(s, q, meta: dict, limit: int) -> tuple[list, bool]:
-    if meta:  # JSON filtering differs between SQLite and PostgreSQL: filter in Python, page after
+    rest = {k: v for k, v in meta.items() if not _in_sql(k)}
+    if rest:  # keys SQL did not filter: filter in Python, page after
         rows = [r for r in s.scalars(q).all()
-                if all((r.completion_metadata or {}).get(k) == v for k, v in meta.items())][: limit + 1]
+                if all((r.completion_metadata or {}).get(k) == v for k, v in rest.items())][: limit + 1]
     else:
         rows = s.scalars(q.limit(limit + 1)).all()
     return rows[:limit], len(rows) > limit
@@ -291,8 +304,9 @@ def list_stored(request: Request, project: Project, model: str | None = None, af
                 ) -> dict:
     """Stored chat completions of this project (oldest first unless order=desc)."""
     with request.app.state.Session() as s:
-        q = query_stored(s, project, model=model, after=after, order=order, rated=rated)
-        rows, more = page_of(s, q, metadata_filter(request), limit)
+        meta = metadata_filter(request)
+        q = query_stored(s, project, model=model, meta=meta, after=after, order=order, rated=rated)
+        rows, more = page_of(s, q, meta, limit)
         return _page([completion_object(r) for r in rows], more)
 
 
@@ -400,11 +414,11 @@ def set_settings(request: Request, project: Project, body: SettingsUpdate) -> di
 def traffic(s, project: str, *, model: str | None = None, meta: dict | None = None,
             since_days: float | None = None) -> list[Traffic]:
     """The project's live stored completions that have feedback, oldest first, as training needs them."""
-    q = query_stored(s, project, model=model, rated="rated")
+    q = query_stored(s, project, model=model, meta=meta, rated="rated")
     if since_days is not None:
         q = q.where(StoredCompletion.created_ts >= time.time() - since_days * DAY_S)
     out = []
-    for r in s.scalars(q).all():
+    for r in s.scalars(q).all():  # every key checked here too (query_stored leaves some to Python)
         if all((r.completion_metadata or {}).get(k) == v for k, v in (meta or {}).items()):
             answer = r.response["choices"][0]["message"].get("content") or ""
             out.append(Traffic(id=r.id, model=r.model, messages=tuple(r.request["messages"]), answer=answer,
