@@ -81,6 +81,28 @@ def test_rft_rows_report_every_problem_with_its_line(tmp_path):
     assert good[0].prompt[0].role == "system" and good[0].item == {"target": "yes"} and good[0].line == 1
 
 
+def test_hone_data_validate_checks_rft_rows_against_the_grader(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hone = str(Path(sys.executable).with_name("hone"))
+    (tmp_path / "grader.json").write_text(json.dumps(GRADER))
+    good = write_rft(tmp_path / "good.jsonl", 3)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n"
+                   + json.dumps({"messages": [{"role": "assistant", "content": "x"}], "target": "y"}) + "\n")
+    ok = subprocess.run([hone, "data", "validate", str(good), "--grader", str(tmp_path / "grader.json")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "3 RFT prompt(s), 0 problem(s); grader fields: target" in ok.stdout
+    out = subprocess.run([hone, "data", "validate", str(bad), "--grader", str(tmp_path / "grader.json"), "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    report = json.loads(out.stdout)
+    assert [(p["line"], p["category"]) for p in report["problems"]] == [
+        (1, "missing_field"), (2, "prompt_not_ending_with_user")]
+
+
 def test_grpo_needs_a_valid_grader(tmp_path):
     with pytest.raises(ConfigError, match="grpo.grader"):
         build_config(values={"data": "x.jsonl", "objective": "grpo"})

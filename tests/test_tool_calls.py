@@ -309,6 +309,8 @@ def test_parse_tool_calls_round_trips_the_fallback_format():
     ('<tool_call>\n{"arguments": {}}\n</tool_call>', []),
     ('<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>', [{"name": "f", "arguments": '{"x": 1}'}]),
     ('<tool_call>\n{"name": "f", "arguments": {"x": [1, 2]}}', [{"name": "f", "arguments": '{"x": [1, 2]}'}]),
+    ('<tool_call>\n{"name": "f", "arguments": {}}\n</tool_', [{"name": "f", "arguments": "{}"}]),  # cut short
+    ('<tool_call>\n{"name": "f", "arguments": {"x": ', []),
     ('<tool_call>{"name": "f"}</tool_call>', [{"name": "f", "arguments": "{}"}]),
 ])
 def test_parse_tool_calls_edge_cases(text, expected):

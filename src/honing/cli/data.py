@@ -16,11 +16,35 @@ app = typer.Typer(help="Training data: validate files, list every problem, count
 SHOWN_PER_CATEGORY = 50
 
 
+def _validate_rft(file: Path, grader: Path | None, as_json: bool) -> None:
+    """RFT rows (messages ending with the user's turn; other fields = the grader's item): every problem with
+    its line; exit 1 when there is one."""
+    import json
+
+    from honing.data.rft import check_rft
+    from honing.graders import load_grader
+    from honing.train.grpo import load_grader_spec
+
+    fields = load_grader(load_grader_spec(str(grader))).item_fields() if grader is not None else set()
+    examples, problems = check_rft(file, fields)
+    if as_json:
+        typer.echo(json.dumps({"path": str(file), "format": "rft", "ok": not problems, "examples": len(examples),
+                               "errors": len(problems), "problems": [p.as_dict() for p in problems]}, indent=2))
+    else:
+        for p in problems:
+            typer.echo(f"{file}:{p.line}: {p.category}: {p.message}")
+        fields_note = f"; grader fields: {', '.join(sorted(fields)) or 'none'}" if grader is not None else ""
+        typer.echo(f"{file}: {len(examples)} RFT prompt(s), {len(problems)} problem(s){fields_note}")
+    if problems:
+        raise typer.Exit(1)
+
+
 @app.command("validate")
 def validate_cmd(
     file: Annotated[Path, typer.Argument(help="Training data: .jsonl, .json, .csv/.tsv or .parquet.")],
     format: Annotated[str, typer.Option("--format", "-f",
-                                        help="auto, chat, completion, alpaca, sharegpt, preference or text.")] = "auto",
+                                        help="auto, chat, completion, alpaca, sharegpt, preference, text, or rft "
+                                             "(reinforcement prompts; see --grader).")] = "auto",
     model: Annotated[str, typer.Option("--model", "-m",
                                        help="Model whose tokenizer and chat template count the tokens (catalog "
                                             "name, HF directory or .gguf); 'none' skips token counting.")]
@@ -36,6 +60,10 @@ def validate_cmd(
                                              help="Also print the example on line N (row N for Parquet) as "
                                                   "the model's chat template renders it, trained spans "
                                                   "between ⟦ and ⟧.")] = None,
+    grader: Annotated[Path | None, typer.Option("--grader", help="RFT data (objective grpo): check FILE's rows "
+                                                                 "against this grader (every field it "
+                                                                 "references present); implies --format rft.")]
+    = None,
 ) -> None:
     """List every problem in FILE with its line number and category, then token statistics.
 
@@ -46,6 +74,9 @@ def validate_cmd(
     from honing.data.validate import validate_file
 
     container_of(file)  # unreadable file: a one-line error before loading any tokenizer
+    if format == "rft" or grader is not None:
+        _validate_rft(file, grader, as_json)
+        return
     if eval_file is not None:
         container_of(eval_file)
     if show is not None and model.lower() == "none":

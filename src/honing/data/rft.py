@@ -101,7 +101,8 @@ def check_rft(path: str | os.PathLike, item_fields: set[str] | None = None) -> t
         problems += found
         if ex is not None:
             examples.append(ex)
-    return examples, problems + missing_item_fields(examples, item_fields or set())
+    problems += missing_item_fields(examples, item_fields or set())
+    return examples, sorted(problems, key=lambda p: (p.line is None, p.line or 0))
 
 
 def read_rft(path: str | os.PathLike, item_fields: set[str] | None = None) -> list[PromptExample]:

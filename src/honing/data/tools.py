@@ -40,6 +40,7 @@ TOOLS_INSTRUCTIONS = (
     "\n\nTo call a function, answer with one JSON object per call, each inside <tool_call></tool_call> tags:\n"
     '<tool_call>\n{"name": <function name>, "arguments": <arguments as a JSON object>}\n</tool_call>'
 )
+_DECODER = json.JSONDecoder()
 _TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
@@ -302,8 +303,8 @@ def parse_tool_calls(text: str) -> list[dict] | None:
         return None
     calls = []
     for block in _TOOL_CALL_BLOCK.findall(text):
-        try:
-            obj = json.loads(block)
+        try:  # raw_decode: an unclosed last block may end in part of its closing tag ("</tool_")
+            obj = _DECODER.raw_decode(block)[0]
         except ValueError:
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:

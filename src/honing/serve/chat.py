@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from honing.data.tools import TOOL_CALL_OPEN, read_tool_calls, read_tools, split_tool_calls
 from honing.serve import schemas as S
 from honing.serve import stored
 from honing.serve.api import Project
@@ -111,8 +112,10 @@ def delete_model(request: Request, project: Project, model: str) -> dict:
 # -- chat completions -----------------------------------------------------------------------------
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[Any] | None = None  # checked by honing.data.tools, as in training files
+    tool_call_id: str | None = None
 
 
 class StreamOptions(BaseModel):
@@ -133,6 +136,9 @@ class ChatRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     store: bool | None = False  # keep request and answer (GET /v1/chat/completions; serve/stored.py)
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     metadata: stored.MetadataField = None
 
 
@@ -141,6 +147,8 @@ def _messages(req: ChatRequest):
 
     out = []
     for i, m in enumerate(req.messages):
+        calls = read_tool_calls(m.tool_calls, _bad(f"messages[{i}].tool_calls"), f"messages[{i}]") \
+            if m.tool_calls else ()
         content = m.content
         if isinstance(content, list):
             parts = []
@@ -151,8 +159,60 @@ def _messages(req: ChatRequest):
                 parts.append(part["text"])
             content = "".join(parts)
         role = "system" if m.role == "developer" else m.role
-        out.append(Message(role, content or ""))
+        if role == "tool" and not m.tool_call_id:
+            raise APIError(400, f"messages[{i}]: a tool message needs 'tool_call_id'", param=f"messages[{i}]")
+        out.append(Message(role, content or "", tool_calls=calls, tool_call_id=m.tool_call_id))
     return out
+
+
+def _bad(param: str):
+    """An ``add(category, message)`` for honing.data.tools' checks that answers 400 at the first problem."""
+    def add(category: str, message: str) -> None:
+        raise APIError(400, f"{param}: {message}", param=param)
+    return add
+
+
+def _tools(req: ChatRequest) -> tuple[dict, ...]:
+    """The tools the model is told about: none with tool_choice "none"; only the named one when the
+    choice names a function (decoding is not constrained: the model is asked, not forced)."""
+    if not req.tools or req.tool_choice == "none":
+        return ()
+    tools = read_tools(req.tools, _bad("tools"))
+    choice = req.tool_choice
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        tools = tuple(t for t in tools if t["function"]["name"] == name)
+        if not tools:
+            raise APIError(400, f"tool_choice: no tool named {name!r} in tools", param="tool_choice")
+    elif choice not in (None, "auto", "required"):
+        raise APIError(400, "tool_choice: 'none', 'auto', 'required' or {\"type\": \"function\", ...}",
+                       param="tool_choice")
+    return tools
+
+
+def _answer(text: str, finish: str, tools_on: bool) -> tuple[dict, str]:
+    """(message, finish_reason): text in the fallback tool format becomes OpenAI's ``tool_calls``."""
+    calls = split_tool_calls(text)[1] if tools_on else None
+    if not calls:
+        return {"role": "assistant", "content": text, "refusal": None}, finish
+    return ({"role": "assistant", "content": split_tool_calls(text)[0] or None, "refusal": None,
+             "tool_calls": _openai_calls(calls)}, "tool_calls")
+
+
+def _openai_calls(calls: list[dict]) -> list[dict]:
+    return [{"id": new_id("call"), "type": "function", "function": c} for c in calls]
+
+
+def _held_back(text: str) -> int:
+    """How much of streamed ``text`` may be sent as content: up to a ``<tool_call>``, or short of a suffix
+    that could be its beginning."""
+    start = text.find(TOOL_CALL_OPEN)
+    if start >= 0:
+        return start
+    for k in range(min(len(TOOL_CALL_OPEN) - 1, len(text)), 0, -1):
+        if text.endswith(TOOL_CALL_OPEN[:k]):
+            return len(text) - k
+    return len(text)
 
 
 def _params(req: ChatRequest) -> Params:
@@ -196,11 +256,13 @@ def chat_completions(request: Request, project: Project, req: ChatRequest):
     GATE.enter()
     try:
         tok = pool.tokenizer(target.base)
-        prompt_ids = render_prompt(tok, _messages(req))
+        tools = _tools(req)
+        prompt_ids = render_prompt(tok, _messages(req), tools)
         cid, created = new_id("chatcmpl"), int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            gen = _sse(pool, target, prompt_ids, params, req.model, cid, created, include_usage or bool(req.store))
+            gen = _sse(pool, target, prompt_ids, params, req.model, cid, created, include_usage or bool(req.store),
+                       tools_on=bool(tools))
             if req.store:
                 gen = stored.store_stream(request.app.state.Session, project, req, gen,
                                           client_wants_usage=include_usage)
@@ -213,8 +275,8 @@ def chat_completions(request: Request, project: Project, req: ChatRequest):
     completion = sum(c.completion_tokens for c in choices)
     body = {
         "id": cid, "object": "chat.completion", "created": created, "model": req.model,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                     "finish_reason": c.finish_reason, "logprobs": None} for i, c in enumerate(choices)],
+        "choices": [dict(zip(("message", "finish_reason"), _answer(c.text, c.finish_reason, bool(tools))),
+                         index=i, logprobs=None) for i, c in enumerate(choices)],
         "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion,
                   "total_tokens": len(prompt_ids) + completion},
         "system_fingerprint": None,
@@ -231,7 +293,7 @@ def _released(gen):
         GATE.leave()
 
 
-def _sse(pool, target, prompt_ids, params, model, cid, created, include_usage):
+def _sse(pool, target, prompt_ids, params, model, cid, created, include_usage, tools_on=False):
     def chunk(delta: dict, finish=None, usage=None, choices=True) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices
@@ -242,11 +304,19 @@ def _sse(pool, target, prompt_ids, params, model, cid, created, include_usage):
 
     yield chunk({"role": "assistant", "content": ""})
     tokens = 0
+    text, sent = "", 0  # with tools: content is held back from a <tool_call> on, parsed at the end
     try:
-        for text, finish, tokens in pool.stream(target, prompt_ids, params):
-            if finish is None:
-                yield chunk({"content": text})
-            else:
+        for delta, finish, tokens in pool.stream(target, prompt_ids, params):
+            text += delta
+            calls = split_tool_calls(text)[1] if tools_on and finish is not None else None
+            upto = _held_back(text) if tools_on and (finish is None or calls) else len(text)
+            if upto > sent:
+                yield chunk({"content": text[sent:upto]})
+                sent = upto
+            if calls:  # the calls whole, in one delta (the client accumulates deltas by index either way)
+                yield chunk({"tool_calls": [dict(c, index=j) for j, c in enumerate(_openai_calls(calls))]})
+                finish = "tool_calls"
+            if finish is not None:
                 yield chunk({}, finish)
     except APIError as e:
         yield f"data: {json.dumps(error_body(e.status, e.message, e.param, e.code))}\n\n"

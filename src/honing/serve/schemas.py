@@ -163,16 +163,23 @@ class ValidationReport(BaseModel):
     problems_truncated: dict[str, int] = {}
 
 
+class ChatToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: dict[str, str]  # {"name", "arguments" (JSON text)}
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # None when the answer is only tool calls
     refusal: str | None = None
+    tool_calls: list[ChatToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: ChatMessageOut
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: None = None
 
 
