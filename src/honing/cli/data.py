@@ -43,7 +43,8 @@ def _validate_rft(file: Path, grader: Path | None, as_json: bool) -> None:
 def validate_cmd(
     file: Annotated[Path, typer.Argument(help="Training data: .jsonl, .json, .csv/.tsv or .parquet.")],
     format: Annotated[str, typer.Option("--format", "-f",
-                                        help="auto, chat, completion, alpaca, sharegpt, preference, text, or rft "
+                                        help="auto, chat, completion, alpaca, sharegpt, preference, openai_dpo, "
+                                             "vertex, vertex_preference, unpaired, text, or rft "
                                              "(reinforcement prompts; see --grader).")] = "auto",
     model: Annotated[str, typer.Option("--model", "-m",
                                        help="Model whose tokenizer and chat template count the tokens (catalog "

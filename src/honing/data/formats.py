@@ -93,7 +93,8 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 # OpenAI's first DPO files named the replies *_completion; read them as the *_output keys.
 OPENAI_DPO_ALIASES = {"preferred_completion": "preferred_output", "non_preferred_completion": "non_preferred_output"}
 OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
-    "chat": ("tools", "parallel_tool_calls", "functions"), "completion": (), "alpaca": ("input", "system"), "sharegpt": ("system",),
+    "chat": ("tools", "parallel_tool_calls", "functions"), "completion": (), "alpaca": ("input", "system"),
+    "sharegpt": ("system",),
     "preference": ("prompt",), "openai_dpo": (), "text": (),
     "unpaired": ("prompt", "completion", "messages"),
     "vertex": (*SYSTEM_KEYS, "tools"),
