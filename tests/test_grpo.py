@@ -93,10 +93,10 @@ def test_hone_data_validate_checks_rft_rows_against_the_grader(tmp_path):
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n"
                    + json.dumps({"messages": [{"role": "assistant", "content": "x"}], "target": "y"}) + "\n")
     ok = subprocess.run([hone, "data", "validate", str(good), "--grader", str(tmp_path / "grader.json")],
-                        capture_output=True, text=True)
+                        check=False, capture_output=True, text=True)
     assert ok.returncode == 0 and "3 RFT prompt(s), 0 problem(s); grader fields: target" in ok.stdout
     out = subprocess.run([hone, "data", "validate", str(bad), "--grader", str(tmp_path / "grader.json"), "--json"],
-                         capture_output=True, text=True)
+                         check=False, capture_output=True, text=True)
     assert out.returncode == 1
     report = json.loads(out.stdout)
     assert [(p["line"], p["category"]) for p in report["problems"]] == [
