@@ -363,14 +363,17 @@ class TrainConfig(_Strict):
 RESUME_NEUTRAL_KEYS = {"merge", "tensorboard", "device", "gate", "threads"}
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _format_validation_error(err: ValidationError, source: str, schema: type[BaseModel] | None = None) -> str:
+    """One line naming every bad key of ``schema`` (default :class:`TrainConfig`; evaluation's ``EvalConfig``
+    reports through this too)."""
+    schema = schema or TrainConfig
     by_key: dict[str, list[str]] = {}
     for e in err.errors():
-        key = _key_of(e["loc"])
+        key = _key_of(e["loc"], schema)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-            close = _close_keys(key)
+            close = _close_keys(key, schema)
             if close:
                 msg += f" (did you mean {close}?)"
         elif e["type"] == "missing":
@@ -383,11 +386,11 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"invalid configuration ({source}): " + "; ".join(parts)
 
 
-def _key_of(loc: tuple) -> str:
+def _key_of(loc: tuple, schema: type[BaseModel] | None = None) -> str:
     """The configuration key of an error location: pydantic appends union members (``int``,
     ``literal['auto']``) and list indices to the path; keep only the schema's own field names (and an
     unknown key itself)."""
-    model: type[BaseModel] | None = TrainConfig
+    model: type[BaseModel] | None = schema or TrainConfig
     parts = []
     for item in loc:
         if model is None or not isinstance(item, str):
@@ -411,10 +414,10 @@ def _all_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[st
     return keys
 
 
-def _close_keys(key: str) -> str:
+def _close_keys(key: str, schema: type[BaseModel] | None = None) -> str:
     import difflib
 
-    matches = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.6)
+    matches = difflib.get_close_matches(key, _all_keys(schema or TrainConfig), n=1, cutoff=0.6)
     return matches[0] if matches else ""
 
 
