@@ -291,7 +291,8 @@ def _stats(rewards, desirable, policy, kl: float, beta: float) -> dict:
 
     signed = torch.where(desirable, rewards, -rewards)
     right = torch.where(desirable, rewards > beta * kl, rewards < beta * kl)
-    return {"kl": torch.tensor(kl * rewards.shape[0], dtype=torch.float64), "rewards/signed": signed.sum(),
+    return {"kl": torch.tensor(kl * rewards.shape[0], dtype=torch.float64, device=rewards.device),
+            "rewards/signed": signed.sum(),
             "rewards/accuracy": right.float().sum(), "logps/completion": policy.detach().sum(),
             "desirable": desirable.float().sum()}
 
