@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -158,6 +159,29 @@ def test_grpo_trains_and_logs_rewards(data):
     assert record["best"]["metric"] == "eval_reward"
     assert record["best"]["step"] == best["step"] and record["best"]["value"] == pytest.approx(best["eval_reward"])
     assert (result.final_dir / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing (sh scripts/system_deps.sh)")
+def test_a_misbehaving_python_grader_never_reaches_the_loss(data):
+    """NaN, inf, strings, out-of-range numbers and exceptions score 0 with a reason; the run goes on with a
+    finite loss. Chained from an earlier GRPO result (init_from), as SFT -> GRPO recipes are."""
+    source = ("import math\n"
+              "def grade(sample, item):\n"
+              "    k = len(sample['output_text']) % 5\n"
+              "    return [float('nan'), math.inf, 'abc', 7.5][k] if k < 4 else 1 / 0\n")
+    (data / "evil.json").write_text(json.dumps({"type": "python", "name": "evil", "source": source}))
+    first = data / "chain-start"
+    if not (first / "final").is_dir():
+        train(_config(data, "chain-start", max_steps=1, eval_every=1, save_every=1))
+    result = train(_config(data, "evil", max_steps=2, **{"grpo.grader": str(data / "evil.json"),
+                                                         "init_from": str(first)}))
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train_loss" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert r["train_reward"] == 0.0 and r["train_grader_errors"] == 1.0  # every sample: 0, with a reason
+        assert r["train_loss"] == 0.0 and math.isfinite(r["grad_norm"])  # zero advantages, finite numbers
+    assert json.loads((result.run_dir / "run.json").read_text())["init_from"]["objective"] == "grpo"
 
 
 def test_paused_grpo_run_resumes_to_the_same_bits(data):
