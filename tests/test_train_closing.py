@@ -39,14 +39,21 @@ def test_closing_paragraph_names_the_result_the_baselines_the_cost_and_the_place
 
 
 def test_progress_line_shows_rates_forgetting_and_a_whole_run_eta():
-    bar = Progress(total=10, start=0, enabled=True)
-    try:
-        bar.clock = iter([bar.t0 + 20.0]).__next__  # 2 steps took 20 s -> 8 steps left take 80 s
-        bar.update(2, loss=1.5, eval_loss=1.2, tps=218.0, eps=2.5, forgetting=1.083)
-        fields = bar.bar.tasks[0].fields
-    finally:
-        bar.close()
-    assert (fields["tps"], fields["eps"], fields["forget"], fields["eta"]) == ("218", "2.5", "ppl +8%", "1:20")
+    import io
+    import itertools
+
+    out = io.StringIO()  # not a terminal: plain lines, as under nohup or in CI logs
+    bar = Progress(total=10, start=0, enabled=True, stream=out)
+    t0 = bar.t0
+    bar.clock = itertools.repeat(t0 + 20.0).__next__  # 2 steps took 20 s -> 8 steps left take 80 s
+    bar.update(2, loss=1.5, eval_loss=1.2, tps=218.0, eps=2.5, forgetting=1.083)  # an eval: always a line
+    bar.update(3, loss=1.4, tps=220.0)  # 0 s since the last line: none
+    bar.clock = itertools.repeat(t0 + 20.0 + Progress.LINE_EVERY_S).__next__
+    bar.update(4, loss=1.3, tps=221.0)  # LINE_EVERY_S later: a line
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "step 2/10  loss 1.5000  eval 1.2000  2.5 ex/s  218 tok/s  forgetting ppl +8%  ETA 1:20"
+    assert len(lines) == 2 and lines[1].startswith("step 4/10  loss 1.3000  eval 1.2000")
 
 
 def test_closing_paragraph_names_the_objective_and_method(tmp_path):

@@ -146,31 +146,46 @@ def overfitting_warning(rows: list[dict], window: int = 2) -> str | None:
 
 
 class Progress:
-    """A rich progress bar: step, loss, eval loss, examples/s and tokens/s (all tokens through the model,
-    prompts included), the forgetting probe, and an ETA. Silent when disabled.
+    """Progress of a run: step, loss (or the objective's own metric), eval, examples/s and tokens/s (all
+    tokens through the model, prompts included), the forgetting probe, and an ETA. Silent when disabled.
+
+    On a terminal it is a rich progress bar. Anywhere else (nohup, CI logs, a pipe) a bar draws nothing
+    until the end, so it prints one plain line at most every ``LINE_EVERY_S`` seconds, at every eval and at
+    the last step, as HF's Trainer and tqdm do in logs.
 
     The ETA is the wall time per step so far (evals and checkpoints included, as they will recur) times
     the steps left; rich's own estimate only sees the last few steps and jumps at every eval."""
 
-    def __init__(self, total: int, start: int, enabled: bool, label: str = "loss"):
+    LINE_EVERY_S = 30.0
+
+    def __init__(self, total: int, start: int, enabled: bool, label: str = "loss", stream=None):
+        import sys
+        import time
+
         self.enabled = enabled
         if not enabled:
             return
-        import time
+        self.total, self.start, self.label, self.clock = total, start, label, time.perf_counter
+        self.t0 = self.last_line = self.clock()
+        self.stream = stream or sys.stdout
+        self.fields = {"loss": "-", "eval": "-", "tps": "-", "eps": "-", "forget": "-", "eta": "-"}
+        self.bar = None if not self.stream.isatty() else self._rich_bar(total, start, label)
 
+    @staticmethod
+    def _rich_bar(total: int, start: int, label: str):
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
         from rich.progress import Progress as RichProgress
 
-        self.total, self.start, self.t0, self.clock = total, start, time.perf_counter(), time.perf_counter
-        self.bar = RichProgress(
+        bar = RichProgress(
             TextColumn("step"), MofNCompleteColumn(), BarColumn(),
             TextColumn(label + " {task.fields[loss]}  eval {task.fields[eval]}  {task.fields[eps]} ex/s  "
                        "{task.fields[tps]} tok/s  forgetting {task.fields[forget]}  ETA {task.fields[eta]}"),
             transient=False,
         )
-        self.bar.start()
-        self.task = self.bar.add_task("train", total=total, completed=start, loss="-", eval="-", tps="-",
-                                      eps="-", forget="-", eta="-")
+        bar.start()
+        bar.task = bar.add_task("train", total=total, completed=start, loss="-", eval="-", tps="-", eps="-",
+                                forget="-", eta="-")
+        return bar
 
     def update(self, step: int, loss: float | None = None, eval_loss: float | None = None, tps: float | None = None,
                eps: float | None = None, forgetting: float | None = None):
@@ -190,10 +205,17 @@ class Progress:
         if step > self.start:
             left = (self.clock() - self.t0) / (step - self.start) * (self.total - step)
             fields["eta"] = f"{int(left // 60)}:{int(left % 60):02d}"
-        self.bar.update(self.task, completed=step, **fields)
+        self.fields.update(fields)
+        if self.bar is not None:
+            self.bar.update(self.bar.task, completed=step, **fields)
+        elif eval_loss is not None or step == self.total or self.clock() - self.last_line >= self.LINE_EVERY_S:
+            self.last_line = self.clock()
+            f = self.fields
+            print(f"step {step}/{self.total}  {self.label} {f['loss']}  eval {f['eval']}  {f['eps']} ex/s  "
+                  f"{f['tps']} tok/s  forgetting {f['forget']}  ETA {f['eta']}", file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.bar is not None:
             self.bar.stop()
 
 
