@@ -103,7 +103,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, tiny_llama_dir):
         evaluate(tiny_llama_dir, ev, baselines=["few-shot"])
     with pytest.raises(DataError, match="not found"):
         evaluate(tiny_llama_dir, tmp_path / "missing.jsonl")
-    with pytest.raises(ConfigError, match="--metric"):
+    with pytest.raises(ConfigError, match="metric"):
         evaluate(tiny_llama_dir, ev, metric="bleu")
     with pytest.raises(DataError, match="not a directory"):
         evaluate(tiny_llama_dir, ev, baselines=["rag"], docs_dir=tmp_path / "nodocs", write_report=False,

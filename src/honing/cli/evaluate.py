@@ -9,28 +9,34 @@ import typer
 
 
 def eval_cmd(
-    model: str = typer.Option(..., "--model", help="A training run directory (fine-tuned vs baselines), or a base "
+    model: str = typer.Option(None, "--model", help="A training run directory (fine-tuned vs baselines), or a base "
                               "model reference (baselines only)."),
-    data: str = typer.Option(..., "--data", help="Evaluation examples (chat JSONL or any format `hone data` reads); "
-                             "the final assistant turn of each is the reference answer."),
-    baselines: str = typer.Option("zero-shot,few-shot,rag", "--baselines",
-                                  help="Comma-separated baselines run on the base model (empty: none)."),
+    data: str = typer.Option(None, "--data", help="Evaluation examples (chat JSONL or any format `hone data` reads); "
+                             "the final assistant turn of each is the reference answer (tool-calling data: the "
+                             "last turn that calls)."),
+    config: str = typer.Option(None, "--config", help="YAML file of evaluation settings (the keys of "
+                               "docs/evaluation.md's table); flags and --set override it."),
+    overrides: list[str] = typer.Option(  # noqa: B008
+        None, "--set", help="Override one setting: key=value (repeatable)."),
+    baselines: str = typer.Option(None, "--baselines", help="Comma-separated baselines run on the base model "
+                                  "(zero-shot, few-shot, rag; empty: none). Default: all three."),
     docs: str = typer.Option(None, "--docs", help="Folder of .txt/.md documents for the RAG baseline "
                              "(default: retrieve over the training answers)."),
     train_data: str = typer.Option(None, "--train-data", help="Training examples for few-shot and RAG "
                                    "(default: the run's training data from run.json)."),
-    metric: str = typer.Option("auto", "--metric", help="auto, classification, json or text."),
+    metric: str = typer.Option(None, "--metric", help="auto (default), classification, json, text or tool_call."),
     schema: str = typer.Option(None, "--schema", help="JSON schema file: adds schema conformance (json task)."),
     out: str = typer.Option(None, "--out", help="Report folder (default RUN_DIR/eval, or ./hone-eval)."),
     max_examples: int = typer.Option(None, "--max-examples", min=1, help="Evaluate only the first N examples."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1,
                                        help="Longest answer (default: from the reference lengths)."),
-    k_shots: int = typer.Option(3, "--k-shots", min=1, help="Training examples per few-shot prompt."),
-    forgetting: bool = typer.Option(True, "--forgetting/--no-forgetting",
-                                    help="Check general text perplexity and general QA before/after."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (measured: bf16 only where it is fast), fp32, bf16."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
-    threads: str = typer.Option("auto", "--threads", help="CPU threads: auto (measured: 1 when the cores are "
+    k_shots: int = typer.Option(None, "--k-shots", min=1, help="Training examples per few-shot prompt (default 3)."),
+    forgetting: bool = typer.Option(None, "--forgetting/--no-forgetting",
+                                    help="Check general text perplexity and general QA before/after (default on)."),
+    dtype: str = typer.Option(None, "--dtype", help="auto (default; measured: bf16 only where it is fast), fp32, "
+                              "bf16."),
+    device: str = typer.Option(None, "--device", help="auto (default; CUDA when available), cpu or cuda."),
+    threads: str = typer.Option(None, "--threads", help="CPU threads: auto (default; measured: 1 when the cores are "
                                 "busy, else torch's default) or a number."),
     as_json: bool = typer.Option(False, "--json", help="Print every number as JSON on stdout."),
     gate: bool = typer.Option(False, "--gate", help="Release gate (the run's gate: section; docs/maintenance.md): "
@@ -44,16 +50,16 @@ def eval_cmd(
 
     Exit status with --gate: 0 when the gate passes, 1 when it fails; 2 on bad input."""
     from honing.evaluate import evaluate
+    from honing.evaluate.config import eval_config
 
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    result = evaluate(
-        model, data, train_path=train_data, baselines=[b for b in baselines.split(",") if b.strip()],
-        docs_dir=docs, metric=metric, schema=schema, out_dir=out, max_examples=max_examples,
-        max_new_tokens=max_new_tokens, k_shots=k_shots, forgetting=forgetting, dtype=dtype, device=device, threads=threads,
-        progress=progress,
-    )
+    settings = eval_config(config, overrides, model=model, data=data, baselines=baselines, docs=docs,
+                           train_data=train_data, metric=metric, schema=schema, out=out, max_examples=max_examples,
+                           max_new_tokens=max_new_tokens, k_shots=k_shots, forgetting=forgetting, dtype=dtype,
+                           device=device, threads=threads)
+    result = evaluate(config=settings, progress=progress)
     verdict = None
     if gate:
         from honing.lifecycle.gate import gate_evaluation

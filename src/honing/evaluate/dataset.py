@@ -7,21 +7,39 @@ Uses ``honing.data.formats.read_examples``, so every input format training accep
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from honing.data.conversation import Conversation, Message
+from honing.data.conversation import Conversation, Message, ToolCall
 from honing.data.formats import read_examples
+from honing.data.tools import fallback_messages
 from honing.errors import DataError
 
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One evaluation example: the prompt turns before the final assistant turn, and that turn."""
+    """One evaluation example: the prompt turns before the evaluated assistant turn, and that turn.
+
+    ``reference`` is the turn as text: its content, and its tool calls written in the fallback format
+    (``honing.data.tools``), what a model without a tools-aware template is trained to write.
+    ``reference_message`` keeps the turn itself (few-shot shows it as a turn with ``tool_calls``);
+    ``tools`` are the conversation's tool definitions, given to the model with the prompt.
+    """
 
     prompt: tuple[Message, ...]
     reference: str
     line: int | None = None
+    reference_message: Message | None = None
+    tools: tuple[dict, ...] = field(default=(), hash=False)
+
+    @property
+    def answer(self) -> Message:
+        """The reference assistant turn (with its tool calls)."""
+        return self.reference_message or Message("assistant", self.reference)
+
+    @property
+    def reference_calls(self) -> tuple[ToolCall, ...]:
+        return self.answer.tool_calls
 
     @property
     def query(self) -> str:
@@ -40,26 +58,47 @@ def read_conversations(path: str | Path) -> list[Conversation]:
     return [e for e in read_examples(p) if isinstance(e, Conversation)]
 
 
-def to_eval_items(conversations: list[Conversation], path: str | Path = "<data>") -> list[EvalItem]:
+def uses_tools(conversations: list[Conversation]) -> bool:
+    """Tool-calling data: some conversation declares tools or has an assistant turn that calls one."""
+    return any(c.tools or any(m.tool_calls for m in c.messages) for c in conversations)
+
+
+def _evaluated_turn(c: Conversation, at_last_call: bool) -> int:
+    """Index of the assistant turn to evaluate: the final one, or with ``at_last_call`` the last turn that
+    calls tools (an OpenAI function-calling example ends with the text answer to the tool results; the
+    call is what a tool-call metric measures), when there is one."""
+    if at_last_call:
+        calls = [i for i, m in enumerate(c.messages) if m.role == "assistant" and m.tool_calls]
+        if calls:
+            return calls[-1]
+    if not c.messages or c.messages[-1].role != "assistant":
+        raise ValueError("conversation does not end with an assistant message")
+    return len(c.messages) - 1
+
+
+def to_eval_items(conversations: list[Conversation], path: str | Path = "<data>",
+                  at_last_call: bool = False) -> list[EvalItem]:
     items = []
     for c in conversations:
         try:
-            prompt, ref = c.prompt_and_reference()
+            i = _evaluated_turn(c, at_last_call)
         except ValueError as e:
             where = f"{path}:{c.line}" if c.line else str(path)
             raise DataError(f"{where}: cannot evaluate this example: {e}") from e
-        items.append(EvalItem(tuple(prompt), ref, c.line))
+        turn = c.messages[i]
+        text = fallback_messages([turn], ())[0]["content"] if turn.tool_calls else turn.content
+        items.append(EvalItem(tuple(c.messages[:i]), text, c.line, turn, c.tools))
     if not items:
         raise DataError(f"{path}: no chat examples ending with an assistant turn to evaluate")
     return items
 
 
-def read_eval_items(path: str | Path) -> list[EvalItem]:
-    return to_eval_items(read_conversations(path), path)
+def read_eval_items(path: str | Path, at_last_call: bool = False) -> list[EvalItem]:
+    return to_eval_items(read_conversations(path), path, at_last_call)
 
 
 # A dataset may say what its evaluation measures in a file beside its data (the shipped examples do):
-# ``{"metric": "classification" | "json" | "text", "schema": "schema.json"}``, the schema path relative
+# ``{"metric": "classification" | "json" | "text" | "tool_call", "schema": "schema.json"}``, the schema path relative
 # to that file. Auto-detection cannot know, e.g., that 24 distinct answers are labels, not free text.
 TASK_DECLARATION = "hone_eval.json"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from honing.data.conversation import Conversation, Message
 from honing.data.render import render_conversation, render_prompt
@@ -113,8 +113,10 @@ def generate(
     batch_tokens: int = BATCH_TOKENS,
     max_batch: int = MAX_BATCH,
     share_prefix: bool = True,
+    tools: Sequence[Sequence[dict]] | None = None,
 ) -> Generations:
     """Greedy completions of ``prompts`` (each a list of messages ending before the assistant turn).
+    ``tools[i]``: the tool definitions offered with prompt ``i`` (rendered as training renders them).
 
     With ``share_prefix``, the token prefix all prompts share (typically the system prompt: most of a
     short classification prompt) is run through the model once; each batch starts from a copy of its
@@ -127,7 +129,8 @@ def generate(
     import torch
 
     start = time.perf_counter()
-    ids = [render_prompt(tokenizer, list(p)) for p in prompts]
+    tools = tools or [()] * len(prompts)
+    ids = [render_prompt(tokenizer, list(p), tuple(t)) for p, t in zip(prompts, tools)]
     lengths = [len(x) for x in ids]
     # Keep at least one token per prompt outside the prefix: generate needs a non-empty input.
     shared = min(shared_prefix_length(ids), min(lengths, default=1) - 1) if share_prefix and len(ids) > 1 else 0
@@ -175,7 +178,9 @@ def generate(
                 new = out[row, width:].tolist()
                 cut = next((k for k, t in enumerate(new) if t in stops), len(new))
                 new_counts[i] = cut
-                texts[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+                # Keep special tokens a tools-aware template writes around calls (<tool_call> may be one).
+                texts[i] = tokenizer.decode(new[:cut], skip_special_tokens=False).strip() if tools[i] else \
+                    tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
     return Generations(texts, lengths, new_counts, time.perf_counter() - start)
 
 
@@ -235,11 +240,11 @@ def _token_nll_sum(model, sequences: list[list[int]], masks: list[list[bool]], b
 
 
 def reference_loss(model, tokenizer, items, batch_tokens: int = BATCH_TOKENS) -> ReferenceLoss:
-    """Loss on each item's final assistant turn only (earlier assistant turns are context)."""
+    """Loss on each item's reference assistant turn only (earlier assistant turns are context)."""
     seqs, masks = [], []
     for it in items:
-        context = tuple(Message(m.role, m.content, 0) if m.role == "assistant" else m for m in it.prompt)
-        r = render_conversation(tokenizer, Conversation(context + (Message("assistant", it.reference),)))
+        context = tuple(replace(m, weight=0) if m.role == "assistant" else m for m in it.prompt)
+        r = render_conversation(tokenizer, Conversation(context + (replace(it.answer, weight=1),), tools=it.tools))
         seqs.append(r.input_ids)
         masks.append(r.loss_mask)
     total, count = _token_nll_sum(model, seqs, masks, batch_tokens)

@@ -5,7 +5,10 @@
 * classification: ``sklearn.metrics`` accuracy, macro-F1 and confusion matrix over the label set;
 * free text: ROUGE-L (``rouge_score``) and chrF (``sacrebleu``);
 * JSON: validity (``json.loads``), equality of the parsed values, and JSON-schema conformance
-  (``jsonschema``) when a schema is given.
+  (``jsonschema``) when a schema is given;
+* tool calls: the generated text parsed back into calls (``honing.data.tools.parse_tool_calls``) against
+  the reference turn's ``tool_calls``: right functions, equal arguments as JSON, arguments valid under the
+  tool's JSON schema, and the primary ``tool_call_exact`` (see :func:`tool_call_metrics`).
 
 Every metric also has a per-example form (a list of floats in [0, 1]) so approaches can be compared
 with a paired bootstrap over examples (see ``honing.evaluate.bootstrap``).
@@ -20,9 +23,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from honing.data.conversation import ToolCall, tool_name
+from honing.data.tools import parse_tool_calls
 from honing.errors import ConfigError
 
-TASKS = ("classification", "json", "text")
+TASKS = ("classification", "json", "text", "tool_call")
 # Above this many distinct reference values the answers are not treated as a label set.
 MAX_LABELS = 20
 # Labels are short: at most this many words for most (>= 90%) references.
@@ -179,7 +184,89 @@ class TaskScores:
         return d
 
 
-PRIMARY = {"classification": "accuracy", "json": "json_match", "text": "rouge_l"}
+PRIMARY = {"classification": "accuracy", "json": "json_match", "text": "rouge_l", "tool_call": "tool_call_exact"}
+
+
+def json_equal(a, b) -> bool:
+    """Equality of parsed JSON values: object key order never matters, list order does, and true is not 1
+    (Python's ``True == 1`` would say it is)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _arguments(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _UNPARSABLE
+
+
+_UNPARSABLE = object()  # never equal to any parsed value
+
+
+def _matched(predicted: list[tuple[str, object]], reference: list[tuple[str, object]], with_args: bool) -> int:
+    """How many reference calls a distinct predicted call matches (same name, and equal arguments when
+    ``with_args``): a greedy one-to-one pairing, so the order of the calls does not matter."""
+    left = list(predicted)
+    hits = 0
+    for name, args in reference:
+        for i, (p_name, p_args) in enumerate(left):
+            if p_name == name and (not with_args or (args is not _UNPARSABLE and p_args is not _UNPARSABLE
+                                                     and json_equal(p_args, args))):
+                del left[i]
+                hits += 1
+                break
+    return hits
+
+
+def _schema_ok(name: str, args, schemas: dict[str, dict | None]) -> bool:
+    """Arguments are a JSON object valid under the named tool's ``parameters`` (a tool without parameters
+    takes any object); a call to a function not among the tools is never valid."""
+    import jsonschema
+
+    if name not in schemas or not isinstance(args, dict):
+        return False
+    schema = schemas[name]
+    return schema is None or jsonschema.validators.validator_for(schema)(schema).is_valid(args)
+
+
+def tool_call_metrics(prediction: str, reference_calls: Sequence[ToolCall], tools: Sequence[dict]) -> dict[str, float]:
+    """One example's tool-call scores, each in [0, 1].
+
+    * ``tool_call_exact`` (primary): the predicted calls equal the reference calls *as a multiset* of
+      (function, arguments) pairs: every call right, none missing, none extra. Order is not compared:
+      OpenAI's parallel calls are independent and run in any order. A reference turn without calls
+      (the model should answer in text) counts 1 only when the text holds no ``<tool_call>`` at all.
+    * ``function_match``: the multiset of called function names equals the reference's.
+    * ``arguments_match``: the share of reference calls that a distinct predicted call matches with the same
+      name and arguments equal as JSON (parsed: key order and whitespace do not matter); extra calls do not
+      lower it (``tool_call_exact`` counts them).
+    * ``schema_valid``: the share of predicted calls whose arguments validate against their tool's JSON
+      schema (a call to an unknown function is invalid); 0 when calls were expected and none was written,
+      1 when none was expected and none was written.
+    """
+    parsed = parse_tool_calls(prediction)
+    predicted = [(c["name"], _arguments(c["arguments"])) for c in parsed or []]
+    reference = [(c.name, _arguments(c.arguments)) for c in reference_calls]
+    if not reference:
+        right = float(parsed is None)
+        return {"tool_call_exact": right, "function_match": right, "arguments_match": right,
+                "schema_valid": right if not predicted else 0.0}
+    names_equal = sorted(n for n, _ in predicted) == sorted(n for n, _ in reference)
+    full = _matched(predicted, reference, with_args=True)
+    schemas = {tool_name(t): t["function"].get("parameters") for t in tools}
+    valid = [_schema_ok(n, a, schemas) for n, a in predicted]
+    return {
+        "tool_call_exact": float(full == len(reference) == len(predicted)),
+        "function_match": float(names_equal),
+        "arguments_match": full / len(reference),
+        "schema_valid": sum(valid) / len(valid) if valid else 0.0,
+    }
 
 
 def score(
@@ -188,8 +275,11 @@ def score(
     task: str,
     schema: dict | None = None,
     labels: Sequence[str] | None = None,
+    reference_calls: Sequence[Sequence[ToolCall]] | None = None,
+    tools: Sequence[Sequence[dict]] | None = None,
 ) -> TaskScores:
-    """All metrics for ``task`` ('classification' | 'json' | 'text'); see the module docstring."""
+    """All metrics for ``task`` ('classification' | 'json' | 'text' | 'tool_call'); see the module
+    docstring. ``tool_call`` needs each example's ``reference_calls`` and ``tools``."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if task not in TASKS:
@@ -220,6 +310,13 @@ def score(
         per["json_match"] = [json_match(p, r) for p, r in zip(predictions, references)]
         if schema is not None:
             per["schema_valid"] = [schema_valid(p, schema) for p in predictions]
+    elif task == "tool_call":
+        if reference_calls is None or len(reference_calls) != len(predictions):
+            raise ValueError("the tool_call metric needs the reference calls of every example")
+        rows = [tool_call_metrics(p, calls, ts) for p, calls, ts in
+                zip(predictions, reference_calls, tools or [()] * len(predictions))]
+        for name in ("tool_call_exact", "function_match", "arguments_match", "schema_valid"):
+            per[name] = [r[name] for r in rows]
     else:
         per["rouge_l"] = [rouge_l(p, r) for p, r in zip(predictions, references)]
         summary["chrf"] = chrf(predictions, references)

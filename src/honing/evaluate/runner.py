@@ -19,12 +19,20 @@ from pathlib import Path
 from honing.errors import ConfigError, DataError
 from honing.evaluate import baselines as B
 from honing.evaluate.bootstrap import Interval, mean_ci, paired_difference_ci
-from honing.evaluate.dataset import EvalItem, read_eval_items, read_task_declaration
+from honing.evaluate.config import EvalConfig, eval_config, schema_object
+from honing.evaluate.dataset import (
+    EvalItem,
+    read_conversations,
+    read_eval_items,
+    read_task_declaration,
+    to_eval_items,
+    uses_tools,
+)
+from honing.evaluate.forgetting import forgetting_verdict, general_ability
 from honing.evaluate.generation import auto_max_new_tokens, generate, reference_loss
 from honing.evaluate.metrics import TASKS, TaskScores, detect_task, score
 
 FINE_TUNED = "fine-tuned"
-RAG_K = 2
 # Reference-answer loss is a full forward pass per example (no shared prefix): on a 2-core CPU 240
 # examples of the demo cost ~2 minutes per model, so it is measured on the first examples only.
 LOSS_MAX_EXAMPLES = 100
@@ -41,6 +49,8 @@ class ApproachResult:
     prompt_tokens: list[int]
     seconds: float
     primary_ci: Interval
+    # A bootstrap 95% CI of every per-example metric (the primary's included), e.g. each tool-call score.
+    metric_cis: dict[str, Interval] = field(default_factory=dict)
 
     @property
     def primary_value(self) -> float:
@@ -59,6 +69,7 @@ class ApproachResult:
         return {
             "name": self.name, "model": self.model, **self.scores.to_dict(),
             "primary_value": self.primary_value, "primary_ci": self.primary_ci.to_dict(),
+            "metric_cis": {k: v.to_dict() for k, v in self.metric_cis.items()},
             "mean_prompt_tokens": self.mean_prompt_tokens, "latency_per_example_s": self.latency_per_example,
             "seconds": self.seconds,
         }
@@ -209,19 +220,23 @@ def compare(approaches: Sequence[ApproachResult], primary: str, seed: int = 0) -
     return best.name, comparisons, verdict
 
 
-def _declared_task(eval_path, metric: str, schema, say: Callable[[str], None]):
-    """(metric, schema) with what the data's ``hone_eval.json`` declares filling in what the caller
-    left at auto / None (an explicit metric or schema always wins)."""
-    declared, where = read_task_declaration(eval_path)
-    if not declared:
-        return metric, schema
-    if metric == "auto":
-        if declared["metric"] not in TASKS:
-            raise DataError(f"{where}: metric {declared['metric']!r}: choose {', '.join(TASKS)}")
-        metric = declared["metric"]
-    if schema is None and declared["schema"] is not None and metric == "json":
-        schema = declared["schema"]
-    say(f"task: {metric}{f', schema {schema}' if schema is not None else ''} (declared in {where})")
+def _resolve_task(config: EvalConfig, conversations, say: Callable[[str], None]) -> tuple[str, dict | str | None]:
+    """(metric, schema): the configured ones; for what is left at auto / null, what the data's
+    ``hone_eval.json`` declares, else ``tool_call`` for tool-calling data, else still auto (detected from
+    the references once they are read)."""
+    metric, schema = config.metric, config.schema_
+    declared, where = read_task_declaration(config.data)
+    if declared:
+        if metric == "auto":
+            if declared["metric"] not in TASKS:
+                raise DataError(f"{where}: metric {declared['metric']!r}: choose {', '.join(TASKS)}")
+            metric = declared["metric"]
+        if schema is None and declared["schema"] is not None and metric == "json":
+            schema = str(declared["schema"])
+        say(f"task: {metric}{f', schema {schema}' if schema is not None else ''} (declared in {where})")
+    elif metric == "auto" and uses_tools(conversations):
+        metric = "tool_call"
+        say("task: tool_call (the data declares tools or makes tool calls)")
     return metric, schema
 
 
@@ -263,150 +278,151 @@ def _load_models(model_ref: str, run: dict | None, dtype, device=None):
 
 
 def evaluate(
-    model_ref: str | Path,
-    eval_path: str | Path,
+    model_ref: str | Path | None = None,
+    eval_path: str | Path | None = None,
     *,
-    train_path: str | Path | None = None,
-    baselines: Sequence[str] = B.BASELINES,
-    docs_dir: str | Path | None = None,
-    metric: str = "auto",
-    schema: dict | str | Path | None = None,
-    out_dir: str | Path | None = None,
-    max_examples: int | None = None,
-    max_new_tokens: int | None = None,
-    k_shots: int = 3,
-    forgetting: bool = True,
-    dtype: str = "auto",
-    device: str = "auto",
-    threads: int | str = "auto",
+    config: EvalConfig | None = None,
     progress: Callable[[str], None] | None = None,
-    write_report: bool = True,
+    **settings,
 ) -> EvalResult:
     """Evaluate a fine-tuned run directory (or a base model: baselines only) on ``eval_path``.
 
-    Writes eval.json, report.md and report.html into ``out_dir`` (default ``RUN_DIR/eval``, or
-    ``./hone-eval`` for a base model). ``schema`` (dict or path of a JSON schema) adds schema
-    conformance for JSON tasks. ``threads="auto"`` measures whether 1 thread beats torch's default
-    right now (it does on a busy machine; see ``honing.threads``). Returns an :class:`EvalResult`.
+    Settings are one :class:`~honing.evaluate.config.EvalConfig`: pass it as ``config``, or pass its keys
+    as keyword arguments (``baselines=["zero-shot"], k_shots=2, ...``; the older names ``train_path``,
+    ``docs_dir``, ``out_dir`` and ``write_report`` still work). Writes eval.json, report.md and report.html
+    into ``out`` unless ``report`` is false. Returns an :class:`EvalResult`.
     """
-    from honing.precision import auto_dtype
-    from honing.threads import fastest_thread_count, torch_threads
-    from honing.train.runtime import resolve_device
+    if config is None:
+        config = eval_config(model=model_ref, data=eval_path, **settings)
+    elif model_ref is not None or eval_path is not None or settings:
+        raise ConfigError("evaluate(): pass either config= or the model, data and keyword settings, not both")
+    return _run(config, progress or (lambda _msg: None))
 
-    say = progress or (lambda _msg: None)
-    model_ref = str(model_ref)
-    baselines = B.check_baselines(baselines)
-    if metric != "auto" and metric not in TASKS:
-        raise ConfigError(f"--metric {metric}: choose auto, {', '.join(TASKS)}")
-    if k_shots < 1:
-        raise ConfigError(f"k_shots must be >= 1, got {k_shots}")
-    metric, schema = _declared_task(eval_path, metric, schema, say)
-    if isinstance(schema, (str, Path)):
-        try:
-            schema = json.loads(Path(schema).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"--schema {schema}: cannot read a JSON schema ({e})") from e
 
-    items = read_eval_items(eval_path)
-    if max_examples:
-        items = items[:max_examples]
+@dataclass
+class _Task:
+    """The evaluated examples and how they are scored."""
+
+    items: list[EvalItem]
+    task: str
+    schema: dict | None
+    labels: list[str] | None
+    pool: list[EvalItem]
+    train_path: str | None
+    run: dict | None
+
+
+def _prepare(config: EvalConfig, say: Callable[[str], None]) -> _Task:
+    """Read the examples and the training pool, settle the task, check each baseline has what it needs."""
+    conversations = read_conversations(config.data)
+    metric, schema = _resolve_task(config, conversations, say)
+    tool_task = metric == "tool_call"
+    items = to_eval_items(conversations, config.data, at_last_call=tool_task)[:config.max_examples]
     references = [it.reference for it in items]
     task = detect_task(references) if metric == "auto" else metric
-    labels = sorted(set(references)) if task == "classification" else None
-
-    run = _run_info(model_ref)
+    run = _run_info(config.model)
+    train_path = config.train_data
     if train_path is None and run is not None:
         candidate = ((run.get("dataset") or {}).get("train") or {}).get("path")
         train_path = candidate if candidate and Path(candidate).is_file() else None
-    pool: list[EvalItem] = read_eval_items(train_path) if train_path else []
-    if "few-shot" in baselines and not pool:
-        raise DataError("the few-shot baseline needs training examples: pass --train-data, or drop few-shot "
-                        "from --baselines")
-    if "rag" in baselines and not pool and docs_dir is None:
-        raise DataError("the RAG baseline needs --docs DIR or training examples (--train-data)")
+    pool = read_eval_items(train_path, at_last_call=tool_task) if train_path else []
+    inputs = B.BaselineInputs(pool, config.docs, config.k_shots, config.rag_k)
+    for name in config.baselines:
+        problem = B.REGISTRY[name].missing(inputs)
+        if problem:
+            raise DataError(problem)
+    schema_obj = schema_object(config.model_copy(update={"schema_": schema}))
+    labels = sorted(set(references)) if task == "classification" else None
+    return _Task(items, task, schema_obj, labels, pool, train_path, run)
 
-    if threads == "auto":
-        n_threads = fastest_thread_count()
-    elif str(threads).isdigit() and int(threads) >= 1:
-        n_threads = int(threads)
-    else:
-        raise ConfigError(f"--threads {threads}: use auto or a positive number")
+
+def _threads(config: EvalConfig) -> int:
+    from honing.threads import fastest_thread_count
+
+    return fastest_thread_count() if config.threads == "auto" else int(config.threads)
+
+
+def _run(config: EvalConfig, say: Callable[[str], None]) -> EvalResult:
+    from honing.precision import auto_dtype
+    from honing.threads import torch_threads
+    from honing.train.runtime import resolve_device
+
+    t = _prepare(config, say)
+    n_threads = _threads(config)
     with torch_threads(n_threads):
-        dev = resolve_device(device)
-        torch_dtype = auto_dtype(dtype, dev.type)
-        say(f"loading {model_ref} ({str(torch_dtype).replace('torch.', '')} on {dev}"
+        dev = resolve_device(config.device)
+        torch_dtype = auto_dtype(config.dtype, dev.type)
+        say(f"loading {config.model} ({str(torch_dtype).replace('torch.', '')} on {dev}"
             + (f", {n_threads} CPU thread(s))" if dev.type == "cpu" else ")"))
-        base_ctx, fine_tuned, tok = _load_models(model_ref, run, torch_dtype, dev)
-        new_tokens = max_new_tokens or auto_max_new_tokens(tok, references + [p.reference for p in pool[:500]])
+        base_ctx, fine_tuned, tok = _load_models(config.model, t.run, torch_dtype, dev)
+        new_tokens = config.max_new_tokens or auto_max_new_tokens(
+            tok, [it.reference for it in t.items] + [p.reference for p in t.pool[:500]])
+        approaches, ref_loss, ability = _run_approaches(config, t, base_ctx, fine_tuned, tok, new_tokens, say)
+    primary = approaches[0].scores.primary
+    winner, comparisons, verdict = compare(approaches, primary)
+    forgetting_report = None
+    if len(ability) == 2:
+        forgetting_report = forgetting_verdict(ability["base"], ability["fine-tuned"])
+    result = EvalResult(
+        model_ref=config.model, eval_path=config.data, task=t.task, primary=primary, n_examples=len(t.items),
+        approaches=approaches, comparisons=comparisons, winner=winner, verdict=verdict,
+        reference_loss=ref_loss, forgetting=forgetting_report, items=t.items,
+        loss_curve=_read_loss_curve(Path(config.model)) if t.run is not None else [],
+        settings={"max_new_tokens": new_tokens, "k_shots": config.k_shots, "rag_k": config.rag_k,
+                  "dtype": str(torch_dtype), "threads": n_threads,
+                  "train_data": str(t.train_path) if t.train_path else None, "docs": config.docs,
+                  "bootstrap_resamples": 1000, "confidence": 0.95, "config": config.settings_dict()},
+    )
+    if config.report:
+        from honing.evaluate.report import write_reports
 
-        def run_approach(name: str, model_label: str, model, prompts) -> ApproachResult:
-            say(f"{name}: generating {len(prompts)} answers (max {new_tokens} new tokens)")
-            g = generate(model, tok, prompts, new_tokens)
-            s = score(g.texts, references, task, schema=schema, labels=labels)
-            ci = mean_ci(s.per_example[s.primary])
-            say(f"{name}: {s.primary} {s.summary[s.primary]:.3f} in {g.seconds:.1f}s")
-            return ApproachResult(name, model_label, s, g.texts, g.prompt_tokens, g.seconds, ci)
+        out_dir = config.out or (Path(config.model) / "eval" if t.run is not None else Path("hone-eval"))
+        result.out_dir = Path(out_dir)
+        write_reports(result, result.out_dir)
+        say(f"report: {result.report_html}")
+    return result
 
-        approaches: list[ApproachResult] = []
-        ref_loss: dict = {}
-        ability = {}
-        with base_ctx() as base:
-            for name in baselines:
-                t = time.perf_counter()
-                if name == "zero-shot":
-                    prompts = B.zero_shot_prompts(items)
-                elif name == "few-shot":
-                    prompts = B.few_shot_prompts(items, pool, k_shots)
-                else:
-                    chunks = B.document_chunks(docs_dir) if docs_dir else B.training_chunks(pool)
-                    prompts = B.rag_prompts(items, chunks, RAG_K)
-                retrieval_s = time.perf_counter() - t
-                result = run_approach(name, "base", base, prompts)
-                result.seconds += retrieval_s  # selecting shots / chunks is part of the approach's cost
-                approaches.append(result)
-            rl = reference_loss(base, tok, items[:LOSS_MAX_EXAMPLES])
-            ref_loss["base"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens,
-                                "examples": min(len(items), LOSS_MAX_EXAMPLES)}
-            if fine_tuned is not None and forgetting:
-                from honing.evaluate.forgetting import general_ability
 
-                say("forgetting: general text and questions, base model")
-                ability["base"] = general_ability(base, tok)
-        if fine_tuned is not None:
-            approaches.append(run_approach(FINE_TUNED, "fine-tuned", fine_tuned, B.zero_shot_prompts(items)))
-            rl = reference_loss(fine_tuned, tok, items[:LOSS_MAX_EXAMPLES])
-            ref_loss["fine-tuned"] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens,
-                                      "examples": min(len(items), LOSS_MAX_EXAMPLES)}
-            if forgetting:
-                from honing.evaluate.forgetting import general_ability
+def _run_approaches(config: EvalConfig, t: _Task, base_ctx, fine_tuned, tok, new_tokens: int,
+                    say: Callable[[str], None]) -> tuple[list[ApproachResult], dict, dict]:
+    """Every baseline on the base model, then the fine-tuned model on the zero-shot prompts: their
+    results, the reference-answer losses and (with ``forgetting``) the general-ability probes."""
+    references = [it.reference for it in t.items]
+    extra = {"reference_calls": [it.reference_calls for it in t.items]} if t.task == "tool_call" else {}
 
-                say("forgetting: general text and questions, fine-tuned model")
-                ability["fine-tuned"] = general_ability(fine_tuned, tok)
-        if not approaches:
-            raise ConfigError("nothing to evaluate: no baselines and no fine-tuned model (pass a run directory)")
+    def run_approach(name: str, model_label: str, model, prompts: B.Prompts) -> ApproachResult:
+        say(f"{name}: generating {len(prompts.messages)} answers (max {new_tokens} new tokens)")
+        g = generate(model, tok, prompts.messages, new_tokens, tools=prompts.tools)
+        s = score(g.texts, references, t.task, schema=t.schema, labels=t.labels, tools=prompts.tools, **extra)
+        say(f"{name}: {s.primary} {s.summary[s.primary]:.3f} in {g.seconds:.1f}s")
+        cis = {metric: mean_ci(values) for metric, values in s.per_example.items()}
+        return ApproachResult(name, model_label, s, g.texts, g.prompt_tokens, g.seconds, cis[s.primary], cis)
 
-        primary = approaches[0].scores.primary
-        winner, comparisons, verdict = compare(approaches, primary)
-        forgetting_report = None
-        if len(ability) == 2:
-            from honing.evaluate.forgetting import forgetting_verdict
+    def loss_and_ability(label: str, model) -> None:
+        rl = reference_loss(model, tok, t.items[:LOSS_MAX_EXAMPLES])
+        ref_loss[label] = {"loss": rl.loss, "perplexity": rl.perplexity, "tokens": rl.tokens,
+                           "examples": min(len(t.items), LOSS_MAX_EXAMPLES)}
+        if fine_tuned is not None and config.forgetting:
+            say(f"forgetting: general text and questions, {label} model")
+            ability[label] = general_ability(model, tok)
 
-            forgetting_report = forgetting_verdict(ability["base"], ability["fine-tuned"])
-        result = EvalResult(
-            model_ref=model_ref, eval_path=str(eval_path), task=task, primary=primary, n_examples=len(items),
-            approaches=approaches, comparisons=comparisons, winner=winner, verdict=verdict,
-            reference_loss=ref_loss, forgetting=forgetting_report, items=items,
-            loss_curve=_read_loss_curve(Path(model_ref)) if run is not None else [],
-            settings={"max_new_tokens": new_tokens, "k_shots": k_shots, "rag_k": RAG_K, "dtype": str(torch_dtype), "threads": n_threads,
-                      "train_data": str(train_path) if train_path else None,
-                      "docs": str(docs_dir) if docs_dir else None, "bootstrap_resamples": 1000, "confidence": 0.95},
-        )
-        if write_report:
-            from honing.evaluate.report import write_reports
-
-            if out_dir is None:
-                out_dir = Path(model_ref) / "eval" if run is not None else Path("hone-eval")
-            result.out_dir = Path(out_dir)
-            write_reports(result, result.out_dir)
-            say(f"report: {result.report_html}")
-        return result
+    approaches: list[ApproachResult] = []
+    ref_loss: dict = {}
+    ability: dict = {}
+    inputs = B.BaselineInputs(t.pool, config.docs, config.k_shots, config.rag_k)
+    with base_ctx() as base:
+        for name in config.baselines:
+            start = time.perf_counter()
+            prompts = B.REGISTRY[name].build(t.items, inputs)
+            retrieval_s = time.perf_counter() - start
+            result = run_approach(name, "base", base, prompts)
+            result.seconds += retrieval_s  # selecting shots / chunks is part of the approach's cost
+            approaches.append(result)
+        loss_and_ability("base", base)
+    if fine_tuned is not None:
+        zero_shot = B.REGISTRY["zero-shot"].build(t.items, inputs)
+        approaches.append(run_approach(FINE_TUNED, "fine-tuned", fine_tuned, zero_shot))
+        loss_and_ability("fine-tuned", fine_tuned)
+    if not approaches:
+        raise ConfigError("nothing to evaluate: no baselines and no fine-tuned model (pass a run directory)")
+    return approaches, ref_loss, ability
