@@ -46,6 +46,17 @@ def _corpus(path: Path, n: int = 6) -> Path:
     return path
 
 
+def _rft(path: Path, n: int = 16) -> Path:
+    rows = [{"messages": [{"role": "user", "content": f"Name a word that rhymes with number {i}."}],
+             "target": "hello there, world"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# GRPO samples its training data: a graded similarity gives the random tiny model's samples rewards that
+# differ within a group (a gradient), with no sandbox needed.
+RFT_GRADER = {"type": "text_similarity", "name": "near", "input": "{{sample.output_text}}",
+              "reference": "{{item.target}}", "evaluation_metric": "fuzzy_match"}
 # objective -> (writer of its tiny data set at a path, extra config); None: the objective's own tests cover it.
 DATASETS = {
     "sft": (lambda p: write_arithmetic_chat(p / "d.jsonl", 16), {}),
@@ -54,8 +65,10 @@ DATASETS = {
     "orpo": (lambda p: write_toy_pairs(p / "d.jsonl", 16), {}),
     "kto": (lambda p: _labeled(p / "d.jsonl"), {}),
     "cpt": (lambda p: _corpus(p / "corpus"), {"cpt.block_size": 32}),
+    "grpo": (lambda p: _rft(p / "d.jsonl"), {"grpo.grader": RFT_GRADER, "grpo.group_size": 3,
+                                             "grpo.max_completion_tokens": 6, "grpo.beta": 0.05}),
 }
-PENDING = {"grpo": "the lead adds GRPO's sampled data to this table (issue 19)"}
+PENDING: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
