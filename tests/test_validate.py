@@ -354,9 +354,11 @@ def test_short_answers_repeated_in_prose_data_are_not_warned(tmp_path):
     assert validate_file(_qa(tmp_path, answers)).lines() == [(1, "repeated_answer")]
 
 
-# Every data file shipped under examples/; maintenance's requests.jsonl is traffic to replay, not examples.
+# Every data file shipped under examples/; maintenance's requests.jsonl is traffic to replay, not examples;
+# RFT prompts (rft*.jsonl: no assistant turn, grader fields) are checked against their grader in test_rft_examples.
 EXAMPLE_FILES = sorted(p.relative_to(REPO).as_posix() for pattern in ("*/*.jsonl", "*/data/*.jsonl")
-                       for p in (REPO / "examples").glob(pattern) if p.name != "requests.jsonl")
+                       for p in (REPO / "examples").glob(pattern)
+                       if p.name != "requests.jsonl" and not p.name.startswith("rft"))
 
 
 @pytest.mark.parametrize("name", EXAMPLE_FILES)
