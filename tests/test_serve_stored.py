@@ -110,6 +110,38 @@ def test_official_client_lists_retrieves_updates_and_deletes(served):
         c.chat.completions.update(made[0].id, metadata={"k" * 65: "v"})
 
 
+def test_tool_calls_are_stored_streamed_or_not(served, tmp_path):
+    from test_serve_tools import EXPECTED, SHOT, WEATHER
+
+    from honing.lifecycle.traffic import build_dataset
+    from honing.serve.db import make_engine, sessions
+    from honing.serve.stored import traffic
+
+    server, keys = served
+    c = client(server, keys["alpha"])
+    ask = {"model": MODEL, "messages": SHOT, "tools": [WEATHER], "temperature": 0, "max_tokens": 40,
+           "store": True, "metadata": {"case": "tools"}}
+    whole = c.chat.completions.create(**ask)
+    chunks = list(c.chat.completions.create(stream=True, **ask))  # read to the end: stored at [DONE]
+    streamed_id = chunks[0].id
+    for cid in (whole.id, streamed_id):
+        got = c.chat.completions.retrieve(cid).choices[0]
+        assert got.finish_reason == "tool_calls" and got.message.content is None
+        assert json.loads(got.message.tool_calls[0].function.arguments) == EXPECTED
+    msgs = c.chat.completions.messages.list(whole.id, limit=100).data
+    assert [m.role for m in msgs] == [m["role"] for m in SHOT] and msgs[2].model_extra["tool_call_id"] == "call_0"
+    # A correction of a tool-using answer trains with the request's tools.
+    http(server, keys["alpha"], "POST", f"/chat/completions/{whole.id}/feedback",
+         json_body={"correction": "Please tell me whether you want Celsius or Fahrenheit."})
+    engine = make_engine(f"sqlite:///{server.data_dir / 'honing.db'}")
+    with sessions(engine)() as s:
+        rows = traffic(s, "alpha", meta={"case": "tools"})
+    engine.dispose()
+    build_dataset(rows, "sft", tmp_path / "t.jsonl", min_examples=1)
+    rec = json.loads((tmp_path / "t.jsonl").read_text())
+    assert rec["tools"] == [WEATHER] and rec["messages"][:-1] == SHOT
+
+
 def test_another_projects_key_sees_nothing(served):
     server, keys = served
     a, b = client(server, keys["alpha"]), client(server, keys["beta"])

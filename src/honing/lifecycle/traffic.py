@@ -49,6 +49,7 @@ class Traffic:
     rating: str | None = None  # up | down | None
     correction: str | None = None
     metadata: dict = field(default_factory=dict)
+    tools: tuple[dict, ...] = ()  # the request's tools (kept with sft records; the pair formats have none)
 
 
 def _text(content) -> str:
@@ -62,7 +63,8 @@ def prompt_of(t: Traffic) -> list[dict]:
     for m in t.messages:
         msg = {k: m[k] for k in MESSAGE_KEYS if m.get(k) is not None}
         msg["role"] = "system" if m["role"] == "developer" else m["role"]
-        msg["content"] = _text(m.get("content"))
+        # an assistant turn that only calls tools has no content (null, as in OpenAI's files)
+        msg["content"] = None if m.get("content") is None and m.get("tool_calls") else _text(m.get("content"))
         out.append(msg)
     return out
 
@@ -78,7 +80,8 @@ def records_for(t: Traffic, kind: str, approved: bool = False) -> Iterator[dict]
     if kind == "sft":
         answer = fix or (t.answer if approved and t.rating == "up" else None)
         if answer:
-            yield {**tag, "messages": [*prompt, {"role": "assistant", "content": answer}]}
+            yield {**tag, "messages": [*prompt, {"role": "assistant", "content": answer}],
+                   **({"tools": list(t.tools)} if t.tools else {})}
     elif kind == "kto":
         if t.rating in ("up", "down"):
             yield {**tag, "prompt": prompt, "completion": [{"role": "assistant", "content": t.answer}],

@@ -76,6 +76,8 @@ class StoreMessage(BaseModel):
     content: str | None = None
     name: str | None = None
     content_parts: list[dict] | None = None
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
 
 
 class StoreMessagePage(S.Page):
@@ -120,13 +122,13 @@ def store_stream(Session, project: str, req, chunks, *, client_wants_usage: bool
     """Pass a streamed answer's server-sent events to the client and store the answer once it ended
     cleanly (``[DONE]`` with no error event before it). The stream was made with usage (exact token
     counts for the stored object); the usage chunk is dropped again when the client did not ask for it."""
-    text, finish, usage, failed, head = [], None, None, False, None
+    text, calls, finish, usage, failed, head = [], [], None, None, False, None
     for chunk in chunks:
         payload = chunk[len("data: "):].strip()
         if payload == "[DONE]":
             if not failed and head is not None:
-                save(Session, project, request_record(req), _streamed_object(head, "".join(text), finish, usage),
-                     req.metadata)
+                save(Session, project, request_record(req),
+                     _streamed_object(head, "".join(text), calls, finish, usage), req.metadata)
             yield chunk
             continue
         body = json.loads(payload)
@@ -134,6 +136,7 @@ def store_stream(Session, project: str, req, chunks, *, client_wants_usage: bool
         head = head or body
         for c in body.get("choices") or []:
             text.append(c["delta"].get("content") or "")
+            calls += [{k: v for k, v in tc.items() if k != "index"} for tc in c["delta"].get("tool_calls") or ()]
             finish = c.get("finish_reason") or finish
         usage = body.get("usage") or usage
         if client_wants_usage or "error" in body:
@@ -143,10 +146,11 @@ def store_stream(Session, project: str, req, chunks, *, client_wants_usage: bool
             yield f"data: {json.dumps(body)}\n\n"
 
 
-def _streamed_object(head: dict, text: str, finish: str | None, usage: dict | None) -> dict:
+def _streamed_object(head: dict, text: str, calls: list, finish: str | None, usage: dict | None) -> dict:
+    message = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None,
+               **({"tool_calls": calls} if calls else {})}
     return {"id": head["id"], "object": "chat.completion", "created": head["created"], "model": head["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                         "finish_reason": finish or "stop", "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish or "stop", "logprobs": None}],
             "usage": usage, "system_fingerprint": None}
 
 
@@ -173,7 +177,7 @@ def message_objects(row: StoredCompletion) -> list[dict]:
         parts = content if isinstance(content, list) else None
         text = "".join(p.get("text", "") for p in parts) if parts is not None else content
         out.append({"id": f"{row.id}-{i}", "role": m["role"], "content": text, "name": m.get("name"),
-                    "content_parts": parts})
+                    "content_parts": parts, **{k: m[k] for k in ("tool_calls", "tool_call_id") if m.get(k)}})
     return out
 
 
@@ -422,7 +426,8 @@ def traffic(s, project: str, *, model: str | None = None, meta: dict | None = No
         if all((r.completion_metadata or {}).get(k) == v for k, v in (meta or {}).items()):
             answer = r.response["choices"][0]["message"].get("content") or ""
             out.append(Traffic(id=r.id, model=r.model, messages=tuple(r.request["messages"]), answer=answer,
-                               rating=r.rating, correction=r.correction, metadata=r.completion_metadata or {}))
+                               rating=r.rating, correction=r.correction, metadata=r.completion_metadata or {},
+                               tools=tuple(r.request.get("tools") or ())))
     return out
 
 
