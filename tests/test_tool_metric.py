@@ -163,13 +163,14 @@ def test_few_shot_shows_calls_as_calls_and_offers_every_shot_tool(tmp_path, smol
 HONE = Path(sys.executable).with_name("hone")
 
 
+@pytest.mark.slow  # a subprocess that loads torch, the tiny model and the few-shot sentence encoder: ~20 s idle
 def test_cli_eval_on_a_tiny_tool_calling_file(tmp_path, tiny_llama_dir):
     train, ev = write_split(tmp_path)
     run = make_run_dir(tmp_path, tiny_llama_dir, train)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     exe = [str(HONE)] if HONE.exists() else [sys.executable, "-c", "from honing.cli import main; main()"]
     p = subprocess.run([*exe, "eval", "--model", str(run), "--data", str(ev), "--baselines", "zero-shot,few-shot",
-                        "--k-shots", "2", "--no-forgetting", "--max-new-tokens", "6", "--json",
+                        "--k-shots", "2", "--no-forgetting", "--threads", "1", "--max-new-tokens", "6", "--json",
                         "--out", str(tmp_path / "report")],
                        check=False, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
