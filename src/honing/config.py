@@ -503,5 +503,5 @@ def describe_fields(model: type[BaseModel] = TrainConfig, prefix: str = "") -> l
         else:
             d = f.get_default(call_default_factory=True)
             default = "null" if d is None else str(d).lower() if isinstance(d, bool) else str(d)
-        rows.append((prefix + name, default, f.description or ""))
+        rows.append((prefix + (f.alias or name), default, f.description or ""))  # the key users write
     return rows
