@@ -143,9 +143,12 @@ class RepeatedAnswers:
     counts: dict[bytes, list] = field(default_factory=dict)
     previews: dict[bytes, str] = field(default_factory=dict)
     short_examples: int = 0  # examples whose trained answers are all short
+    # examples with a trained answer at all (a KTO file's undesirable replies are not trained answers)
+    answered_examples: int = 0
 
     def add(self, example: Example, line: int) -> None:
         answers = set(trained_answers(example))
+        self.answered_examples += bool(answers)
         self.short_examples += bool(answers) and not any(is_long_answer(a) for a in answers)
         for answer in answers:
             key = digest(normalize(answer))
@@ -158,11 +161,13 @@ class RepeatedAnswers:
                     self.previews[key] = answer[:60]
 
     def label_set_size(self, total_examples: int, max_labels: int = 50) -> int | None:
-        """How many labels, when the answers look drawn from a label set (a classification task): every
-        answer short, 2..``max_labels`` distinct ones, and some given more than once. Short answers are the
-        point there, so the short-answer warning is noise. None otherwise."""
-        n = len(self.counts)
-        if not 2 <= n <= max_labels or n >= total_examples or self.short_examples < total_examples:
+        """How many labels, when the short answers look drawn from a label set (a classification task): most
+        answered examples have short answers, 2..``max_labels`` distinct ones, some given more than once (a
+        few prose answers beside them, as in a KTO file of labels and the model's own replies, are allowed).
+        Short answers are the point there, so the short-answer warning is noise. None otherwise."""
+        n = sum(not long for _, _, long in self.counts.values())
+        answered = min(total_examples, self.answered_examples)
+        if not 2 <= n <= max_labels or n >= self.short_examples or self.short_examples < answered / 2:
             return None
         return n
 
