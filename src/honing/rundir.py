@@ -22,6 +22,21 @@ from pathlib import Path
 from honing.errors import ModelError
 from honing.fileio import write_json_atomic
 
+# The run directory's contract with the processes that share it (the loop, the service's worker, a user):
+# a checkpoint directory is complete once COMPLETE exists in it (written last); a PAUSE file asks the
+# running loop to checkpoint after its current step and stop.
+COMPLETE = "COMPLETE"
+PAUSE_FILE = "PAUSE"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir() if d.name.startswith("step-") and (d / COMPLETE).is_file()]
+    return sorted(found, key=lambda d: int(d.name.split("-")[1]))
+
 RUN_RECORD = "run.json"
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"
@@ -139,14 +154,10 @@ class RunDir:
     def request_pause(self) -> None:
         """Ask a running training process to save a checkpoint after its current step and stop (status
         "paused"); resuming the run continues it."""
-        from honing.train.loop import PAUSE_FILE
-
         (self.path / PAUSE_FILE).touch()
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Complete checkpoints, oldest first."""
-        from honing.train.checkpoint import complete_checkpoints
-
         return [CheckpointInfo(int(p.name.split("-")[1]), p) for p in complete_checkpoints(self.path)]
 
     # -- writing ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from honing.errors import ConfigError, ModelError
 from honing.evaluate import baselines as B
 from honing.evaluate.bootstrap import paired_difference_ci
 from honing.evaluate.runner import FINE_TUNED, EvalResult, evaluate
+from honing.lifecycle.report import short_value, write_compare_report
 from honing.rundir import RunDir
 
 # Configuration keys that always differ between runs and say nothing about how they were trained.
@@ -144,7 +145,7 @@ class Comparison:
         if self.lineage_differences or self.config_differences:
             out += ["", "what differs:"]
             for key, values in {**self.lineage_differences, **self.config_differences}.items():
-                out.append(f"  {key}: " + "; ".join(f"{label}={_short(v)}" for label, v in values.items()))
+                out.append(f"  {key}: " + "; ".join(f"{label}={short_value(v)}" for label, v in values.items()))
         else:
             out += ["", "lineage: same base model, data and configuration"]
         return "\n".join(out)
@@ -152,11 +153,6 @@ class Comparison:
 
 def _num(v, fmt: str = "") -> str:
     return "?" if v is None else format(v, fmt)
-
-
-def _short(v) -> str:
-    s = str(v)
-    return s[:12] if len(s) == 64 and all(c in "0123456789abcdef" for c in s) else s
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -266,8 +262,6 @@ def compare_runs(
         settings={**cand.settings, "bootstrap_resamples": 1000, "confidence": 0.95},
     )
     if write_report:
-        from honing.lifecycle.report import write_compare_report
-
         comparison.out_dir = Path(out_dir or "hone-compare")
         write_compare_report(comparison, comparison.out_dir)
         say(f"report: {comparison.out_dir / 'report.html'}")

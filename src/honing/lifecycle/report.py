@@ -10,9 +10,14 @@ from pathlib import Path
 
 from honing.evaluate.report import _CSS, _figure, _md_cell, _png
 from honing.fileio import write_text_atomic
-from honing.lifecycle.compare import _short
 
 e = html.escape
+
+
+def short_value(v) -> str:
+    """A value as a diff shows it: a sha256 fingerprint cut to 12 characters, anything else as is."""
+    s = str(v)
+    return s[:12] if len(s) == 64 and all(c in "0123456789abcdef" for c in s) else s
 
 
 def _page(title: str, body: list[str]) -> str:
@@ -82,7 +87,7 @@ def _cost_rows(c) -> list[list]:
 def _lineage_rows(c) -> list[list]:
     labels = [r.label for r in c.runs]
     diffs = {**c.lineage_differences, **c.config_differences}
-    return [[key] + [_short(values.get(lab)) for lab in labels] for key, values in diffs.items()]
+    return [[key] + [short_value(values.get(lab)) for lab in labels] for key, values in diffs.items()]
 
 
 FORGET_HEAD = ["run", "general-text perplexity", "change", "general QA accuracy", "change", "verdict"]

@@ -35,14 +35,13 @@ from sqlalchemy import and_, case, or_, select, update
 from honing.data.rft import check_rft
 from honing.graders import load_grader
 from honing.graders.sandbox import UNSAFE_ENV
-from honing.rundir import RunDir
+from honing.rundir import PAUSE_FILE, RunDir
 from honing.serve import jobs as J
 from honing.serve.db import Checkpoint, File, Job, JobEvent, new_id, now
 from honing.serve.settings import Settings
 
 log = logging.getLogger("honing.serve.worker")
 
-PAUSE_FILE = "PAUSE"  # honing.train.loop.PAUSE_FILE (not imported: that pulls in torch)
 # Problems listed in a failed job's error message (all of them are events).
 MAX_PROBLEMS_IN_ERROR = 20
 

@@ -21,10 +21,10 @@ import shutil
 import time
 from pathlib import Path
 
+from honing.rundir import COMPLETE, complete_checkpoints
 from honing.train.errors import TrainingError
 from honing.train.runtime import capture_rng, restore_rng
 
-COMPLETE = "COMPLETE"
 # Test hook: seconds to sleep in the middle of a save (after the weights, before COMPLETE), so a test can
 # kill the process while a checkpoint is half written.
 SAVE_DELAY_ENV = "HONING_TEST_SAVE_DELAY"
@@ -46,15 +46,6 @@ def assert_finite_tensors(tensors: dict) -> None:
         local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor: check this process's shard
         if local.is_floating_point() and not torch.isfinite(local).all():
             raise TrainingError(f"parameter {n} holds NaN/inf values; refusing to save it")
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [d for d in root.iterdir() if d.name.startswith("step-") and (d / COMPLETE).is_file()]
-    return sorted(found, key=lambda d: int(d.name.split("-")[1]))
 
 
 def remove_partial_checkpoints(run_dir: Path) -> list[str]:

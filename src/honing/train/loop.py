@@ -29,7 +29,7 @@ from pathlib import Path
 from honing.config import RESUME_NEUTRAL_KEYS, TrainConfig
 from honing.errors import ConfigError
 from honing.fileio import write_json_atomic
-from honing.rundir import RunDir
+from honing.rundir import PAUSE_FILE, RunDir
 from honing.train.auto import Hyperparameters, resolve_hyperparameters
 from honing.train.batching import micro_batches, step_indices
 from honing.train.checkpoint import (
@@ -55,9 +55,9 @@ from honing.train.reporting import (
 from honing.train.runtime import Runtime, create_runtime, seed_everything
 from honing.train.sharding import full_state_dict, gradient_sync, is_fsdp, strategy_for, wrap_model
 
-# A file the service's worker (or a user) creates in the run directory to pause a run: the loop saves a
-# checkpoint after the current step and exits with status "paused"; `--resume` continues bitwise.
-PAUSE_FILE = "PAUSE"
+# PAUSE_FILE (honing.rundir): a file the service's worker (or a user) creates in the run directory to pause
+# a run; the loop saves a checkpoint after the current step and exits with status "paused"; `--resume`
+# continues bitwise.
 
 
 @dataclass
