@@ -97,7 +97,7 @@ def run_honing(job: dict) -> dict:
         lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         batch_size=job["batch_size"], micro_batch_size=job["micro_batch_size"], learning_rate=job["lr"],
         lr_scheduler="linear", warmup_ratio=0.0, max_steps=job["steps"], max_length=job["max_length"],
-        dtype=job["dtype"], device="cuda" if job["mode"] == "gpu" else "cpu",
+        dtype=job["dtype"], device=job["device"],
         packing=True, seed=job["seed"], eval_every=10_000, save_every=10_000, tensorboard=False,
     ), overrides=job.get("honing_set", []))  # --honing-set: what `hone train --set` would do
     # CPU seconds per step: the loop logs one metrics row per step (row 0 = the base model's eval), so
@@ -204,7 +204,7 @@ def run_trl(job: dict) -> dict:
         packing="packed" in variant, padding_free="packed" in variant, use_liger_kernel="liger" in variant,
         gradient_accumulation_steps=1, max_steps=job["steps"], max_length=job["max_length"],
         learning_rate=job["lr"], lr_scheduler_type="linear", warmup_steps=0, logging_steps=1,
-        save_strategy="no", report_to=[], bf16=dtype == torch.bfloat16, use_cpu=job["mode"] == "cpu",
+        save_strategy="no", report_to=[], bf16=dtype == torch.bfloat16, use_cpu=job["device"] == "cpu",
         seed=job["seed"], dataloader_num_workers=0, max_grad_norm=1.0,
     )
 
@@ -286,10 +286,14 @@ def child(side: str, job_path: str) -> None:
     if job["mode"] == "gpu":
         import torch
 
-        res["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+        if job["device"] == "cuda":
+            res["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1024**3
         # MFU: model FLOPs (6 x params per token, the usual convention, although LoRA skips the frozen
-        # weights' gradients) / H100 SXM dense bf16 peak.
-        res["mfu"] = res["tokens_per_s"] * 6 * job["n_params"] / job["peak_flops"]
+        # weights' gradients) / a dense bf16 rate: the H100 SXM's 989 TFLOP/s datasheet peak (the earlier
+        # H100 figures) and the H200's measured 790 TFLOP/s (an 8192^3 bf16 matmul on the lent machine).
+        model_flops = res["tokens_per_s"] * 6 * job["n_params"]
+        res["mfu"] = model_flops / job["peak_flops"]
+        res["mfu_measured"] = model_flops / job["measured_flops"]
     Path(job["workdir"], f"{side}.json").write_text(json.dumps(res))
 
 
@@ -305,6 +309,12 @@ def main() -> None:
                     help="Honing: examples per packed forward (default 1 on CPU, auto on GPU: 16k-token rows)")
     ap.add_argument("--batch-size", type=int, default=None, help="examples per optimizer step (default 4 on CPU, 32 on GPU)")
     ap.add_argument("--method", choices=["lora", "full"], default="lora")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                    help="GPU mode's device (default cuda); cpu rehearses the GPU mode's code with --shape tiny")
+    ap.add_argument("--shape", choices=["llama-1b", "tiny"], default="llama-1b",
+                    help="GPU mode's random-weight model: Llama-3.2-1B's shape, or a 2-layer one for a CPU rehearsal")
+    ap.add_argument("--tokenizer", default="smollm2-135m-instruct",
+                    help="GPU mode: the tokenizer saved with the random model (catalog name or a directory)")
     ap.add_argument("--sides", default="honing,trl",
                     help="comma-separated: honing (default settings), honing-lean (activation_checkpointing=layers), "
                          "trl (padded batches), trl-packed (packing + padding-free), trl-packed-liger (+ Liger kernels)")
@@ -334,9 +344,10 @@ def main() -> None:
            "dtype": a.dtype or ("fp32" if a.mode == "cpu" else "bf16"), "lr": 2e-4, "seed": 42,
            "micro_batch_size": a.micro_batch_size or ("auto" if a.mode == "gpu" else 1),
            "batch_size": a.batch_size or (32 if a.mode == "gpu" else 4), "method": a.method, "threads": a.threads,
-           "malloc_mmap_threshold": a.malloc_mmap_threshold, "honing_set": a.honing_set}
+           "malloc_mmap_threshold": a.malloc_mmap_threshold, "honing_set": a.honing_set,
+           "device": a.device or ("cuda" if a.mode == "gpu" else "cpu")}
     if a.mode == "gpu":
-        job.update(gpu_model_dir(workdir))
+        job.update(gpu_model_dir(workdir, a.shape, a.tokenizer))
     job_path = Path(workdir, "job.json")
     job_path.write_text(json.dumps(job))
     sides = a.sides.split(",")
@@ -416,7 +427,7 @@ def print_table(report: dict) -> None:
     rows = report["results"]
     cols = ["side", "tokens/s", "tokens/CPU-s", "peak RSS GB", "first loss", "final loss", "steps"]
     if report["job"]["mode"] == "gpu":
-        cols += ["peak GPU GB", "MFU"]
+        cols += ["peak GPU GB", "MFU of 989", "of measured"]
     else:
         cols += ["model GFLOP/s", "of GEMM peak"]
     print("\n" + " | ".join(f"{c:>12}" for c in cols))
@@ -426,7 +437,7 @@ def print_table(report: dict) -> None:
                 f"{r['first_loss']:.4f}",
                 f"{r['final_loss']:.4f}", str(r["steps"])]
         if report["job"]["mode"] == "gpu":
-            vals += [f"{r.get('peak_gpu_gb', 0):.2f}", f"{r.get('mfu', 0):.1%}"]
+            vals += [f"{r.get('peak_gpu_gb', 0):.2f}", f"{r.get('mfu', 0):.1%}", f"{r.get('mfu_measured', 0):.1%}"]
         elif r.get("model_gflops_per_s"):
             vals += [f"{r['model_gflops_per_s']:.1f}", f"{r['gemm_utilization']:.0%} of {r['gemm_gflops_probe']:.0f}"]
         print(" | ".join(f"{v:>12}" for v in vals))
@@ -439,25 +450,34 @@ def print_table(report: dict) -> None:
 # ----------------------------------------------------------------------------------------- GPU mode
 
 
-def gpu_model_dir(workdir: str) -> dict:
-    """A random-weight Llama with Llama-3.2-1B's shape (bf16), saved with the SmolLM2 tokenizer (its ids
-    fit the vocabulary). MFU only depends on the shape, not the weights."""
+# Llama-3.2-1B's shape; "tiny" runs the same code on a CPU in seconds (benchmarks/gpu_check.py's rehearsal).
+SHAPES = {"llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                       "num_attention_heads": 32, "num_key_value_heads": 8},
+          "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2}}
+H100_PEAK_FLOPS = 989e12  # H100 SXM dense bf16, datasheet
+H200_MEASURED_FLOPS = 790e12  # H200, 8192^3 bf16 matmul through PyTorch on the lent machine (769-798)
+
+
+def gpu_model_dir(workdir: str, shape: str = "llama-1b", tokenizer: str = "smollm2-135m-instruct") -> dict:
+    """A random-weight Llama of the given shape (bf16), saved with the SmolLM2 tokenizer (its ids fit the
+    vocabulary). MFU only depends on the shape, not the weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from honing.models.loading import load_tokenizer
 
-    tok = load_tokenizer("smollm2-135m-instruct")
-    cfg = LlamaConfig(vocab_size=max(len(tok), 49152), hidden_size=2048, intermediate_size=8192,
-                      num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                      max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=500000.0)
+    tok = load_tokenizer(tokenizer)
+    cfg = LlamaConfig(vocab_size=max(len(tok), 49152), max_position_embeddings=4096, tie_word_embeddings=True,
+                      rope_theta=500000.0, **SHAPES[shape])
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     out = Path(workdir, "llama-1b-shape")
     model.save_pretrained(out)
     tok.save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())
-    return {"model": str(out), "n_params": n, "peak_flops": 989e12}
+    return {"model": str(out), "n_params": n, "peak_flops": H100_PEAK_FLOPS, "measured_flops": H200_MEASURED_FLOPS,
+            "shape": shape}
 
 
 if __name__ == "__main__":
