@@ -24,7 +24,8 @@ from honing.data.validate import validate_file
 from honing.errors import DataError
 from honing.evaluate.dataset import read_eval_items, read_task_declaration
 from honing.evaluate.metrics import detect_task, score
-from honing.evaluate.runner import _declared_task
+from honing.evaluate.config import eval_config
+from honing.evaluate.runner import _resolve_task
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "scripts" / "build_task_datasets.py"
@@ -40,6 +41,11 @@ def _load_build_module():
 
 
 build = _load_build_module()
+
+
+def _declared_task(eval_path, metric, schema, say):
+    """(metric, schema) evaluation settles on before reading references (the declaration fills in auto)."""
+    return _resolve_task(eval_config(model="m", data=eval_path, metric=metric, schema=schema), [], say)
 
 
 def _info(name: str) -> dict:
