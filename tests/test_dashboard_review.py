@@ -11,6 +11,7 @@ import pytest
 from test_dashboard import PageLog, api_json, browser  # noqa: F401  (browser is a fixture)
 
 openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.slow  # the real embedded model answers every chat
 MODEL = "smollm2-135m-instruct"
 
 

@@ -105,6 +105,7 @@ def _post(server, path: str, body: dict, key: str = "none") -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+@pytest.mark.slow
 def test_from_traffic_on_a_served_model(tmp_path):
     openai = pytest.importorskip("openai")
     from serve_helpers import create_key, hone, start_server

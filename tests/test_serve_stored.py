@@ -16,6 +16,7 @@ import pytest
 from serve_helpers import create_key, hone, start_postgres, start_server
 
 openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.slow  # the real embedded model answers every chat
 MODEL = "smollm2-135m-instruct"  # the embedded model: chat needs no job
 ASK = {"model": MODEL, "max_tokens": 3, "temperature": 0}
 
