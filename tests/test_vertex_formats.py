@@ -178,3 +178,14 @@ def test_vertex_file_through_the_service_upload(tmp_path):
     assert reports[0]["ok"] and reports[0]["format"] == "vertex" and reports[0]["stats"]["examples"] == 10
     assert not reports[1]["ok"]
     assert [(p["line"], p["category"]) for p in reports[1]["problems"]] == [(5, "empty_parts")]
+
+
+def test_a_preference_pair_shows_both_replies_marked(smol_tokenizer, tmp_path):
+    from honing.data.render import TRAINED_CLOSE, TRAINED_OPEN, marked_renderings
+
+    pair = load_examples(write(tmp_path, [pref(1)]))[0]
+    (chosen_label, chosen), (rejected_label, rejected) = marked_renderings(smol_tokenizer, pair)
+    assert (chosen_label, rejected_label) == ("chosen", "rejected")
+    assert chosen.endswith(f"{TRAINED_OPEN}Apple number 1!<|im_end|>{TRAINED_CLOSE}\n")
+    assert rejected.endswith(f"{TRAINED_OPEN}Your favorite fruit is apple 1.<|im_end|>{TRAINED_CLOSE}\n")
+    assert chosen.count(TRAINED_OPEN) == 1 and "You are a chat bot." in chosen.split(TRAINED_OPEN)[0]
