@@ -22,7 +22,7 @@ Two halves:
      LoRA and full fine-tuning, Honing vs TRL padded / packed / packed + Liger.
 
 Rehearse every step on a CPU (tiny shapes, a few steps; tests/test_gpu_check.py does this):
-    python benchmarks/gpu_check.py run --device cpu --tiny --out /tmp/gpu-check
+    python benchmarks/gpu_check.py run --device cpu --tiny --budget-s 3600 --out /tmp/gpu-check
 """
 
 from __future__ import annotations
@@ -167,8 +167,15 @@ class Check:
         self.torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
         self.model = "smollm2-135m-instruct"  # step_model replaces it with what this machine can load
 
+    def left(self) -> float:
+        """Seconds left of --budget-s: every command's timeout is cut to it, so the check ends in time."""
+        return self.a.budget_s - (time.time() - self.report["started"])
+
     def sh(self, name: str, cmd: list[str], timeout: float, env: dict | None = None) -> str:
         """Run a command to the end; its output goes to log.txt; non-zero exit fails the step."""
+        timeout = min(timeout, self.left())
+        if timeout < 10:
+            raise StepFailed(f"{name}: the --budget-s of {self.a.budget_s:.0f} s is spent")
         self.log.write(f"\n===== {name}: {' '.join(cmd)}\n")
         self.log.flush()
         t0 = time.time()
@@ -343,13 +350,13 @@ def kill_after_first_checkpoint(c: Check, cmd: list[str]) -> int:
     c.log.write(f"\n===== train: killed: {' '.join(cmd)}\n")
     c.log.flush()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=c.log, stderr=subprocess.STDOUT)
-    root, deadline = Path(cmd[cmd.index("--out") + 1]) / "checkpoints", time.time() + 300
+    root, deadline = Path(cmd[cmd.index("--out") + 1]) / "checkpoints", time.time() + min(600, c.left())
     while not (done := [p for p in root.glob("step-*") if (p / "COMPLETE").is_file()]):
         if proc.poll() is not None:
             raise StepFailed(f"train: the run to be killed ended first (exit {proc.returncode})")
         if time.time() > deadline:
             proc.kill()
-            raise StepFailed("train: no complete checkpoint within 300 s")
+            raise StepFailed("train: no complete checkpoint in time")
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -502,12 +509,14 @@ def main() -> None:
     r.add_argument("--carry", default=str(CARRY))
     r.add_argument("--random-weights", action="store_true", help="the random SmolLM2-shaped model even where "
                    "the embedded one is installed (what the GPU machine runs)")
-    r.add_argument("--train-steps", type=int, default=40)
+    r.add_argument("--budget-s", type=float, default=520,
+                   help="the whole check's time; a step that would run past it fails (device calls end at 600 s)")
+    r.add_argument("--train-steps", type=int, default=30)
     r.add_argument("--loss-rtol", type=float, default=2e-3,
                    help="resumed vs uninterrupted, per step (bf16 on CUDA; its kernels may reduce in another order)")
     r.add_argument("--eval-examples", type=int, default=24)
-    r.add_argument("--bench-examples", type=int, default=256)
-    r.add_argument("--bench-steps", type=int, default=5)
+    r.add_argument("--bench-examples", type=int, default=192)
+    r.add_argument("--bench-steps", type=int, default=4, help="per side; the first is not timed")
     r.add_argument("--bench-sides", default=None,
                    help="default: honing,trl,trl-packed,trl-packed-liger on cuda; without Liger (Triton) on cpu")
     r.add_argument("--only", default=",".join(STEPS), help=f"comma-separated subset of: {','.join(STEPS)}")

@@ -4,7 +4,7 @@
 # .gpu-carry/ (made here by `python benchmarks/gpu_check.py prepare`) carried along:
 #     bash benchmarks/gpu_check.sh                  # results in $OUT, else benchmarks/results/gpu-check
 # Extra arguments go to `gpu_check.py run`; the CPU rehearsal, in a venv like the GPU machine's:
-#     PYTHON=/tmp/venv-gpusim/bin/python bash benchmarks/gpu_check.sh --device cpu --tiny --out /tmp/gpu-check
+#     PYTHON=/tmp/venv-gpusim/bin/python bash benchmarks/gpu_check.sh --device cpu --tiny --budget-s 3600 --out /tmp/gpu-check
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -47,6 +47,7 @@ def test_cpu_rehearsal_of_the_train_step(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "run", "--device", "cpu", "--tiny",
            "--random-weights", "--carry", str(carry.parent), "--only", "env,model,train", "--train-steps", "4",
+           "--budget-s", "880",
            "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:] + (out / "log.txt").read_text()[-3000:]
