@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from honing.errors import ModelError
+from honing.export.tool_template import named_templates
 
 # llama.cpp's pre-tokenizer names and the tokenizers.json pre-tokenizer that means the same split.
 LLAMA3_SPLIT = (
@@ -51,7 +52,9 @@ class TokenizerMeta:
         writer.add_add_bos_token(self.add_bos)
         writer.add_add_eos_token(self.add_eos)
         if self.chat_template:
-            writer.add_chat_template(self.chat_template)
+            # The model's template, plus a tool_use template when it cannot render tools itself (the
+            # fallback format Honing trained tool calls in; honing.export.tool_template).
+            writer.add_chat_template(named_templates(self.chat_template))
 
 
 def _pre_tokenizer_name(tokenizer_json: dict, declared: str | None) -> str:
