@@ -23,7 +23,8 @@ def test_defaults_and_every_key_documented():
     assert c.baselines == ["zero-shot", "few-shot", "rag"] and c.metric == "auto" and c.k_shots == 3
     assert c.max_new_tokens is None and c.threads == "auto" and c.report and c.forgetting
     rows = describe_fields(EvalConfig)
-    assert {k for k, _, _ in rows} == set(EvalConfig.model_fields)
+    assert {k for k, _, _ in rows} == {f.alias or name for name, f in EvalConfig.model_fields.items()}
+    assert "schema" in {k for k, _, _ in rows}
     assert all(len(doc) > 15 for _, _, doc in rows)
     # The metric choices are the metrics module's tasks (the Literal is spelled out for Python 3.10).
     assert EvalConfig.model_fields["metric"].annotation.__args__ == ("auto", *TASKS)
