@@ -44,6 +44,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench import host_info, peak_rss_gb
 
+from honing.fileio import write_text_atomic
+
 MODEL = "smollm2-135m-instruct"
 PROMPTS = ROOT / "examples" / "signature_json" / "train.jsonl"
 
@@ -165,7 +167,7 @@ def run_honing(job: dict) -> dict:
             super().log(row)
 
     loop.MetricsLog = StepMarks
-    out = Path(job["workdir"]) / "honing-run"
+    out = Path(job["workdir"]) / f"honing-run-{job['round']}"
     grader = {"type": "python", "name": "signature_fields", "source": GRADE_SOURCE}
     config = build_config(values=dict(  # noqa: C408 - keyword form reads like the TRL side
         model=MODEL, data=job["train_file"], out=str(out), method="lora", objective="grpo",
@@ -209,7 +211,7 @@ def run_trl(job: dict) -> dict:
     g, micro = job["group_size"], job["micro_batch_size"]
     accumulation = job["prompts_per_step"] // micro
     args = GRPOConfig(
-        output_dir=str(Path(job["workdir"]) / "trl-run"), per_device_train_batch_size=micro * g,
+        output_dir=str(Path(job["workdir"]) / f"trl-run-{job['round']}"), per_device_train_batch_size=micro * g,
         gradient_accumulation_steps=accumulation, steps_per_generation=accumulation,  # one generation per step
         num_generations=g, max_completion_length=job["max_completion"], temperature=1.0, top_p=1.0, top_k=0,
         beta=0.0, loss_type=job["loss_type"], scale_rewards="group", num_iterations=1, shuffle_dataset=False,
@@ -326,9 +328,9 @@ def main() -> None:
         if job["micro_batch_size"] == "auto":  # TRL gets the micro-batch Honing chose
             job["micro_batch_size"] = results["honing"][-1]["micro_batch_size"]
         results["trl"].append(run_side("trl", job, work, r))
-    report = build_report(job, results, time.time() - t0)
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(report, indent=1))
+        report = build_report(job, results, time.time() - t0)  # after every round: a long run keeps what it has
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(a.json), json.dumps(report, indent=1))
     print_table(report)
 
 
