@@ -179,7 +179,7 @@ def run_honing(job: dict) -> dict:
         lr_scheduler="linear", warmup_ratio=0.0, max_steps=job["steps"], max_length=job["max_length"],
         dtype="fp32", device="cpu", seed=job["seed"], eval_fraction=0.0, eval_every=10_000, save_every=10_000,
         tensorboard=False,
-    ))
+    ), overrides=job.get("honing_set", []))  # --honing-set: what `hone train --set` would do
     t0 = time.perf_counter()
     train(config, log=lambda m: print("[honing]", m, flush=True))
     wall = time.perf_counter() - t0
@@ -308,6 +308,8 @@ def main() -> None:
     ap.add_argument("--loss-type", default="dapo", choices=("dapo", "grpo"))
     ap.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                     help="TRL's GRPOConfig default is on (Honing's activation_checkpointing default is off)")
+    ap.add_argument("--honing-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a Honing setting on top of the matched ones, e.g. activation_checkpointing=layers")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (honing, trl, honing, trl, ...)")
     ap.add_argument("--json", default=str(HERE / "results" / "bench_grpo_latest.json"))
     ap.add_argument("--child", nargs=2, metavar=("SIDE", "JOB"), help=argparse.SUPPRESS)
@@ -321,7 +323,7 @@ def main() -> None:
            "prompts_per_step": a.prompts_per_step, "group_size": a.group_size, "max_completion": a.max_completion,
            "micro_batch_size": a.micro_batch_size if a.micro_batch_size == "auto" else int(a.micro_batch_size),
            "loss_type": a.loss_type, "steps": a.steps, "max_length": 512, "lr": 1e-5, "seed": 0,
-           "trl_gradient_checkpointing": a.trl_gradient_checkpointing}
+           "trl_gradient_checkpointing": a.trl_gradient_checkpointing, "honing_set": a.honing_set}
     results: dict[str, list[dict]] = {"honing": [], "trl": []}
     t0 = time.time()
     for r in range(a.repeats):
