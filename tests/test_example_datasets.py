@@ -22,9 +22,9 @@ from honing.data.formats import load_examples
 from honing.data.render import render_conversation
 from honing.data.validate import validate_file
 from honing.errors import DataError
+from honing.evaluate.config import eval_config
 from honing.evaluate.dataset import read_eval_items, read_task_declaration
 from honing.evaluate.metrics import detect_task, score
-from honing.evaluate.config import eval_config
 from honing.evaluate.runner import _resolve_task
 
 REPO = Path(__file__).resolve().parents[1]
