@@ -454,7 +454,7 @@ def _optimizer_step(run: Run) -> dict:
     mine = micro_batches(indices, hp.grad_accumulation, hp.micro_batch_size, dist.rank, dist.world_size)
     # An objective that makes its training data on the fly (GRPO samples and grades) does it here, before
     # anything is counted.
-    batches, step_stats = objective.prepare_step(step, [[items[i] for i in mb] for mb in mine])
+    batches, filler, step_stats = _prepare_step(run, step, [[items[i] for i in mb] for mb in mine])
     local_norm = sum(objective.normalizer(it) for b in batches for it in b)
     local_tokens = sum(objective.tokens(it) for b in batches for it in b)
     local_trained = sum(objective.trained_tokens(it) for b in batches for it in b)
@@ -475,7 +475,7 @@ def _optimizer_step(run: Run) -> dict:
         if not mb and not dist.enabled:
             continue
         # An empty shard (epoch end) still joins the gradient all-reduce, with zero weight.
-        batch_items = mb or [_filler_item(run, batches, step)]
+        batch_items = mb or [filler]
         weight = scale if mb else 0.0
         sync = (j == len(mine) - 1) or not dist.enabled
         with gradient_sync(run.model, sync):
@@ -517,13 +517,21 @@ def _optimizer_step(run: Run) -> dict:
     return row
 
 
-def _filler_item(run: Run, batches: list[list], step: int):
-    """A stand-in item for an empty shard's zero-weight forward (it only joins the gradient all-reduce)."""
-    ready = next((b[0] for b in batches if b), None)
-    if ready is not None:
-        return ready
-    prepared, _ = run.objective.prepare_step(step, [[run.train_set.items[0]]])
-    return prepared[0][0]
+def _prepare_step(run: Run, step: int, raw: list[list]) -> tuple[list[list], object, dict]:
+    """(micro-batches as the objective prepared them, a stand-in item for an empty shard's zero-weight
+    forward, the step's statistics). ``prepare_step`` runs exactly once per process per step (an objective
+    may all-reduce inside it): when this process has an empty shard (an epoch's end under torchrun), the
+    stand-in is prepared in the same call, as one more micro-batch (it may join that step's statistics)."""
+    objective, items = run.objective, run.train_set.items
+    needs_filler = run.runtime.dist.enabled and any(not b for b in raw)
+    if not needs_filler:
+        batches, stats = objective.prepare_step(step, raw)
+        return batches, None, stats
+    if type(objective).prepare_step is Objective.prepare_step:  # items are trained as they are
+        batches, stats = objective.prepare_step(step, raw)
+        return batches, next((b[0] for b in batches if b), items[0]), stats
+    batches, stats = objective.prepare_step(step, raw + [[items[0]]])
+    return batches[:-1], batches[-1][0], stats
 
 
 def _step_statistics(dist, sums: dict) -> dict:
