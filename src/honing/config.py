@@ -467,6 +467,25 @@ def load_recipe(path: str | os.PathLike) -> dict:
     return loaded
 
 
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """``raw`` with ``--set key=value`` items applied (values parsed as YAML, as on the command line)."""
+    for item in overrides:
+        _set_dotted(raw, *parse_override(item))
+    return raw
+
+
+def save_recipe(config: TrainConfig, path: str | os.PathLike) -> Path:
+    """Write ``config`` (every key, resolved) as a YAML recipe that :func:`load_recipe` reads back to the same
+    values and types: strings that YAML would read as something else ("null", "on", "1e3") are quoted by
+    the dumper. Atomic: a reader sees the whole file or none."""
+    from honing.fileio import write_text_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, yaml.safe_dump(config.resolved_dict(), sort_keys=False, allow_unicode=True))
+    return path
+
+
 def build_config(
     recipe: str | os.PathLike | None = None,
     overrides: list[str] | None = None,

@@ -2,7 +2,8 @@
 worker and dashboard, compare/retrain) goes through :class:`RunDir` instead of parsing files itself.
 
     RUN/
-      run.json          the run record: config, base model, data fingerprints, status, results, lineage
+      config.yaml       the configuration the service's worker hands to `hone train` (written once per job)
+    run.json          the run record: config, base model, data fingerprints, status, results, lineage
       metrics.jsonl     one JSON object per optimizer step / eval (a line cut by kill -9 is skipped)
       events.jsonl      structured events (messages and metrics) for the CLI, the API and the dashboard
       PAUSE             present: the training process checkpoints after its current step and stops
@@ -27,19 +28,25 @@ from honing.fileio import write_json_atomic
 # running loop to checkpoint after its current step and stop.
 COMPLETE = "COMPLETE"
 PAUSE_FILE = "PAUSE"
+# Every other name in a run directory (see the module docstring); nothing else spells them.
+RUN_RECORD = "run.json"
+METRICS = "metrics.jsonl"
+EVENTS = "events.jsonl"
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+MERGED = "merged"
+EVAL = "eval"
+REPORT_HTML = "report.html"
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = [d for d in root.iterdir() if d.name.startswith("step-") and (d / COMPLETE).is_file()]
     return sorted(found, key=lambda d: int(d.name.split("-")[1]))
-
-RUN_RECORD = "run.json"
-METRICS = "metrics.jsonl"
-EVENTS = "events.jsonl"
 
 
 @dataclass(frozen=True)
@@ -71,19 +78,28 @@ class RunDir:
 
     @property
     def final_dir(self) -> Path:
-        return self.path / "final"
+        return self.path / FINAL
 
     @property
     def merged_dir(self) -> Path:
-        return self.path / "merged"
+        return self.path / MERGED
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS
 
     @property
     def eval_dir(self) -> Path:
-        return self.path / "eval"
+        return self.path / EVAL
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def report_html(self) -> Path:
+        """The end-of-training evaluation's report (eval/report.html)."""
+        return self.eval_dir / REPORT_HTML
 
     def has_adapter(self) -> bool:
         return (self.final_dir / "adapter_config.json").is_file()

@@ -1,6 +1,6 @@
 """The OpenAI-compatible files and fine-tuning endpoints (+ Honing's extensions for the dashboard).
 
-Every handler takes the caller's project from :func:`project_of` and filters every query by it; an id
+Every handler takes the caller's project from :data:`honing.serve.auth.Project` and filters every query by it; an id
 of another project is the same 404 as one that does not exist.
 """
 
@@ -10,34 +10,21 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Form, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from honing.rundir import RunDir
 from honing.serve import jobs as J
 from honing.serve import schemas as S
-from honing.serve.auth import project_for
-from honing.serve.db import Checkpoint, File, IdempotentRequest, Job, JobEvent, new_id, now
+from honing.serve.auth import Project
+from honing.serve.db import Checkpoint, File, IdempotentRequest, Job, JobEvent, add_event, new_id, now
 from honing.serve.errors import APIError, not_found
 from honing.serve.files import UPLOAD_PURPOSES, clean_filename, file_object, get_file, store_upload
-from honing.serve.worker import add_event
 
 router = APIRouter(prefix="/v1", responses=S.ERROR_RESPONSES)
-bearer = HTTPBearer(auto_error=False, description="An API key: `hone serve keys create --project NAME`.")
-
-
-def project_of(request: Request,
-               creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> str:
-    st = request.app.state
-    header = f"Bearer {creds.credentials}" if creds else None
-    return project_for(st.Session, header, no_auth=st.settings.no_auth,
-                       default_project=st.settings.default_project)
-
-
-Project = Annotated[str, Depends(project_of)]
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255,
                                        description="Repeat a POST with the same key: one object, same answer.")]
 
@@ -304,8 +291,6 @@ class PromoteRequest(BaseModel):
 def promote_job(request: Request, project: Project, job_id: str, body: PromoteRequest | None = None) -> dict:
     """Make a succeeded job's model servable when its release gate failed (the gate's verdict is in run.json
     and the job's events); without ``force`` a failed gate is a 409 naming its reasons."""
-    from honing.rundir import RunDir
-
     with request.app.state.Session.begin() as s:
         job = get_job(s, project, job_id, lock=True)
         if job.status != "succeeded":
@@ -370,8 +355,6 @@ def list_checkpoints(request: Request, project: Project, job_id: str, after: str
 @router.get("/fine_tuning/jobs/{job_id}/metrics", tags=["honing"], response_model=S.MetricsRows)
 def job_metrics(request: Request, project: Project, job_id: str) -> dict:
     """Honing: the run's metrics rows (step, train_loss, eval_loss, lr, ...), oldest first."""
-    from honing.rundir import RunDir
-
     with request.app.state.Session() as s:
         job = get_job(s, project, job_id)
     rows = [{k: v for k, v in r.items() if k != "lines"} for r in RunDir(job.run_dir).metrics()]
@@ -383,7 +366,7 @@ def job_report(request: Request, project: Project, job_id: str):
     """Honing: the evaluation report (HTML) written at the end of training; 404 until it exists."""
     with request.app.state.Session() as s:
         job = get_job(s, project, job_id)
-    report = Path(job.run_dir) / "eval" / "report.html"
+    report = RunDir(job.run_dir).report_html
     if not report.is_file():
         raise APIError(404, f"Job {job_id} has no evaluation report (yet): it is written when a job with a "
                             "validation_file ends", code="report_not_found")

@@ -1,11 +1,15 @@
-"""API keys: ``hone-<random>``, stored as sha256 hashes, each scoped to one project."""
+"""API keys: ``hone-<random>``, stored as sha256 hashes, each scoped to one project; :data:`Project`, the
+dependency every router takes the caller's project from."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import secrets
+from typing import Annotated
 
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
 from honing.serve.db import ApiKey, new_id, now
@@ -55,3 +59,18 @@ def project_for(Session, authorization: str | None, *, no_auth: bool, default_pr
             return default_project
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
     return row.project
+
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `hone serve keys create --project NAME`.")
+
+
+def project_of(request: Request,
+               creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> str:
+    st = request.app.state
+    header = f"Bearer {creds.credentials}" if creds else None
+    return project_for(st.Session, header, no_auth=st.settings.no_auth,
+                       default_project=st.settings.default_project)
+
+
+# A handler's ``project: Project`` parameter: the caller's project (401 without a valid key).
+Project = Annotated[str, Depends(project_of)]

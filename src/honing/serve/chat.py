@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from honing.data.tools import TOOL_CALL_OPEN, read_tool_calls, read_tools, split_tool_calls
+from honing.rundir import RunDir
 from honing.serve import schemas as S
 from honing.serve import stored
-from honing.serve.api import Project
+from honing.serve.auth import Project
 from honing.serve.db import Checkpoint, Job, new_id
 from honing.serve.errors import APIError, error_body
 from honing.serve.inference import Params, Target
@@ -50,7 +51,7 @@ def resolve_target(s, project: str, model: str) -> Target:
     job = s.scalar(select(Job).where(Job.project == project, Job.fine_tuned_model == model,
                                      Job.status == "succeeded", Job.model_deleted.is_(False)))
     if job is not None:
-        return Target(job.model, job.id, Path(job.run_dir) / "final")
+        return Target(job.model, job.id, RunDir(job.run_dir).final_dir)
     ck = s.scalar(select(Checkpoint).where(Checkpoint.project == project, Checkpoint.model_name == model))
     if ck is not None:
         parent = s.get(Job, ck.job_id)
@@ -59,7 +60,7 @@ def resolve_target(s, project: str, model: str) -> Target:
         if parent.status != "succeeded":
             raise APIError(409, f"Checkpoint models of job {parent.id} can be used once the job has succeeded "
                                 f"(it is {parent.status})", param="model", code="model_not_ready")
-        return Target(parent.model, ck.id, Path(parent.run_dir) / "final", Path(ck.weights))
+        return Target(parent.model, ck.id, RunDir(parent.run_dir).final_dir, Path(ck.weights))
     raise _not_found(model)
 
 

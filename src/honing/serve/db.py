@@ -78,7 +78,7 @@ class Job(Base):
     validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
     status: Mapped[str] = mapped_column(String(20), index=True)
     method: Mapped[dict] = mapped_column(JSON)  # {"type": "supervised", "supervised": {"hyperparameters": {...}}}
-    config: Mapped[dict] = mapped_column(JSON)  # the `hone train --set` values this job trains with
+    config: Mapped[dict] = mapped_column(JSON)  # the job's training keys (the worker adds paths: RUN/config.yaml)
     resolved: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # hyperparameters as resolved by the loop
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seed: Mapped[int] = mapped_column(Integer)
@@ -169,6 +169,27 @@ class ProjectSettings(Base):
     project: Mapped[str] = mapped_column(String(100), primary_key=True)
     store_retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+def insert_ignore(session, model, rows: list[dict]) -> None:
+    """INSERT rows, skipping those that collide with a unique key (idempotent ingestion)."""
+    if not rows:
+        return
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(model).values(rows).on_conflict_do_nothing())
+
+
+def add_event(session, job: Job, key: str, message: str, *, level: str = "info", type: str = "message",
+              data: dict | None = None) -> None:
+    """One event of ``job`` (what its page and ``GET .../events`` show); ``key`` unique within the job, so
+    recording the same thing twice (a retried step, a re-read file) inserts it once."""
+    insert_ignore(session, JobEvent, [{"id": new_id("ftevent"), "job_id": job.id, "project": job.project,
+                                       "key": key, "created_at": now(), "level": level, "type": type,
+                                       "message": message, "data": data}])
 
 
 def default_db_url(data_dir: str | Path) -> str:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from honing.graders import GraderError, Sample, load_grader, run_result_json
 from honing.serve import schemas as S
-from honing.serve.api import Project
+from honing.serve.auth import Project
 from honing.serve.errors import APIError
 
 router = APIRouter(prefix="/v1/fine_tuning/alpha/graders", responses=S.ERROR_RESPONSES, tags=["graders"])

@@ -137,7 +137,8 @@ def base_learning_rate(method: str, batch_size) -> float:
 
 
 def training_config(requested: dict, seed: int, extra: dict) -> dict:
-    """The ``--set`` values of ``hone train`` for this job."""
+    """The job's training keys (the worker adds the model, files and run directory and writes the whole
+    configuration into the run directory: ``RUN/config.yaml``)."""
     config = {k: v for k, v in extra.items()}
     config["seed"] = seed
     config["epochs"] = requested["n_epochs"]

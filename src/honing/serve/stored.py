@@ -33,7 +33,7 @@ from sqlalchemy import and_, delete, or_, select
 from honing.data.validate import MIN_EXAMPLES
 from honing.lifecycle.traffic import KINDS, Traffic, build_dataset
 from honing.serve import schemas as S
-from honing.serve.api import Project
+from honing.serve.auth import Project
 from honing.serve.db import File, ProjectSettings, StoredCompletion, new_id, now
 from honing.serve.errors import APIError, not_found
 from honing.serve.files import file_object, get_file

@@ -32,37 +32,20 @@ from pathlib import Path
 
 from sqlalchemy import and_, case, or_, select, update
 
+from honing.config import TrainConfig, apply_overrides, save_recipe, validate_config
 from honing.data.rft import check_rft
+from honing.errors import HoningError
 from honing.graders import load_grader
 from honing.graders.sandbox import UNSAFE_ENV
 from honing.rundir import PAUSE_FILE, RunDir
 from honing.serve import jobs as J
-from honing.serve.db import Checkpoint, File, Job, JobEvent, new_id, now
+from honing.serve.db import Checkpoint, File, Job, add_event, insert_ignore, new_id, now
 from honing.serve.settings import Settings
 
 log = logging.getLogger("honing.serve.worker")
 
 # Problems listed in a failed job's error message (all of them are events).
 MAX_PROBLEMS_IN_ERROR = 20
-
-
-def insert_ignore(session, model, rows: list[dict]) -> None:
-    """INSERT rows, skipping those that collide with a unique key (idempotent ingestion)."""
-    if not rows:
-        return
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(model).values(rows).on_conflict_do_nothing())
-
-
-def add_event(session, job: Job, key: str, message: str, *, level: str = "info", type: str = "message",
-              data: dict | None = None) -> None:
-    insert_ignore(session, JobEvent, [{"id": new_id("ftevent"), "job_id": job.id, "project": job.project,
-                                       "key": key, "created_at": now(), "level": level, "type": type,
-                                       "message": message, "data": data}])
 
 
 def _libc():
@@ -206,23 +189,31 @@ class Worker:
                 pass
 
     # -- running ------------------------------------------------------------------------------
-    def command(self, job: Job) -> list[str]:
+    def train_config(self, job: Job) -> TrainConfig:
+        """The job's whole training configuration, validated: its settings, the base model, its files' paths,
+        the run directory and the operator's ``--set`` items (``hone worker --set``) on top."""
         with self.Session() as s:
             train = s.get(File, job.training_file)
             val = s.get(File, job.validation_file) if job.validation_file else None
-        args = [sys.executable, "-c", "from honing.cli import main; main()", "train",
-                "--model", job.model, "--data", train.path, "--out", job.run_dir, "--quiet",
-                # Always --resume: a first attempt finds no run and starts fresh; a later one continues.
-                "--resume"]
+        raw = {**job.config, "tensorboard": False, "model": job.model, "data": train.path, "out": job.run_dir}
         if val is not None:
-            args += ["--eval-data", val.path, "--eval-baselines", self.settings.eval_baselines]
+            raw["eval_data"] = val.path
+        return validate_config(apply_overrides(raw, self.settings.job_set), f"job {job.id}")
+
+    def command(self, job: Job) -> list[str]:
+        """``hone train RUN/config.yaml --resume``. The configuration is written into the run directory once,
+        so every attempt of a job (a resume after a crash or a pause) trains with the same one, and no value
+        goes through a command line where it would be parsed again."""
+        path = RunDir(job.run_dir).config_path
+        if not path.is_file():
+            save_recipe(self.train_config(job), path)
+        # Always --resume: a first attempt finds no run and starts fresh; a later one continues.
+        args = [sys.executable, "-c", "from honing.cli import main; main()", "train", str(path), "--resume",
+                "--quiet"]
+        if job.validation_file is not None:
+            args += ["--eval-baselines", self.settings.eval_baselines]
         else:
             args += ["--no-eval"]
-        settings = {"tensorboard": False, **job.config}
-        for k, v in settings.items():
-            args += ["--set", f"{k}={_yaml_value(v)}"]
-        for kv in self.settings.job_set:
-            args += ["--set", kv]
         return args
 
     def run(self, job: Job) -> None:
@@ -236,8 +227,16 @@ class Worker:
         ingest = Ingestor(self, job)
         ingest.previous_logs(logs)
         log_path = logs / f"attempt-{job.attempts}.log"
+        try:
+            command = self.command(job)
+        except HoningError as e:  # an operator's --set the job's settings do not validate with
+            with self.Session.begin() as s:
+                row = s.scalar(select(Job).where(Job.id == job.id, Job.worker_id == self.id).with_for_update())
+                if row is not None:
+                    self._fail(s, row, "invalid_configuration", str(e))
+            return
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(self.command(job), stdout=out, stderr=subprocess.STDOUT, env=env,
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
                                     preexec_fn=_set_parent_death_signal)  # noqa: PLW1509 (one async-signal-safe syscall)
         self._update(job, pid=proc.pid)
@@ -329,7 +328,7 @@ class Worker:
             add_event(s, job, "status:gate", f"Release gate failed, the model is not promoted: {reasons}. "
                       f"POST /v1/fine_tuning/jobs/{job.id}/promote with {{\"force\": true}} promotes it anyway",
                       level="error", data=verdict.to_dict())
-        report = rd.path / "eval" / "report.html"
+        report = rd.report_html
         if report.is_file():
             add_event(s, job, "status:report", "Evaluation report attached (GET "
                       f"/v1/fine_tuning/jobs/{job.id}/report)", data={"report": str(report.name)})
@@ -559,12 +558,6 @@ def _kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-def _yaml_value(v) -> str:
-    import json
-
-    return json.dumps(v) if isinstance(v, dict | list | bool) or v is None else str(v)
 
 
 def _failure_message(rd: RunDir, log_path: Path, rc: int) -> str:

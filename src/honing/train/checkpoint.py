@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from honing.rundir import COMPLETE, complete_checkpoints
+from honing.rundir import CHECKPOINTS, COMPLETE, complete_checkpoints
 from honing.train.errors import TrainingError
 from honing.train.runtime import capture_rng, restore_rng
 
@@ -50,7 +50,7 @@ def assert_finite_tensors(tensors: dict) -> None:
 
 def remove_partial_checkpoints(run_dir: Path) -> list[str]:
     """Delete half-written saves (a kill during a save); return their names."""
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS
     removed = []
     if root.is_dir():
         for d in root.iterdir():
@@ -68,7 +68,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, train
 
     from honing.train.sharding import is_fsdp, save_sharded
 
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS
     tmp = root / f".tmp-step-{step}"
     final = root / f"step-{step}"
     sharded = is_fsdp(model)

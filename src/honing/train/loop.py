@@ -29,7 +29,7 @@ from pathlib import Path
 from honing.config import RESUME_NEUTRAL_KEYS, TrainConfig
 from honing.errors import ConfigError
 from honing.fileio import write_json_atomic
-from honing.rundir import PAUSE_FILE, RunDir
+from honing.rundir import CHECKPOINTS, FINAL, PAUSE_FILE, RUN_RECORD, RunDir
 from honing.train.auto import Hyperparameters, resolve_hyperparameters
 from honing.train.batching import micro_batches, step_indices
 from honing.train.checkpoint import (
@@ -244,7 +244,7 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
         "init_from": start.record,
     }
     if dist.is_main:
-        write_json_atomic(run_dir / "run.json", info)
+        write_json_atomic(run_dir / RUN_RECORD, info)
     metrics = MetricsLog(run_dir, config.tensorboard, resume_step=state.step) if dist.is_main else None
     bar = Progress(hp.total_steps, state.step, progress and dist.is_main, label=objective.progress_label)
     return Run(config=config, runtime=runtime, run_dir=run_dir, say=say, events=events, model=wrapped, core=core,
@@ -658,7 +658,7 @@ def _fail(run: Run, error: BaseException) -> None:
     run.objective.close()
     if run.runtime.dist.is_main:
         run.info.update(status="failed", error=f"{type(error).__name__}: {error}")
-        write_json_atomic(run.run_dir / "run.json", run.info)
+        write_json_atomic(run.run_dir / RUN_RECORD, run.info)
         run.events.message(f"failed: {type(error).__name__}: {error}", level="error")
     if run.metrics is not None:
         run.metrics.close()
@@ -670,14 +670,14 @@ def _finish(run: Run) -> RunResult:
     run.bar.close()
     run.objective.close()
     s, dist = run.state, run.runtime.dist
-    final_dir, merged_dir = run.run_dir / "final", None
+    final_dir, merged_dir = run.run_dir / FINAL, None
     secs = s.train_seconds
     tokens_per_s = round(s.trained_tokens / secs, 1) if secs else 0.0
     input_tokens_per_s = round(s.input_tokens / secs, 1) if secs else 0.0  # prompts too: compare with other trainers
     rows = run.metrics.rows if run.metrics else []
     if run.status != "paused":
         if s.best_step is not None and s.best_step != s.step:
-            load_trainable(run.core, run.run_dir / "checkpoints" / f"step-{s.best_step}")
+            load_trainable(run.core, run.run_dir / CHECKPOINTS / f"step-{s.best_step}")
         # Under FSDP the weights are sharded: gather them to rank 0 (a collective) before saving.
         gathered = full_state_dict(run.core, run.config.method != "full") if is_fsdp(run.core) else None
         if dist.is_main:
@@ -686,7 +686,7 @@ def _finish(run: Run) -> RunResult:
                 from honing.export.merge import merge_run
 
                 run.info["status"] = run.status  # merge reads run.json for the base model
-                write_json_atomic(run.run_dir / "run.json", run.info)
+                write_json_atomic(run.run_dir / RUN_RECORD, run.info)
                 merged_dir = merge_run(run.run_dir)
             if rows:
                 plot_loss_curve(rows, run.run_dir / "loss_curve.png")
@@ -701,7 +701,7 @@ def _finish(run: Run) -> RunResult:
             nonfinite_steps=s.nonfinite_total, warnings=run.warnings, finished=time.time(),
             wall_seconds=round(time.time() - run.started, 1),
         )
-        write_json_atomic(run.run_dir / "run.json", run.info)
+        write_json_atomic(run.run_dir / RUN_RECORD, run.info)
         if status != "paused":
             run.say(write_summary(run.run_dir, run.info, run.hp.as_dict(), run.warnings).rstrip())
         run.events.emit("message", f"run {status}", {"status": status, "steps_done": s.step})

@@ -9,13 +9,14 @@ import os
 from pathlib import Path
 
 from honing.fileio import write_json_atomic  # noqa: F401  (re-exported: one atomic-write helper)
+from honing.rundir import EVENTS, METRICS
 
 
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         self.rows: list[dict] = []
         if self.path.is_file():
             # On resume, forget what was logged after the checkpoint: those steps are replayed.
@@ -61,7 +62,7 @@ class EventLog:
     replays (same ``step``), so consumers key metrics by step."""
 
     def __init__(self, run_dir: Path, enabled: bool = True):
-        self.path = run_dir / "events.jsonl"
+        self.path = run_dir / EVENTS
         self.enabled = enabled
         self.seq = 0
         if enabled and self.path.is_file():
@@ -268,7 +269,7 @@ def reward_sentence(run_dir: Path, best_step: int | None) -> str:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
