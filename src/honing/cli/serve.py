@@ -50,6 +50,16 @@ def serve_cmd(
                                       "(repeatable), e.g. --job-set save_every=10."),
     eval_baselines: str = typer.Option("zero-shot,few-shot,rag", "--eval-baselines", help="Baselines of the "
                                        "evaluation that ends a job with a validation_file (report and gate)."),
+    engine: str = typer.Option("auto", "--engine", help="Chat engine: auto (llama.cpp where installed and the "
+                               "model exports to GGUF, else transformers), llama.cpp or transformers."),
+    engine_quant: str = typer.Option("f16", "--engine-quant", help="llama.cpp: base models' GGUF precision "
+                                     "(f32, f16, q8_0)."),
+    engine_ctx: int = typer.Option(8192, "--engine-ctx", min=256, help="llama.cpp: KV cache tokens shared by "
+                                   "the sequences decoded together (a prompt + max_tokens must fit)."),
+    engine_slots: int = typer.Option(16, "--engine-slots", min=1, max=256, help="llama.cpp: sequences decoded "
+                                     "together (continuous batching); more requests wait for a free one."),
+    engine_threads: int = typer.Option(None, "--engine-threads", min=1, help="llama.cpp: threads (default: "
+                                       "the CPUs this process may use)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve the API (and the dashboard at /) until interrupted."""
@@ -71,7 +81,12 @@ def serve_cmd(
                           "(start more `hone worker --db URL` processes against PostgreSQL)")
     settings = Settings(data_dir=data_dir, db_url=db, no_auth=no_auth, embedded_worker=workers > 0, host=host,
                         adapter_cache=adapter_cache, stale_after=stale_after, job_set=tuple(job_set or ()),
-                        eval_baselines=eval_baselines)
+                        eval_baselines=eval_baselines, engine=engine, engine_quant=engine_quant,
+                        engine_ctx=engine_ctx, engine_slots=engine_slots, engine_threads=engine_threads)
+    from honing.export.gguf_writer import QUANTS
+
+    if engine_quant not in QUANTS:
+        raise ConfigError(f"engine_quant: '{engine_quant}' is not one of {', '.join(QUANTS)}")
     if settings.is_sqlite and workers == 0:
         console.print("note: SQLite with --workers 0: jobs wait until a worker runs on this database")
     app = create_app(settings)
@@ -80,6 +95,7 @@ def serve_cmd(
                       f"'{settings.default_project}' (bound to {host} only)")
     console.print(f"hone serve: http://{host}:{port}/v1 (dashboard http://{host}:{port}/); database "
                   f"{_redact(settings.db_url)}; data in {settings.data_dir}")
+    console.print(f"chat engine: {app.state.pool.summary()}")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"))
 
 

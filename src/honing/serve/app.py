@@ -2,7 +2,7 @@
 
 State in the database (migrated to the newest schema at start), uploads and runs under the data dir, an
 embedded worker thread (unless the settings turn it off, as for PostgreSQL with `hone worker`s
-elsewhere), and a :class:`~honing.serve.inference.ModelPool` for chat.
+elsewhere), and the chat engines (:class:`~honing.serve.engines.Engines`: llama.cpp or transformers).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from honing.serve import api, chat, errors, graders, stored
 from honing.serve.db import make_engine, sessions, upgrade
-from honing.serve.inference import ModelPool
+from honing.serve.engines import Engines
 from honing.serve.schemas import Health
 from honing.serve.settings import Settings
 from honing.serve.worker import Worker
@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
                 # from its last checkpoint at the next start).
                 worker.stop_event.set()
                 thread.join(timeout=30)
+            app.state.pool.close()  # the llama.cpp engine's process
             engine.dispose()
 
     from honing import __version__
@@ -75,7 +76,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.Session = Session
-    app.state.pool = ModelPool(settings.adapter_cache)
+    app.state.pool = Engines(settings.engine, settings.engine_cache_dir, settings.adapter_cache,
+                             quant=settings.engine_quant, n_ctx=settings.engine_ctx, n_seq=settings.engine_slots,
+                             threads=settings.engine_threads)
     errors.install(app)
 
     @app.get("/health", tags=["service"], response_model=Health)

@@ -64,32 +64,34 @@ def resolve_target(s, project: str, model: str) -> Target:
     raise _not_found(model)
 
 
-def _model_obj(mid: str, created: int, owned_by: str) -> dict:
-    return {"id": mid, "object": "model", "created": created, "owned_by": owned_by}
+def _model_obj(mid: str, created: int, owned_by: str, engine: str | None = None) -> dict:
+    return {"id": mid, "object": "model", "created": created, "owned_by": owned_by, "engine": engine}
 
 
-def _all_models(s, project: str) -> list[dict]:
-    out = [_model_obj(m, 0, "honing") for m in _catalog_names()]
-    out += [_model_obj(m, 0, "honing") for m in _project_bases(s, project) if m not in _catalog_names()]
+def _all_models(s, project: str, engines) -> list[dict]:
+    """Every model this project may chat with, each with the engine that answers it (serve/engines)."""
+    bases = [*_catalog_names(), *(m for m in _project_bases(s, project) if m not in _catalog_names())]
+    out = [_model_obj(m, 0, "honing", engines.name_for(m)) for m in bases]
     jobs = s.scalars(select(Job).where(Job.project == project, Job.status == "succeeded",
                                        Job.model_deleted.is_(False)).order_by(Job.created_at)).all()
     for j in jobs:
-        out.append(_model_obj(j.fine_tuned_model, j.finished_at or j.created_at, project))
+        engine = engines.name_for(j.model, Path(j.run_dir) / "final", j.id)
+        out.append(_model_obj(j.fine_tuned_model, j.finished_at or j.created_at, project, engine))
         for ck in s.scalars(select(Checkpoint).where(Checkpoint.job_id == j.id).order_by(Checkpoint.step)).all():
-            out.append(_model_obj(ck.model_name, ck.created_at, project))
+            out.append(_model_obj(ck.model_name, ck.created_at, project, engine))
     return out
 
 
 @router.get("/models", tags=["models"], response_model=S.ModelList)
 def list_models(request: Request, project: Project) -> dict:
     with request.app.state.Session() as s:
-        return {"object": "list", "data": _all_models(s, project)}
+        return {"object": "list", "data": _all_models(s, project, request.app.state.pool)}
 
 
 @router.get("/models/{model:path}", tags=["models"], response_model=S.Model)
 def retrieve_model(request: Request, project: Project, model: str) -> dict:
     with request.app.state.Session() as s:
-        for m in _all_models(s, project):
+        for m in _all_models(s, project, request.app.state.pool):
             if m["id"] == model:
                 return m
     raise _not_found(model)

@@ -80,6 +80,8 @@ def _adapter_name(key: str) -> str:
 
 
 class ModelPool:
+    name = "transformers"  # the chat engine's name (honing.serve.engines)
+
     def __init__(self, adapter_cache: int = 4):
         self.adapter_cache = max(1, adapter_cache)
         self.slots: dict[str, _Slot] = {}

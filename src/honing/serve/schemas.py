@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class FileObject(BaseModel):
@@ -127,6 +127,8 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    engine: str | None = Field(None, description="Honing: the engine that answers chat with this model "
+                               "(llama.cpp or transformers).")
 
 
 class ModelList(BaseModel):
