@@ -13,6 +13,10 @@ what ``apply_chat_template(..., add_generation_prompt=True)`` gives at inference
 exact: no token straddles a boundary. The end-of-turn token (``<|im_end|>``, ``<|eot_id|>``…) is inside
 the trained span, so the fine-tuned model learns to stop.
 
+A template without a system role (Gemma 2's raises on one): the system prompt is folded into the first
+user turn as ``system + "\n\n" + user``, the rule Gemma 3's own template applies, the same way in
+training and in prompts at inference (:func:`fold_system`).
+
 Tool calling: a template that refers to ``tools`` gets them through ``apply_chat_template(tools=...)`` with
 the calls and results as Hugging Face's message fields; any other template gets the fallback text format of
 :mod:`honing.data.tools`. Either way only assistant turns (their text and their calls) are trained: the
@@ -54,6 +58,52 @@ class RenderedExample:
         return [t if m else IGNORE_INDEX for t, m in zip(self.input_ids, self.loss_mask)]
 
 
+_SYSTEM_ROLE: dict[str, bool] = {}  # chat template text -> does it render a system message
+
+
+def accepts_system_role(tokenizer) -> bool:
+    """Whether the chat template renders a leading system message (Gemma 2's raises instead)."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else repr(tokenizer.chat_template)
+    if template not in _SYSTEM_ROLE:
+        probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+        from jinja2 import TemplateError as JinjaError  # what the template's raise_exception raises
+
+        try:
+            tokenizer.apply_chat_template(probe, tokenize=False)
+            _SYSTEM_ROLE[template] = True
+        except JinjaError:
+            tokenizer.apply_chat_template(probe[1:], tokenize=False)  # a template broken otherwise still raises
+            _SYSTEM_ROLE[template] = False
+    return _SYSTEM_ROLE[template]
+
+
+def fold_system(tokenizer, messages: list[dict]) -> list[dict]:
+    """``messages`` as the template can render them: a leading system message folded into the first user
+    turn (``system + "\n\n" + user``) when the template has no system role."""
+    if not messages or messages[0]["role"] != "system" or accepts_system_role(tokenizer):
+        return messages
+    system, rest = messages[0], list(messages[1:])
+    if rest and rest[0]["role"] == "user":
+        rest[0] = {**rest[0], "content": f"{system['content']}\n\n{rest[0]['content']}"}
+    else:
+        rest.insert(0, {"role": "user", "content": system["content"]})
+    return rest
+
+
+def _closing_eos(tokenizer, dicts: list[dict], tool_arg) -> str:
+    """The EOS that Phi-3's template appends to every rendering without a generation prompt (after the
+    turn's own ``<|end|>``), else "". A conversation's prefix then is not a prefix of the whole, so each
+    reply's span ends before it (its ``<|end|>`` is trained; the closing EOS is not)."""
+    eos = tokenizer.eos_token
+    if not eos or not dicts or dicts[0]["role"] == "assistant":
+        return ""
+    plain = _render(tokenizer, dicts[:1], add_generation_prompt=False, tools=tool_arg).rstrip()
+    with_prompt = _render(tokenizer, dicts[:1], add_generation_prompt=True, tools=tool_arg)
+    if plain.endswith(eos) and not with_prompt.startswith(plain) and with_prompt.startswith(plain[: -len(eos)]):
+        return eos
+    return ""
+
+
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
     if not messages:
         return ""
@@ -73,15 +123,20 @@ def assistant_spans(tokenizer, messages: tuple[Message, ...] | list[Message],
                     tools: tuple[dict, ...] = ()) -> tuple[str, list[tuple[int, int]]]:
     """Render ``messages``; return the text and the character spans of trained assistant turns."""
     dicts, tool_arg = template_messages(tokenizer, messages, tools)
-    # The fallback format may add a system turn for the tool schemas: message i is then dicts[i + shift].
+    dicts = fold_system(tokenizer, dicts)
+    # The fallback format may add a system turn for the tool schemas (message i is then dicts[i + shift]);
+    # folding the system prompt into the first user turn removes one.
     shift = len(dicts) - len(messages)
     full = _render(tokenizer, dicts, add_generation_prompt=False, tools=tool_arg)
+    closing = _closing_eos(tokenizer, dicts, tool_arg)
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(messages):
         if msg.role != "assistant" or msg.weight == 0:
             continue
         before = _render(tokenizer, dicts[: i + shift], add_generation_prompt=True, tools=tool_arg)
         through = _render(tokenizer, dicts[: i + shift + 1], add_generation_prompt=False, tools=tool_arg).rstrip()
+        if closing and through.endswith(closing):
+            through = through[: -len(closing)].rstrip()
         if not full.startswith(before) or not full.startswith(through) or len(through) < len(before):
             raise TemplateError(
                 f"the chat template does not render assistant turn {i + 1} as a prefix of the whole "
@@ -116,6 +171,7 @@ def render_prompt(tokenizer, messages: tuple[Message, ...] | list[Message], tool
     """Token ids of a prompt ending with the assistant header, exactly as training saw it (with ``tools``
     declared the same way)."""
     dicts, tool_arg = template_messages(tokenizer, messages, tuple(tools))
+    dicts = fold_system(tokenizer, dicts)
     return _encode(tokenizer, _render(tokenizer, dicts, add_generation_prompt=True, tools=tool_arg))
 
 

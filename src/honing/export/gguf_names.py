@@ -7,7 +7,7 @@ exactly as llama.cpp's converter names it. The one value change is the Llama-fam
 transformers stores each attention head's rotary pairs as (first half, second half) of the head; llama.cpp
 applies RoPE to interleaved pairs (0,1), (2,3), ... so the rows of q_proj and k_proj (and of a LoRA B
 matrix that feeds them) are reordered per head. Qwen2's llama.cpp graph uses the half-split (NEOX) RoPE
-that transformers uses, so nothing is permuted there.
+that transformers uses, as do Qwen3's, Gemma 2/3's and Phi-3's, so nothing is permuted there.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ SUPPORTED: dict[str, ArchSpec] = {
     "llama": ArchSpec("llama", "llama", True),
     "mistral": ArchSpec("mistral", "llama", True),
     "qwen2": ArchSpec("qwen2", "qwen2", False),
+    "qwen3": ArchSpec("qwen3", "qwen3", False),
+    "gemma2": ArchSpec("gemma2", "gemma2", False),
+    "gemma3_text": ArchSpec("gemma3_text", "gemma3", False),  # Gemma3ForCausalLM (the text-only 270M/1B)
+    "phi3": ArchSpec("phi3", "phi3", False),
 }
 
 
@@ -39,7 +43,8 @@ def arch_spec(config) -> ArchSpec:
         archs = ", ".join(getattr(config, "architectures", None) or []) or "unknown"
         raise ModelError(
             f"GGUF export does not support architecture '{model_type}' ({archs}); supported: "
-            f"{', '.join(sorted(SUPPORTED))} (the Llama family: SmolLM2, Llama 3, Mistral; and Qwen2). "
+            f"{', '.join(sorted(SUPPORTED))} (the Llama family: SmolLM2, Llama 3, Mistral; Qwen2/2.5, Qwen3, "
+            "Gemma 2, Gemma 3 text models, Phi-3/Phi-4). "
             "Export it with format 'hf' or 'peft' instead."
         )
     return SUPPORTED[model_type]

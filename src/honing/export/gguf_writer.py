@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 from honing.errors import ModelError
+from honing.export import gguf_families
 from honing.export.gguf_names import ArchSpec, TensorNames, arch_spec, permute_for_rope, qk_heads
 
 QUANTS = ("f32", "f16", "q8_0")
@@ -31,29 +32,15 @@ def _file_type(quant: str):
             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
 
 
-def _rope_theta(config) -> float:
-    params = getattr(config, "rope_parameters", None) or {}
-    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
-    if theta is None:
-        raise ModelError(f"GGUF export: the {config.model_type} config has no rope_theta")
-    rope_type = params.get("rope_type", "default")
-    scaling = getattr(config, "rope_scaling", None) or {}
-    rope_type = scaling.get("rope_type", scaling.get("type", rope_type)) if isinstance(scaling, dict) else rope_type
-    if rope_type not in (None, "default"):
-        raise ModelError(
-            f"GGUF export: RoPE scaling '{rope_type}' of this {config.model_type} model is not supported yet "
-            "(only unscaled RoPE); export with format 'hf' or 'peft'"
-        )
-    return float(theta)
-
-
 def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def add_hyperparameters(writer, config, quant: str | None) -> None:
-    """The ``<arch>.*`` keys llama.cpp reads to build the graph."""
+    """The ``<arch>.*`` keys llama.cpp reads to build the graph (a family's own: ``gguf_families``)."""
     n_head = config.num_attention_heads
+    gguf_arch = arch_spec(config).gguf_arch
+    gguf_families.check_exportable(config, gguf_arch)
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(config.hidden_size))
     writer.add_block_count(int(config.num_hidden_layers))
@@ -61,8 +48,9 @@ def add_hyperparameters(writer, config, quant: str | None) -> None:
     writer.add_head_count(int(n_head))
     writer.add_head_count_kv(int(getattr(config, "num_key_value_heads", None) or n_head))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_rope_freq_base(_rope_theta(config))
-    writer.add_rope_dimension_count(head_dim(config))
+    gguf_families.add_rope(writer, config, gguf_arch)
+    writer.add_rope_dimension_count(gguf_families.rope_dimension_count(config, head_dim(config)))
+    gguf_families.add_family_keys(writer, config, gguf_arch)
     if head_dim(config) != config.hidden_size // n_head:
         writer.add_key_length(head_dim(config))
         writer.add_value_length(head_dim(config))
@@ -105,7 +93,10 @@ def model_tensors(model, spec: ArchSpec):
         heads = qk_heads(spec, config, hf_name)
         if heads is not None:
             data = permute_for_rope(data, heads)
+        if offset := gguf_families.norm_offset(spec.gguf_arch, hf_name):
+            data = data + offset
         yield name, data.numpy()
+    yield from gguf_families.extra_tensors(model, spec.gguf_arch)
 
 
 def _write(writer, path: Path) -> None:

@@ -1,0 +1,128 @@
+"""Tiny random-weight models of the families people fine-tune, built from each family's own transformers
+configuration class with its distinguishing features switched on (Llama 3's llama3 RoPE scaling, Qwen3's
+q/k norms, Gemma's soft-capping, sliding window, per-layer sliding/global pattern and norm offset, Phi-3's
+fused qkv/gate_up projections), and each family's real chat template (tests/fixtures/chat_templates).
+
+The tokenizer is SmolLM2's byte-level BPE for every family (no package we may install ships Gemma's,
+Mistral's or Phi-3's SentencePiece models, nor Qwen's vocabulary), cut to its first 2,048 tokens and the
+merges among them (a valid, smaller BPE: any text still tokenizes, through the byte alphabet; GGUF readers
+then parse 2k tokens, not 49k), with the family's chat special tokens added as special tokens so its
+template renders to single control tokens. What the tokenizer kind changes
+(SentencePiece in the GGUF writer) is therefore not covered by these models; docs/training.md says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config_class: str  # transformers configuration class
+    template: str  # file in TEMPLATES
+    specials: tuple[str, ...]  # the template's control tokens, added to the tokenizer
+    end_of_turn: str  # the token that ends an assistant turn (trained, a stop token)
+    bos: str | None  # the template's bos_token (None: the template does not write one)
+    eos: str | None = None  # the tokenizer's eos_token when it is not end_of_turn (Phi-3.5: <|endoftext|>)
+    extra: tuple[tuple[str, object], ...] = ()  # config overrides that switch on the family's features
+
+
+# Llama 3's scaling with original_max_position_embeddings=16 rescales most of the 16-dim head's frequencies,
+# so a wrong rope_freqs tensor shows within a 30-token prompt (the real value, 8192, would hide it).
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
+
+FAMILIES = {
+    "llama3": Family("llama3", "LlamaConfig", "llama3.jinja",
+                     ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+                     "<|eot_id|>", "<|begin_of_text|>",
+                     extra=(("rope_parameters", LLAMA3_ROPE), ("tie_word_embeddings", True))),
+    "mistral": Family("mistral", "MistralConfig", "mistral.jinja", ("<s>", "</s>", "[INST]", "[/INST]"),
+                      "</s>", "<s>", extra=(("tie_word_embeddings", False),)),
+    "qwen2": Family("qwen2", "Qwen2Config", "qwen2.jinja", ("<|im_start|>", "<|im_end|>"), "<|im_end|>", None,
+                    extra=(("tie_word_embeddings", True),)),
+    "qwen3": Family("qwen3", "Qwen3Config", "qwen3.jinja", ("<|im_start|>", "<|im_end|>"), "<|im_end|>", None,
+                    extra=(("head_dim", 32), ("tie_word_embeddings", True))),
+    "gemma2": Family("gemma2", "Gemma2Config", "gemma2.jinja", ("<bos>", "<start_of_turn>", "<end_of_turn>"),
+                     "<end_of_turn>", "<bos>",
+                     extra=(("head_dim", 16), ("query_pre_attn_scalar", 16), ("sliding_window", 4))),
+    "gemma3": Family("gemma3", "Gemma3TextConfig", "gemma3.jinja", ("<bos>", "<start_of_turn>", "<end_of_turn>"),
+                     "<end_of_turn>", "<bos>",
+                     extra=(("head_dim", 16), ("query_pre_attn_scalar", 16), ("sliding_window", 4), ("num_hidden_layers", 3),
+                      ("layer_types", ["sliding_attention", "full_attention", "sliding_attention"]))),
+    "phi3": Family("phi3", "Phi3Config", "phi3.jinja", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+                   "<|end|>", None, "<|endoftext|>", extra=(("tie_word_embeddings", False), ("original_max_position_embeddings", 4096))),
+}
+
+
+SMALL_VOCAB = 2048
+
+
+def small_bpe(base, n: int = SMALL_VOCAB):
+    """``base`` (a byte-level BPE whose ids follow its merge order, as SmolLM2's do) cut to ids < ``n``."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    data = json.loads(base.backend_tokenizer.to_str())
+    vocab = {t: i for t, i in data["model"]["vocab"].items() if i < n}
+    data["model"]["vocab"] = vocab
+    data["model"]["merges"] = [m for m in data["model"]["merges"]
+                               if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab]
+    data["added_tokens"] = [a for a in data["added_tokens"] if a["id"] < n]
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+                                   bos_token=base.bos_token, eos_token=base.eos_token,
+                                   pad_token=base.pad_token, unk_token=base.unk_token)
+
+
+def family_tokenizer(family: Family, base):
+    """SmolLM2's tokenizer (cut to ``SMALL_VOCAB``) with the family's control tokens and chat template;
+    EOS = its end of turn (or its own eos)."""
+    tok = small_bpe(base)
+    tok.add_special_tokens({"additional_special_tokens": list(family.specials)})
+    tok.chat_template = (TEMPLATES / family.template).read_text()
+    tok.eos_token = family.eos or family.end_of_turn
+    if family.bos:
+        tok.bos_token = family.bos
+    return tok
+
+
+def family_model(family: Family, vocab_size: int, seed: int = 0, sharpen: bool = True):
+    """The seeded tiny model. ``sharpen`` scales q/k projections (and perturbs norm weights) so attention
+    depends on positions and norms visibly: a wrong RoPE layout, scaling or norm offset shows in logits."""
+    import torch
+    import transformers
+
+    config_class = getattr(transformers, family.config_class)
+    values = {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+    values.update(dict(family.extra))
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config_class(**values)).eval()
+    if sharpen:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if any(k in name for k in ("q_proj", "k_proj", "qkv_proj")):
+                    p.mul_(20)
+                elif name.endswith("norm.weight"):
+                    p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def save_family(family: Family, base_tokenizer, out: Path) -> Path:
+    """A local model directory of the family (config, weights, tokenizer, template): what a user points
+    Honing at."""
+    tok = family_tokenizer(family, base_tokenizer)
+    model = family_model(family, vocab_size=len(tok))
+    model.config.bos_token_id = tok.bos_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -1,0 +1,253 @@
+"""The model families people fine-tune, each through the same matrix (tests/family_models.py builds the
+tiny random-weight models from the families' own configuration classes, with their real chat templates):
+
+* the chat template renders, and the loss mask covers exactly the assistant replies and their end-of-turn
+  token (a template without a system role gets the system prompt folded into the first user turn);
+* a LoRA SFT run and a DPO run train (loss finite, the adapter moves), the merge equals the unmerged
+  adapter, and resuming from a checkpoint equals the uninterrupted run;
+* the GGUF export (f32 and f16) is read back by transformers and computed by llama.cpp with the same
+  logits as transformers within stated tolerances, and llama.cpp tokenizes the rendered chat as Honing does.
+
+Tolerances (max |logit difference| / max |logit|): f32 1e-4, except Gemma 2/3 at 5e-3 (ggml's CPU GELU
+goes through an f16 lookup table; measured 3e-4 for Gemma 3, 1.6e-3 for Gemma 2 with soft-capping); f16 2e-2
+(the sharpened tiny models amplify f16 rounding; see F16_TOLERANCE).
+llama.cpp tests skip without llama-cpp-python (`make llama-cpp`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from family_models import FAMILIES, family_model, family_tokenizer, save_family
+
+from honing.data.conversation import Conversation, Message
+from honing.data.render import render_conversation, render_prompt
+
+try:
+    import llama_cpp
+except ImportError:  # pragma: no cover - depends on the environment
+    llama_cpp = None
+
+needs_llama_cpp = pytest.mark.skipif(
+    llama_cpp is None, reason="llama-cpp-python is not installed; build it from its sdist with `make llama-cpp`")
+
+NAMES = sorted(FAMILIES)
+F32_TOLERANCE = {"gemma2": 5e-3, "gemma3": 5e-3}
+# The tiny models' q/k projections are scaled 20x (family_model), which amplifies f16 rounding: 2e-2 here,
+# against docs/export.md's 5e-3 on a real fine-tuned model.
+F16_TOLERANCE = 2e-2
+
+CHAT = (Message("system", "You add numbers."), Message("user", "What is 2 plus 3?"),
+        Message("assistant", "2 plus 3 is 5."), Message("user", "And 4 plus 4?"), Message("assistant", "8."))
+# Templates that do not render a multi-turn conversation as a prefix of itself, so the replies' spans
+# cannot be found and Honing refuses it with a TemplateError (tested below): Mistral's writes the system
+# prompt only into a conversation's *last* message when that is a user turn (inference), so a rendering
+# with a reply drops it; Qwen3's writes an empty <think></think> block only into the reply after the last
+# user message. Mistral's matrix runs without a system prompt, Qwen3's one turn.
+MULTI_TURN_REFUSED = {"mistral": CHAT[:3], "qwen3": CHAT[1:]}
+REPLY_PREFIX = {"qwen3": "<think>\n\n</think>\n\n"}  # what Qwen3's template puts before the last reply
+
+
+def chat_for(name: str) -> tuple[Message, ...]:
+    return {"mistral": CHAT[1:], "qwen3": CHAT[:3]}.get(name, CHAT)
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory, smol_tokenizer):
+    """name -> a saved tiny model directory of that family (built on first use)."""
+    root = tmp_path_factory.mktemp("families")
+    built = {}
+
+    def get(name):
+        if name not in built:
+            built[name] = save_family(FAMILIES[name], smol_tokenizer, root / name)
+        return built[name]
+
+    return get
+
+
+def _load(path):
+    from honing.models import load_model
+
+    model, tok, _ = load_model(str(path))
+    return model.eval(), tok
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+
+def _rel(got, want) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+# -- chat template and loss mask -------------------------------------------------------------------
+def _trained_runs(tok, r) -> list[str]:
+    runs, current = [], []
+    for t, m in [*zip(r.input_ids, r.loss_mask), (None, False)]:
+        if m:
+            current.append(t)
+        elif current:
+            runs.append(tok.decode(current))
+            current = []
+    return runs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_render_masks_exactly_the_replies(name, smol_tokenizer):
+    family = FAMILIES[name]
+    tok = family_tokenizer(family, smol_tokenizer)
+    chat = chat_for(name)
+    r = render_conversation(tok, Conversation(chat))
+    text = tok.decode(r.input_ids)
+    # The trained tokens are the replies, each with its end-of-turn token, and nothing else.
+    replies = [m.content for m in chat if m.role == "assistant"]
+    want = [f"{c}{family.end_of_turn}" for c in replies]
+    want[-1] = REPLY_PREFIX.get(name, "") + want[-1]
+    assert [run.strip() for run in _trained_runs(tok, r)] == [w.strip() for w in want], text
+    assert chat[0].role != "system" or "You add numbers." in text  # kept (folded into the user turn if need be)
+    # The prompt Honing sends at inference is the training rendering up to the first reply.
+    prompt = render_prompt(tok, chat[: [m.role for m in chat].index("assistant")])
+    assert r.input_ids[: len(prompt)] == prompt
+    assert r.loss_mask[len(prompt)] and not any(r.loss_mask[: len(prompt)])
+
+
+@pytest.mark.parametrize("name", sorted(MULTI_TURN_REFUSED))
+def test_prefix_inconsistent_multi_turn_is_refused_clearly(name, smol_tokenizer):
+    from honing.data.render import TemplateError
+
+    tok = family_tokenizer(FAMILIES[name], smol_tokenizer)
+    with pytest.raises(TemplateError, match="as a prefix of the whole conversation"):
+        render_conversation(tok, Conversation(MULTI_TURN_REFUSED[name]))
+
+
+def test_template_without_system_role_folds_it_into_the_first_user_turn(smol_tokenizer):
+    """Gemma 2's template raises on a system message; Honing folds it into the first user turn exactly as
+    Gemma 3's template does, so both render the same conversation to the same text."""
+    g2 = family_tokenizer(FAMILIES["gemma2"], smol_tokenizer)
+    g3 = family_tokenizer(FAMILIES["gemma3"], smol_tokenizer)
+    assert g2.decode(render_conversation(g2, Conversation(CHAT)).input_ids) == \
+        g3.decode(render_conversation(g3, Conversation(CHAT)).input_ids)
+
+
+# -- GGUF ------------------------------------------------------------------------------------------
+def _write_gguf(model, tok, tok_dir, path, quant):
+    from honing.export.gguf_writer import write_model_gguf
+    from honing.export.tokenizer_meta import tokenizer_meta
+
+    write_model_gguf(path, model, tokenizer_meta(tok, tok_dir, model.config.vocab_size), quant, name="tiny")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ggufs(family_dirs, tmp_path_factory):
+    """name -> (model, tokenizer, {quant: GGUF path}) of the untrained tiny model."""
+    out = tmp_path_factory.mktemp("family-gguf")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model, tok = _load(family_dirs(name))
+            paths = {q: _write_gguf(model, tok, family_dirs(name), out / f"{name}.{q}.gguf", q) for q in ("f32", "f16")}
+            cache[name] = (model, tok, paths)
+        return cache[name]
+
+    return get
+
+
+def _chat_ids(tok):
+    return render_conversation(tok, Conversation(CHAT[1:3])).input_ids
+
+
+def _as_llama(model):
+    """transformers reads Mistral's GGUF (general.architecture llama, like llama.cpp's converter writes it)
+    into a Llama model only; the same graph with the same parameter names."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    values = {k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "architectures")}
+    return LlamaForCausalLM(LlamaConfig(**values))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gguf_read_back_by_transformers(name, ggufs):
+    """transformers' own GGUF reader (names, reverse Q/K permutation, Gemma's norm offset) gives back the
+    model: every f32 tensor exactly (Gemma's norms up to float32 rounding of + 1 - 1), every f16 one as
+    the original rounded to f16 (matrices; norms and biases stay f32)."""
+    import copy
+
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    model, _, paths = ggufs(name)
+    want = model.state_dict()
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    for quant in ("f32", "f16"):
+        like = _as_llama(model) if name == "mistral" else copy.deepcopy(model)
+        tensors = load_gguf_checkpoint(str(paths[quant]), return_tensors=True, model_to_load=like)["tensors"]
+        assert set(want) - set(tensors) <= tied and set(tensors) <= set(want), sorted(set(want) ^ set(tensors))
+        for key, got in tensors.items():
+            expected = want[key].half().float() if quant == "f16" and want[key].ndim == 2 else want[key]
+            # exact, but for Gemma's norms: (w + 1) - 1 rounds in float32
+            assert torch.allclose(torch.as_tensor(got).float(), expected, rtol=0, atol=1e-6), (quant, key)
+
+
+def _llama_logits(path, ids):
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, seed=0, verbose=False, logits_all=True,
+                          type_k=0, type_v=0)  # f32 KV cache (llama.cpp's default is f16)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("name", NAMES)
+def test_llama_cpp_computes_what_transformers_does(name, ggufs):
+    model, tok, paths = ggufs(name)
+    ids = _chat_ids(tok)
+    want = _logits(model, ids)
+    llm = llama_cpp.Llama(model_path=str(paths["f32"]), n_ctx=256, n_threads=2, seed=0, verbose=False,
+                          logits_all=True, type_k=0, type_v=0)
+    try:
+        # The inference prompt tokenizes as Honing's (the family's control tokens too). (The whole chat need
+        # not: Honing tokenizes the segments around each reply apart, as the prompt is at inference.)
+        prompt = render_prompt(tok, CHAT[1:2])
+        assert llm.tokenize(tok.decode(prompt).encode(), add_bos=False, special=True) == prompt
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    assert _rel(got, want) < F32_TOLERANCE.get(name, 1e-4)
+    assert _rel(_llama_logits(paths["f16"], ids), want) < F16_TOLERANCE
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024, "rope_theta": 10000.0},
+], ids=["linear", "yarn"])
+def test_llama_cpp_rope_scaling(rope, smol_tokenizer, tmp_path):
+    """RoPE scaling written as llama.cpp's keys (linear on Llama, YaRN on Qwen2) computes the same logits."""
+    import dataclasses
+
+    family = FAMILIES["llama3" if rope["rope_type"] == "linear" else "qwen2"]
+    family = dataclasses.replace(family, extra=(*family.extra, ("rope_parameters", rope)))
+    tok = family_tokenizer(family, smol_tokenizer)
+    tok.save_pretrained(tmp_path)
+    model = family_model(family, len(tok))
+    ids = _chat_ids(tok)
+    got = _llama_logits(_write_gguf(model, tok, tmp_path, tmp_path / "m.gguf", "f32"), ids)
+    assert _rel(got, _logits(model, ids)) < 1e-4
+
+
+@needs_llama_cpp
+def test_llama3_rope_freqs_matter(ggufs, family_dirs, tmp_path, monkeypatch):
+    """Control: the same Llama 3 model written without its rope_freqs tensor computes other logits."""
+    import honing.export.gguf_families as families
+
+    model, tok, _ = ggufs("llama3")
+    ids = _chat_ids(tok)
+    monkeypatch.setattr(families, "extra_tensors", lambda *a: iter(()))
+    bad = _write_gguf(model, tok, family_dirs("llama3"), tmp_path / "bad.gguf", "f32")
+    assert _rel(_llama_logits(bad, ids), _logits(model, ids)) > 1e-2
