@@ -60,3 +60,17 @@ def tiny_llama_dir(tmp_path, smol_tokenizer):
     model.save_pretrained(out)
     smol_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory):
+    """One throwaway PostgreSQL cluster for the whole session (initdb + start take ~10 s under load); each test
+    creates its own database in it (``pg_cluster.create_database(NAME)``, names unique across the suite)."""
+    from serve_helpers import start_postgres
+
+    try:
+        cluster = start_postgres(tmp_path_factory.mktemp("pg"))
+    except RuntimeError as e:
+        pytest.skip(f"PostgreSQL unavailable: {e}")
+    yield cluster
+    cluster.stop()

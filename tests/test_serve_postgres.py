@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from serve_helpers import HONE, _env, chat_rows, start_postgres, start_server
+from serve_helpers import HONE, _env, chat_rows, start_server
 
 openai = pytest.importorskip("openai")
 OpenAI = openai.OpenAI
@@ -17,14 +17,9 @@ JOB = {"hyperparameters": {"n_epochs": 1, "batch_size": 4},
        "extra_body": {"honing_config": {"save_every": 1, "dtype": "fp32", "micro_batch_size": 4}}}
 
 
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory):
-    try:
-        cluster = start_postgres(tmp_path_factory.mktemp("pg"))
-    except RuntimeError as e:
-        pytest.skip(f"PostgreSQL unavailable: {e}")
-    yield cluster
-    cluster.stop()
+@pytest.fixture
+def pg(pg_cluster):
+    return pg_cluster
 
 
 def _wait(c, job_id, timeout=240):

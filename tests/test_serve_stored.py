@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
-from serve_helpers import create_key, hone, start_postgres, start_server
+from serve_helpers import create_key, hone, start_server
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow  # the real embedded model answers every chat
@@ -226,25 +226,18 @@ def test_deleting_a_project_deletes_its_stored_completions(served):
     assert client(server, keys["alpha"]).chat.completions.retrieve(kept.id).id == kept.id
 
 
-def test_stored_completions_on_postgres(tmp_path):
+def test_stored_completions_on_postgres(tmp_path, pg_cluster):
+    server = start_server(tmp_path, db_url=pg_cluster.create_database("stored"))
     try:
-        pg = start_postgres(tmp_path / "pg")
-    except RuntimeError as e:
-        pytest.skip(f"PostgreSQL unavailable: {e}")
-    try:
-        server = start_server(tmp_path, db_url=pg.create_database("stored"))
-        try:
-            c = client(server, "none")
-            made = [c.chat.completions.create(messages=user(f"q{i}"), store=True, metadata={"k": str(i % 2)},
-                                              **ASK) for i in range(3)]
-            assert [x.id for x in c.chat.completions.list(metadata={"k": "0"}).data] == [made[0].id, made[2].id]
-            c.chat.completions.update(made[0].id, metadata={'a"b': "0", "k": "0"})
-            assert [x.id for x in c.chat.completions.list(metadata={'a"b': "0"})] == [made[0].id]
-            assert c.chat.completions.update(made[1].id, metadata={"k": "0"}).metadata == {"k": "0"}
-            assert c.chat.completions.delete(made[0].id).deleted
-            assert [x.id for x in c.chat.completions.list(order="desc", metadata={"k": "0"})] == [
-                made[2].id, made[1].id]
-        finally:
-            server.stop()
+        c = client(server, "none")
+        made = [c.chat.completions.create(messages=user(f"q{i}"), store=True, metadata={"k": str(i % 2)},
+                                          **ASK) for i in range(3)]
+        assert [x.id for x in c.chat.completions.list(metadata={"k": "0"}).data] == [made[0].id, made[2].id]
+        c.chat.completions.update(made[0].id, metadata={'a"b': "0", "k": "0"})
+        assert [x.id for x in c.chat.completions.list(metadata={'a"b': "0"})] == [made[0].id]
+        assert c.chat.completions.update(made[1].id, metadata={"k": "0"}).metadata == {"k": "0"}
+        assert c.chat.completions.delete(made[0].id).deleted
+        assert [x.id for x in c.chat.completions.list(order="desc", metadata={"k": "0"})] == [
+            made[2].id, made[1].id]
     finally:
-        pg.stop()
+        server.stop()

@@ -83,6 +83,10 @@ def train_cmd(
     evaluation = None
     if evaluate_after and config.eval_data and config.objective == "sft":
         evaluation = _evaluate_run(console, result.run_dir, config.eval_data, eval_baselines, config.device)
+        if config.gate.production is not None:  # a retrained model: judged against production here
+            from honing.lifecycle.gate import gate_evaluation
+
+            console.print(gate_evaluation(evaluation, progress=console.print).summary())
     from honing.train.reporting import closing_paragraph
 
     console.print()

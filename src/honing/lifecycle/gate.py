@@ -58,6 +58,14 @@ class GateVerdict:
         return {"passed": self.passed, "reasons": self.reasons, "checks": [c.to_dict() for c in self.checks],
                 "gate": self.gate}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> GateVerdict:
+        """A verdict as :meth:`to_dict` wrote it (run.json ``gate``, eval/gate.json)."""
+        checks = [GateCheck(c["name"], bool(c["passed"]), c.get("detail", ""),
+                            {k: v for k, v in c.items() if k not in ("name", "passed", "detail")})
+                  for c in d.get("checks", [])]
+        return cls(bool(d.get("passed")) and all(c.passed for c in checks), checks, d.get("gate") or {})
+
 
 def _as_eval_dict(result) -> dict:
     """eval.json's shape from either a dict (already that) or an EvalResult."""

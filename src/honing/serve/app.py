@@ -12,7 +12,7 @@ import logging
 
 from fastapi import FastAPI
 
-from honing.serve import api, chat, errors, graders, stored
+from honing.serve import api, chat, errors, graders, retraining, stored
 from honing.serve.db import make_engine, sessions, upgrade
 from honing.serve.engines import Engines
 from honing.serve.schemas import Health
@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(stored.router)
     app.include_router(graders.router)
+    app.include_router(retraining.router)
     _document_errors_as_answered(app)
     try:
         from honing.serve.dashboard import mount

@@ -171,6 +171,36 @@ class ProjectSettings(Base):
     updated_at: Mapped[int] = mapped_column(BigInteger)
 
 
+class RetrainPolicy(Base):
+    """A production model kept up to date by itself (``honing.serve.retraining``): when to look at its traffic,
+    when that calls for retraining, the gate a retrained model must pass, and where the loop stands."""
+
+    __tablename__ = "retrain_policies"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project: Mapped[str] = mapped_column(String(100), index=True)
+    model: Mapped[str] = mapped_column(Text)  # the production model now (a fine_tuned_model)
+    production_job: Mapped[str] = mapped_column(String(40))  # the job that made it
+    lineage: Mapped[list] = mapped_column(JSON, default=list)  # every model it has been (their feedback counts)
+    every_n_completions: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    interval_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    min_feedback: Mapped[int] = mapped_column(Integer)
+    drift: Mapped[bool] = mapped_column(Boolean, default=True)
+    gate: Mapped[dict] = mapped_column(JSON)  # the release gate's settings (production is set by the loop)
+    honing_config: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # training keys for the retrain
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    # Where the loop stands: the stored completions and feedback already looked at, the retrain job in flight.
+    cycles: Mapped[int] = mapped_column(Integer, default=0)
+    cursor_ts: Mapped[float] = mapped_column(Float, default=0.0)  # newest stored completion checked
+    feedback_cursor: Mapped[int] = mapped_column(BigInteger, default=0)  # newest feedback_at used
+    checked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    current_job: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    last_cycle: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # A check in progress: which worker, until when (a killed worker's check is taken over after that).
+    lease_worker: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 def insert_ignore(session, model, rows: list[dict]) -> None:
     """INSERT rows, skipping those that collide with a unique key (idempotent ingestion)."""
     if not rows:

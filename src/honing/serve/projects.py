@@ -1,6 +1,7 @@
 """Deleting a project's data: every row that names it (keys, files, jobs with their events and
-checkpoints, idempotency records, stored chat completions and their feedback, settings) and the bytes on
-disk behind them (uploads, run directories, checkpoint copies). `hone serve projects delete NAME`."""
+checkpoints, idempotency records, stored chat completions and their feedback, settings, retraining
+policies) and the bytes on disk behind them (uploads, run directories, checkpoint copies, retraining
+checks' reports). `hone serve projects delete NAME`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import delete, select
 
 from honing.errors import ConfigError
 from honing.serve import stored
-from honing.serve.db import ApiKey, Checkpoint, File, IdempotentRequest, Job, JobEvent
+from honing.serve.db import ApiKey, Checkpoint, File, IdempotentRequest, Job, JobEvent, RetrainPolicy
 from honing.serve.settings import Settings
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
@@ -29,6 +30,10 @@ def delete_project(settings: Settings, Session, project: str) -> dict[str, int]:
         paths += [Path(p) for p in s.scalars(select(Job.run_dir).where(Job.project == project)).all()]
         paths += [settings.checkpoints_dir / j for j in jobs]
         counts = {"stored_completions": stored.purge_project(s, project), "jobs": len(jobs), "files": 0}
+        policies = s.scalars(select(RetrainPolicy.id).where(RetrainPolicy.project == project)).all()
+        paths += [settings.data_dir / "retraining" / p for p in policies]  # their checks' drift reports
+        counts["retraining_policies"] = len(policies)
+        s.execute(delete(RetrainPolicy).where(RetrainPolicy.project == project))
         for table in (JobEvent, Checkpoint):
             s.execute(delete(table).where(table.project == project))
         counts["files"] = s.execute(delete(File).where(File.project == project)).rowcount or 0

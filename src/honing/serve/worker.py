@@ -40,6 +40,7 @@ from honing.graders.sandbox import UNSAFE_ENV
 from honing.rundir import PAUSE_FILE, RunDir
 from honing.serve import jobs as J
 from honing.serve.db import Checkpoint, File, Job, add_event, insert_ignore, new_id, now
+from honing.serve.retraining import PolicyRunner
 from honing.serve.settings import Settings
 
 log = logging.getLogger("honing.serve.worker")
@@ -76,12 +77,14 @@ class Worker:
         self.stop_event = threading.Event()
         # SQLite serves one worker per database: whatever another process was running is orphaned.
         self.takeover_all = settings.is_sqlite
+        self.policies = PolicyRunner(settings, Session, self.id, takeover_all=self.takeover_all)
 
     # -- the loop -----------------------------------------------------------------------------
     def run_forever(self) -> None:
         while not self.stop_event.is_set():
             try:
                 self.validate_pending()
+                self.policies.poll()  # retraining policies: settle ended retrains, check the ones due
                 job = self.claim()
                 if job is not None:
                     self.run(job)
@@ -524,7 +527,9 @@ def _file_problems(job: Job, path: str, report: dict) -> list[dict]:
 def release_gate(job: Job, rd: RunDir):
     """The job's release gate (honing.lifecycle.gate) when its configuration has a ``gate`` section, judged on
     the end-of-training evaluation and recorded with the run; None for a job without one. A job whose
-    evaluation is missing (no validation file) fails the gate: it cannot be shown to be good enough."""
+    evaluation is missing (no validation file) fails the gate: it cannot be shown to be good enough. A gate
+    naming a production run was judged by the training process itself (``hone train`` evaluates production
+    on the same examples after its own evaluation); its recorded verdict is the one that counts."""
     if "gate" not in (job.config or {}):
         return None
     from honing.lifecycle.gate import (
@@ -540,6 +545,14 @@ def release_gate(job: Job, rd: RunDir):
     if evaluation is None:
         missing = GateCheck("evaluation", False, "no evaluation report (the job needs a validation_file for the "
                             "gate to judge it)")
+        verdict = GateVerdict(False, [missing], gate.model_dump(mode="json"))
+        record_verdict(rd.path, verdict)
+        return verdict
+    if gate.production is not None:
+        recorded = rd.record().get("gate")
+        if recorded:
+            return GateVerdict.from_dict(recorded)
+        missing = GateCheck("production", False, "the production model was not evaluated on the same examples")
         verdict = GateVerdict(False, [missing], gate.model_dump(mode="json"))
         record_verdict(rd.path, verdict)
         return verdict
