@@ -1,0 +1,183 @@
+"""The llama.cpp chat engine (honing.serve.engines) on the real embedded SmolLM2-135M-Instruct: the official
+openai client through a real `hone serve --engine llama.cpp`, streamed and not; a LoRA adapter and a
+checkpoint of it answer the same greedy tokens through llama.cpp (f16 GGUF, the precision whose greedy
+agreement the export tests prove) as through transformers; errors are OpenAI-shaped; an engine killed
+mid-stream ends that stream with an error event and the next request starts a new engine; adapters are
+evicted least recently used.
+
+Skipped without llama-cpp-python (`make llama-cpp`), as tests/test_export_llamacpp.py. The engine runs
+with one thread: on a shared 2-core machine llama.cpp's spinning threads slow to a crawl when a third
+process wants a core."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from serve_helpers import start_server
+
+try:
+    import llama_cpp
+except ImportError:  # pragma: no cover - depends on the environment
+    llama_cpp = None
+
+pytestmark = [pytest.mark.skipif(llama_cpp is None, reason="llama-cpp-python is not installed; build it from its "
+                                 "sdist with `make llama-cpp`"), pytest.mark.slow]
+
+MODEL = "smollm2-135m-instruct"
+QUESTION = "What is the capital of France?"
+# The adapter and its checkpoint each answer this one differently from the base model (the control below).
+ADAPTED = "Name three colors."
+
+
+def _prompt(tok, question: str) -> list[int]:
+    from honing.data.conversation import Message
+    from honing.data.render import render_prompt
+
+    return render_prompt(tok, [Message("user", question)])
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    """A LoRA adapter on SmolLM2 (random A and B, B scaled so answers change but stay fluent) and a
+    checkpoint of it with other B values, saved as the training loop saves checkpoints."""
+    import torch
+    from safetensors.torch import save_file
+
+    with warnings.catch_warnings():  # PEFT -> bitsandbytes -> torch's own deprecated torch.jit.script_method
+        warnings.filterwarnings("ignore", message=".*script_method.*", category=DeprecationWarning)
+        from peft import LoraConfig, get_peft_model
+
+    from honing.models.loading import load_model
+
+    root = tmp_path_factory.mktemp("llamacpp-adapter")
+    model, _, _ = load_model(MODEL)
+    torch.manual_seed(7)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                                                target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.3)
+    peft.save_pretrained(root / "final")
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-1.5)
+    save_file({n: p.detach().contiguous() for n, p in peft.named_parameters() if p.requires_grad},
+              str(root / "checkpoint.safetensors"))
+    return root
+
+
+def _engines(kind: str, cache, adapter_cache: int = 4):
+    from honing.serve.engines import Engines
+
+    return Engines(kind, cache, adapter_cache, threads=1)
+
+
+def test_adapter_and_checkpoint_answer_the_same_through_both_engines(adapter, tmp_path):
+    from honing.serve.inference import Params, Target
+
+    targets = [Target(MODEL), Target(MODEL, "ftjob-a", adapter / "final"),
+               Target(MODEL, "ftckpt-a", adapter / "final", adapter / "checkpoint.safetensors")]
+    p = Params(max_new_tokens=10, temperature=0)
+    answers = {}
+    for kind in ("transformers", "llama.cpp"):
+        e = _engines(kind, tmp_path / "cache")
+        try:
+            tok = e.tokenizer(MODEL)
+            for t in targets:
+                assert e.engine_for(t.base, t.adapter_dir, t.adapter_key).name == kind
+                c = e.complete(t, _prompt(tok, ADAPTED), p)[0]
+                answers.setdefault(t.adapter_key, {})[kind] = (c.text, c.finish_reason, c.completion_tokens)
+        finally:
+            e.close()
+    for key, by_engine in answers.items():
+        assert by_engine["llama.cpp"] == by_engine["transformers"], key
+    # control: the adapter and the checkpoint each change an answer (else agreement proves nothing)
+    assert len({a["transformers"][0] for a in answers.values()}) == 3, answers
+    assert sorted(p.name for p in (tmp_path / "cache" / "lora").iterdir()) == ["ftckpt-a.gguf", "ftjob-a.gguf"]
+
+
+def test_unknown_adapter_and_lru_eviction(adapter, tmp_path):
+    from honing.serve.errors import APIError
+    from honing.serve.inference import Params, Target
+
+    e = _engines("llama.cpp", tmp_path / "cache", adapter_cache=1)
+    try:
+        ids = _prompt(e.tokenizer(MODEL), QUESTION)
+        p = Params(max_new_tokens=2, temperature=0)
+        with pytest.raises(APIError) as err:
+            e.complete(Target(MODEL, "ftjob-gone", tmp_path / "no-such-run" / "final"), ids, p)
+        assert err.value.status == 409 and err.value.code == "model_not_ready"
+        one = Target(MODEL, "ftjob-a", adapter / "final")
+        two = Target(MODEL, "ftckpt-a", adapter / "final", adapter / "checkpoint.safetensors")
+        for t in (one, two, one):
+            e.complete(t, ids, p)
+            assert e.loaded_adapters(MODEL) == [t.adapter_key]  # the other one was evicted
+        e.unload(["ftjob-a"])
+        assert e.loaded_adapters(MODEL) == []
+    finally:
+        e.close()
+
+
+def _engine_pid(server_pid: int) -> int:
+    import psutil
+
+    for child in psutil.Process(server_pid).children(recursive=True):
+        if "honing.serve.engines.llamacpp_worker" in " ".join(child.cmdline()):
+            return child.pid
+    raise AssertionError("no llama.cpp engine process under the server")
+
+
+def test_openai_client_through_hone_serve_llamacpp(tmp_path):
+    import os
+    import signal
+
+    import openai
+    from openai import OpenAI
+
+    server = start_server(tmp_path, extra_args=["--engine", "llama.cpp", "--engine-threads", "1"])
+    try:
+        client = OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=120)
+        assert "chat engine: llama.cpp" in server.log()
+        assert {m.id: m.engine for m in client.models.list().data}[MODEL] == "llama.cpp"
+        msgs = [{"role": "user", "content": QUESTION}]
+        r = client.chat.completions.create(model=MODEL, messages=msgs, temperature=0, max_tokens=16)
+        text = r.choices[0].message.content
+        assert "Paris" in text and r.choices[0].finish_reason == "stop"
+        assert r.usage.prompt_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+        chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, temperature=0, max_tokens=16,
+                                                     stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+        assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+        # stop strings, max_tokens, n with a seed (reproducible), sampled
+        cut = client.chat.completions.create(model=MODEL, messages=msgs, temperature=0, max_tokens=16, stop=["Paris"])
+        assert cut.choices[0].message.content == text[: text.index("Paris")] and cut.choices[0].finish_reason == "stop"
+        short = client.chat.completions.create(model=MODEL, messages=msgs, temperature=0, max_tokens=3)
+        assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+        sampled = [client.chat.completions.create(model=MODEL, messages=msgs, temperature=1.0, seed=11, n=3,
+                                                  max_tokens=8) for _ in range(2)]
+        answers = [[c.message.content for c in s.choices] for s in sampled]
+        assert answers[0] == answers[1] and len(set(answers[0])) > 1, answers
+        assert 3 <= sampled[0].usage.completion_tokens <= 3 * 8
+        with pytest.raises(openai.NotFoundError) as err:
+            client.chat.completions.create(model="ft:nope", messages=msgs, max_tokens=2)
+        assert err.value.body["code"] == "model_not_found"
+
+        # the engine dies mid-stream: the stream ends with an OpenAI-shaped error, the next request works
+        stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count to 500."}],
+                                                temperature=0, max_tokens=400, stream=True)
+        got = []
+        with pytest.raises(openai.APIError) as err:
+            for chunk in stream:
+                got.append(chunk)
+                if len(got) == 3:
+                    os.kill(_engine_pid(server.proc.pid), signal.SIGKILL)
+        assert "engine" in str(err.value.message)
+        again = client.chat.completions.create(model=MODEL, messages=msgs, temperature=0, max_tokens=16)
+        assert again.choices[0].message.content == text
+    finally:
+        server.stop()
