@@ -241,6 +241,62 @@ def test_dpo_job(served):
     assert e.value.body["param"] == "method.type"
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_current_weather", "description": "Get the current weather",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
+
+
+CITIES = ["Paris", "Oslo", "Rome", "Lima", "Cairo", "Delhi"]
+
+
+def _tool_rows(cities: list[str]) -> str:
+    """OpenAI's function-calling fine-tuning shape: top-level tools, an assistant turn with tool_calls and no
+    content, the tool's result, then the answer."""
+    rows = []
+    for i, city in enumerate(cities):
+        call = {"id": f"call_{i}", "type": "function",
+                "function": {"name": "get_current_weather", "arguments": json.dumps({"location": city})}}
+        rows.append(json.dumps({"tools": [WEATHER], "messages": [
+            {"role": "user", "content": f"Weather in {city}?"},
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": "20C"},
+            {"role": "assistant", "content": f"20C in {city}."}]}))
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.slow
+def test_a_tool_trained_model_answers_with_parsed_tool_calls(served):
+    """A job trained on a function-calling file answers the official client's `tools` request with
+    `message.tool_calls` (name and JSON arguments as trained), streamed and not; the untrained base does not
+    (the control that the calls come from training, not from the prompt)."""
+    c, tmp = served["a"], served["tmp"]
+    (tmp / "tools.jsonl").write_text(_tool_rows(CITIES * 2))
+    f = c.files.create(file=("tools.jsonl", (tmp / "tools.jsonl").read_bytes()), purpose="fine-tune")
+    # The tiny random model needs many passes to learn the call format (it learns the format and the tool's name,
+    # not to copy the city: any trained city is accepted).
+    job = c.fine_tuning.jobs.create(
+        model=str(served["tiny"]), training_file=f.id, seed=3,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 45, "batch_size": 4}}},
+        extra_body={"honing_config": {"dtype": "fp32", "micro_batch_size": 4, "method": "full",
+                                      "learning_rate": 3e-3}})
+    job = wait_job(c, job.id, timeout=600)
+    assert job.status == "succeeded", job.error
+    ask = {"messages": [{"role": "user", "content": "Weather in Rome?"}], "tools": [WEATHER],
+           "temperature": 0, "max_tokens": 40}
+    r = c.chat.completions.create(model=job.fine_tuned_model, **ask)
+    assert r.choices[0].finish_reason == "tool_calls", r.choices[0].message.content
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_current_weather"
+    args = json.loads(call.function.arguments)
+    assert set(args) == {"location"} and args["location"] in CITIES
+    chunks = list(c.chat.completions.create(model=job.fine_tuned_model, stream=True, **ask))
+    streamed = [tc for ch in chunks if ch.choices for tc in (ch.choices[0].delta.tool_calls or [])]
+    assert [(tc.function.name, json.loads(tc.function.arguments)) for tc in streamed] == [
+        ("get_current_weather", args)]
+    base = c.chat.completions.create(model=str(served["tiny"]), **ask)
+    assert base.choices[0].finish_reason != "tool_calls" and not base.choices[0].message.tool_calls
+
+
 def test_bad_file_fails_the_job_with_line_numbers(served):
     c, tmp = served["a"], served["tmp"]
     (tmp / "bad.jsonl").write_text(chat_rows(12, bad_lines={3: "{not json", 7: json.dumps({"messages": []})}))
