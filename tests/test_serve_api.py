@@ -297,6 +297,32 @@ def test_a_tool_trained_model_answers_with_parsed_tool_calls(served):
     assert base.choices[0].finish_reason != "tool_calls" and not base.choices[0].message.tool_calls
 
 
+def test_vertex_ai_files_train_and_evaluate_as_a_job(served):
+    """A Gemini supervised-tuning file (contents/parts, role model, systemInstruction) as training and validation
+    file: the job trains on it and evaluates on it, as for OpenAI's chat format."""
+    c = served["a"]
+
+    def rows(offset: int) -> bytes:
+        return "".join(json.dumps({"systemInstruction": {"parts": [{"text": "Answer with the code word."}]},
+                                   "contents": [{"role": "user", "parts": [{"text": f"Code word {i}?"}]},
+                                                {"role": "model", "parts": [{"text": f"Word {i}."}]}]}) + "\n"
+                       for i in range(offset, offset + 12)).encode()
+
+    train = c.files.create(file=("gemini_train.jsonl", rows(0)), purpose="fine-tune")
+    valid = c.files.create(file=("gemini_valid.jsonl", rows(100)), purpose="fine-tune")
+    job = c.fine_tuning.jobs.create(
+        model=str(served["tiny"]), training_file=train.id, validation_file=valid.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+        extra_body={"honing_config": {"dtype": "fp32", "micro_batch_size": 4}})
+    job = wait_job(c, job.id)
+    assert job.status == "succeeded", job.error
+    ckpts = c.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert ckpts[0].step_number == 3 and ckpts[0].metrics.valid_loss > 0
+    from honing.rundir import RunDir
+
+    assert RunDir(served["tmp"] / "data" / "runs" / job.id).report_html.is_file()  # evaluated on the Gemini rows
+
+
 def test_bad_file_fails_the_job_with_line_numbers(served):
     c, tmp = served["a"], served["tmp"]
     (tmp / "bad.jsonl").write_text(chat_rows(12, bad_lines={3: "{not json", 7: json.dumps({"messages": []})}))

@@ -51,10 +51,10 @@ def resolve_target(s, project: str, model: str) -> Target:
     job = s.scalar(select(Job).where(Job.project == project, Job.fine_tuned_model == model,
                                      Job.status == "succeeded", Job.model_deleted.is_(False)))
     if job is not None:
-        final = RunDir(job.run_dir).final_dir
-        if (final / "config.json").is_file() and not (final / "adapter_config.json").is_file():
-            return Target(base=str(final))  # method full: the result is a whole model, served as a base
-        return Target(job.model, job.id, final)
+        run = RunDir(job.run_dir)
+        if run.has_full_model():
+            return Target(base=str(run.final_dir))  # method full: the result is a whole model, served as a base
+        return Target(job.model, job.id, run.final_dir)
     ck = s.scalar(select(Checkpoint).where(Checkpoint.project == project, Checkpoint.model_name == model))
     if ck is not None:
         parent = s.get(Job, ck.job_id)
@@ -63,11 +63,11 @@ def resolve_target(s, project: str, model: str) -> Target:
         if parent.status != "succeeded":
             raise APIError(409, f"Checkpoint models of job {parent.id} can be used once the job has succeeded "
                                 f"(it is {parent.status})", param="model", code="model_not_ready")
-        final = RunDir(parent.run_dir).final_dir
-        if not (final / "adapter_config.json").is_file() and (final / "config.json").is_file():
+        run = RunDir(parent.run_dir)
+        if run.has_full_model():
             raise APIError(409, f"Checkpoints of a full fine-tuning job are not served; chat with the job's model "
                                 f"({parent.fine_tuned_model}) instead", param="model", code="model_not_ready")
-        return Target(parent.model, ck.id, final, Path(ck.weights))
+        return Target(parent.model, ck.id, run.final_dir, Path(ck.weights))
     raise _not_found(model)
 
 
