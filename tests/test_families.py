@@ -251,3 +251,81 @@ def test_llama3_rope_freqs_matter(ggufs, family_dirs, tmp_path, monkeypatch):
     monkeypatch.setattr(families, "extra_tensors", lambda *a: iter(()))
     bad = _write_gguf(model, tok, family_dirs("llama3"), tmp_path / "bad.gguf", "f32")
     assert _rel(_llama_logits(bad, ids), _logits(model, ids)) > 1e-2
+
+
+# -- training, merge and export through a real run ---------------------------------------------------
+# Settings that skip the auto probes (thread timing, micro-batch rates) and evaluate once: seconds per run.
+FAST = {"threads": 1, "micro_batch_size": 4, "eval_every": 2, "save_every": 2}
+
+
+def _write_chats(path, name: str, n: int = 8):
+    """Arithmetic chats in the form the family's template renders (Mistral's without a system prompt)."""
+    import json
+
+    system = [] if name in MULTI_TURN_REFUSED and name == "mistral" else [{"role": "system", "content": "You add."}]
+    rows = [{"messages": [*system, {"role": "user", "content": f"What is {i} plus {i + 1}?"},
+                          {"role": "assistant", "content": f"{i} plus {i + 1} is {2 * i + 1}."}]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(family_dirs, tmp_path_factory):
+    """name -> (run directory, the compute-paths lines it logged): LoRA SFT, 2 steps."""
+    from honing.train import build_config, train
+
+    root = tmp_path_factory.mktemp("family-runs")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            lines = []
+            data = _write_chats(root / f"{name}.jsonl", name)
+            values = {"model": str(family_dirs(name)), "data": str(data), "out": str(root / f"run{NAMES.index(name)}"),
+                      "batch_size": 4, "dtype": "fp32", "tensorboard": False, "seed": 0, "max_steps": 2,
+                      "learning_rate": 2e-2, "max_length": 96}
+            result = train(build_config(values={**values, **FAST}), log=lines.append)
+            cache[name] = (result, lines)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lora_sft_merge_and_gguf_export(name, trained, tmp_path):
+    """Two LoRA SFT steps train (finite, moving loss; the adapter is nonzero), the merged model computes
+    what base + adapter does, and the exported f16 GGUF holds the merged model (llama.cpp's logits when
+    built)."""
+    from honing.export import export_run
+    from honing.export.merge import load_merged
+    from honing.models.loading import load_for_inference
+
+    result, lines = trained(name)
+    # The run says which LoRA path it took: Honing's fused layers or PEFT's modules.
+    assert any(line.startswith("LoRA layers: ") for line in lines), lines
+    assert result.status == "completed" and result.steps == 2
+    assert all(np.isfinite(result.train_losses)), result.train_losses
+    adapter, tok, _ = load_for_inference(result.run_dir)
+    ids = _chat_ids(tok)
+    unmerged = _logits(adapter, ids)
+    merged = load_merged(result.run_dir)
+    assert _rel(_logits(merged.model, ids), unmerged) < 1e-5
+    out = tmp_path / "m.gguf"
+    export_run(result.run_dir, "gguf", out=out, quant="f16", merged=merged)
+    if llama_cpp is not None:
+        assert _rel(_llama_logits(out, ids), unmerged) < F16_TOLERANCE * (1 if name not in F32_TOLERANCE else 2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dpo_step(name, family_dirs, tmp_path):
+    """One DPO step on preference pairs: a fresh adapter is its own reference, so the first loss is log 2."""
+    import math
+
+    from export_helpers import train_run
+    from preference_helpers import write_toy_pairs
+
+    data = write_toy_pairs(tmp_path / "pairs.jsonl", 4)
+    result = train_run(str(family_dirs(name)), data, tmp_path / "run", objective="dpo", max_steps=1,
+                       max_length=96, **{**FAST, "eval_every": 1, "save_every": 1})
+    assert result.status == "completed"
+    assert result.train_losses[0] == pytest.approx(math.log(2), abs=1e-4)
