@@ -18,9 +18,20 @@ training job runs.
 
 tokens/s = completion tokens of all N requests / wall seconds from the common start to the last answer.
 
+The chat engine is a side (``--engines llama.cpp,transformers``): steps 3 (and 4b with ``--sequential``)
+run once per engine, each in a fresh server on the same data dir; with ``--sampled`` a second load round
+samples (temperature 1, a seed per request). With llama.cpp among the engines, the ceiling: the same
+requests one at a time through llama-cpp-python's ``Llama`` called directly on the same base GGUF and LoRA
+GGUFs the engine converted (one ``Llama`` per model). ``--seeded-adapters`` skips step 2: K random LoRA
+adapters (all linear layers, rank 16, seeded), registered as succeeded jobs in the fresh database, cost
+the same to serve as trained ones and take seconds instead of minutes. ``--plain-peft`` adds step 4.
+
 Usage (~5-10 min on a shared 2-core CPU):
     HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/serve_bench.py \\
         --adapters 3 --requests 16 --max-tokens 32 --steps 4
+    # the engines side by side, with the llama.cpp ceiling (a few minutes):
+    HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/serve_bench.py --seeded-adapters \\
+        --engines llama.cpp,transformers --requests 16 --max-tokens 32 --sampled --out benchmarks/results/serve_engines.json
 """
 
 from __future__ import annotations
@@ -53,12 +64,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, engine_args: tuple = ()) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([sys.executable, "-c", "from honing.cli import main; main()", "serve", "--no-auth",
-                             "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)],
+                             "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
+                             *engine_args],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -160,15 +172,95 @@ def build_adapters(client, base: str, k: int, steps: int, train_file: Path) -> l
     return done
 
 
-async def served(url: str, requests: list[dict], max_tokens: int) -> tuple[list[dict], float]:
+def seeded_adapters(data: Path, base: str, k: int) -> list[dict]:
+    """K random LoRA adapters (all linear layers, r=16, alpha=32: Honing's defaults; seeded) saved as runs'
+    final/ directories and registered as succeeded jobs of project "default" in a fresh database."""
+    import warnings
+
+    import torch
+
+    from honing.models.loading import load_model
+    from honing.serve.db import Job, make_engine, now, sessions, upgrade
+    from honing.serve.settings import Settings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from peft import LoraConfig, get_peft_model
+    settings = Settings(data_dir=data)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    jobs = []
+    for i in range(k):
+        model, _, _ = load_model(base)
+        torch.manual_seed(1000 + i)
+        peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, init_lora_weights=False,
+                                                target_modules="all-linear"))
+        with torch.no_grad():
+            for name, p in peft.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(0.05)  # answers change, yet stay text (not a random walk over the vocabulary)
+        jid = f"ftjob-seeded{i}"
+        run = data / "runs" / jid
+        peft.save_pretrained(run / "final")
+        jobs.append({"id": jid, "model": f"ft:{base}:default:bench{i}:{jid}"})
+        with sessions(engine).begin() as s:
+            s.add(Job(id=jid, project="default", model=base, training_file="file-none", status="succeeded",
+                      method={"type": "supervised", "supervised": {"hyperparameters": {}}}, config={}, suffix=f"bench{i}", seed=i,
+                      fine_tuned_model=jobs[-1]["model"], model_deleted=False, result_files=[], run_dir=str(run),
+                      created_at=now(), finished_at=now(), attempts=1))
+    engine.dispose()
+    return jobs
+
+
+def llama_direct(gguf: Path, loras: dict[str, Path | None], requests: list[dict], max_tokens: int,
+                 threads: int) -> tuple[list[dict], float]:
+    """The ceiling: the requests one at a time through llama-cpp-python's Llama on the same GGUF files the
+    engine serves (one Llama per model: a LoRA is fixed when a Llama is made), greedy, the same token ids."""
+    import llama_cpp
+
+    from honing.data.conversation import Message
+    from honing.data.render import render_prompt
+    from honing.evaluate.generation import stop_token_ids
+    from honing.models.loading import load_tokenizer
+
+    tok = load_tokenizer(requests[0]["base"])
+    stops = set(stop_token_ids(tok))
+    llms = {m: llama_cpp.Llama(model_path=str(gguf), lora_path=str(p) if p else None, n_ctx=2048,
+                               n_threads=threads, n_threads_batch=threads, verbose=False)
+            for m, p in loras.items()}
+
+    def one(req) -> tuple[int, str]:
+        ids = render_prompt(tok, [Message(m["role"], m["content"]) for m in req["messages"]])
+        out = []
+        for t in llms[req["model"]].generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            out.append(t)
+            if t in stops or len(out) == max_tokens:
+                break
+        return len(out), tok.decode([t for t in out if t not in stops], skip_special_tokens=True)
+
+    for r in {r["model"]: r for r in requests}.values():  # warm-up, as the server side got
+        one(r)
+    results, t0 = [], time.perf_counter()
+    for r in requests:
+        tokens, text = one(r)
+        results.append({"latency": time.perf_counter() - t0, "tokens": tokens, "text": text})
+    wall = time.perf_counter() - t0
+    for llm in llms.values():
+        llm.close()
+    return results, wall
+
+
+async def served(url: str, requests: list[dict], max_tokens: int, sampled: bool = False
+                 ) -> tuple[list[dict], float]:
     """All requests sent at once through the official async client; per request: latency, tokens, text."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=url + "/v1", api_key="none", timeout=3600, max_retries=0)
 
     async def one(req, t0):
+        how = {"temperature": 1.0, "seed": req["seed"]} if sampled else {"temperature": 0}
         r = await client.chat.completions.create(model=req["model"], messages=req["messages"],
-                                                 max_tokens=max_tokens, temperature=0)
+                                                 max_tokens=max_tokens, **how)
         return {"latency": time.perf_counter() - t0, "tokens": r.usage.completion_tokens,
                 "text": r.choices[0].message.content}
 
@@ -263,21 +355,102 @@ def machine() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def main(argv=None) -> None:
+def _args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="smollm2-135m-instruct")
     ap.add_argument("--adapters", type=int, default=3, help="LoRA adapters fine-tuned through the API")
     ap.add_argument("--steps", type=int, default=4, help="optimizer steps per adapter")
     ap.add_argument("--requests", type=int, default=16, help="chat requests sent at once")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--engines", default="transformers", help="comma-separated `hone serve --engine` values, "
+                    "each a side (llama.cpp adds the llama.cpp-direct ceiling)")
+    ap.add_argument("--engine-threads", type=int, default=None, help="llama.cpp threads (server and direct)")
+    ap.add_argument("--sampled", action="store_true", help="a second load round, sampled (temperature 1, seeded)")
+    ap.add_argument("--sequential", action="store_true", help="also the requests one at a time through each server")
+    ap.add_argument("--plain-peft", action="store_true", help="also plain transformers + PEFT, one at a time")
+    ap.add_argument("--seeded-adapters", action="store_true", help="random seeded adapters registered as jobs "
+                    "instead of fine-tuning them through the API (skips step 2)")
     ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
     ap.add_argument("--note", default="", help="recorded with the results (e.g. what else ran on the machine)")
     ap.add_argument("--reuse", default=None, metavar="DATA_DIR",
                     help="serve this earlier run's data dir and its succeeded jobs' adapters (skips step 2)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def _train_or_reuse(args, client, url, data: Path, result: dict) -> list[dict]:
+    if args.reuse or args.seeded_adapters:
+        jobs = [{"id": j.id, "model": j.fine_tuned_model} for j in client.fine_tuning.jobs.list(limit=100)
+                if j.status == "succeeded" and (j.user_provided_suffix or "").startswith("bench")]
+        jobs = sorted(jobs, key=lambda j: j["model"])[: args.adapters]
+        result["training"] = {"reused" if args.reuse else "seeded": str(data), "jobs": jobs}
+        return jobs
+    # 2. adapters, with /health and a database-backed list polled while the jobs train
+    train = data.parent / "train.jsonl"
+    # The 48 shortest training chats: short steps, so the adapters cost little of the run.
+    shortest = sorted(chats(EXAMPLE / "train.jsonl", 10_000), key=lambda r: len(json.dumps(r)))[:48]
+    train.write_text("".join(json.dumps(r) + "\n" for r in shortest))
+    probe = Prober(url, ["/health", "/v1/fine_tuning/jobs?limit=5"])
+    probe.start()
+    t = time.perf_counter()
+    jobs = build_adapters(client, args.base, args.adapters, args.steps, train)
+    probe.stop.set()
+    probe.join()
+    result["training"] = {"jobs": jobs, "seconds": round(time.perf_counter() - t, 1),
+                          "probes_while_training": probe.summary()}
+    return jobs
+
+
+def _load_round(url: str, requests: list[dict], max_tokens: int, sampled: bool) -> tuple[dict, list[dict]]:
+    probe = Prober(url, ["/health"])
+    probe.start()
+    out, wall = asyncio.run(served(url, requests, max_tokens, sampled))
+    probe.stop.set()
+    probe.join()
+    return {**latency_summary([o["latency"] for o in out], sum(o["tokens"] for o in out), wall),
+            "health_during_load": probe.summary()["/health"]}, out
+
+
+def _engine_side(args, engine: str, data: Path, result: dict, first: bool) -> tuple[list[dict], list[dict]]:
+    """One server with this engine: (the greedy load round's answers, the requests)."""
     from openai import OpenAI
 
+    extra = ["--engine", engine] + (["--engine-threads", str(args.engine_threads)] if args.engine_threads else [])
+    proc, url = start_server(data, tuple(extra))
+    side = result.setdefault("engines", {}).setdefault(engine, {})
+    try:
+        client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+        jobs = _train_or_reuse(args, client, url, data, result) if first else result["training"]["jobs"]
+        if first:
+            print("adapters:", json.dumps(result["training"], indent=1), flush=True)
+        models = [args.base] + [j["model"] for j in jobs]
+        side["served_by"] = {m.id: m.engine for m in client.models.list().data if m.id in models}
+        # 3. the load: N different prompts round-robin over base + adapters, all at once
+        prompts = [prompt_messages(r) for r in chats(EXAMPLE / "eval.jsonl", args.requests)]
+        requests = [{"model": models[i % len(models)], "messages": m, "seed": i, "base": args.base}
+                    for i, m in enumerate(prompts)]
+        cold = {}
+        for m in models:  # first use converts / loads the base and the adapter: timed apart from the load
+            t = time.perf_counter()
+            client.chat.completions.create(model=m, messages=prompts[0], max_tokens=4, temperature=0)
+            cold[m] = round(time.perf_counter() - t, 2)
+        side["greedy"], out = _load_round(url, requests, args.max_tokens, sampled=False)
+        side["first_request_per_model_s"] = cold
+        print(f"{engine}, {len(requests)} at once, greedy:", json.dumps(side["greedy"]), flush=True)
+        if args.sampled:
+            side["sampled"], _ = _load_round(url, requests, args.max_tokens, sampled=True)
+            print(f"{engine}, {len(requests)} at once, sampled:", json.dumps(side["sampled"]), flush=True)
+        if args.sequential:  # what batching gains vs what serving over HTTP costs
+            seq, seq_wall = server_sequential(client, requests, args.max_tokens)
+            side["one_at_a_time"] = latency_summary([o["latency"] for o in seq], sum(o["tokens"] for o in seq),
+                                                    seq_wall)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return out, requests
+
+
+def main(argv=None) -> None:
+    args = _args(argv)
     from honing.models.catalog import resolve_model
 
     result = {"command": "HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/serve_bench.py "
@@ -288,87 +461,54 @@ def main(argv=None) -> None:
     else:
         data = Path(tempfile.mkdtemp(prefix="serve-bench-")) / "data"
         data.mkdir()
-    proc, url = start_server(data)
-    try:
-        client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+        if args.seeded_adapters:
+            seeded_adapters(data, args.base, args.adapters)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    answers = {}
+    for i, engine in enumerate(engines):
+        answers[engine], requests = _engine_side(args, engine, data, result, first=i == 0)
+    jobs = result["training"]["jobs"]
 
-        if args.reuse:
-            jobs = [{"id": j.id, "model": j.fine_tuned_model} for j in client.fine_tuning.jobs.list(limit=100)
-                    if j.status == "succeeded" and (j.user_provided_suffix or "").startswith("bench")]
-            jobs = sorted(jobs, key=lambda j: j["model"])[: args.adapters]
-            result["training"] = {"reused": str(data), "jobs": jobs}
-        else:
-            # 2. adapters, with /health and a database-backed list polled while the jobs train
-            train = data.parent / "train.jsonl"
-            # The 48 shortest training chats: short steps, so the adapters cost little of the run.
-            shortest = sorted(chats(EXAMPLE / "train.jsonl", 10_000), key=lambda r: len(json.dumps(r)))[:48]
-            train.write_text("".join(json.dumps(r) + "\n" for r in shortest))
-            probe = Prober(url, ["/health", "/v1/fine_tuning/jobs?limit=5"])
-            probe.start()
-            t = time.perf_counter()
-            jobs = build_adapters(client, args.base, args.adapters, args.steps, train)
-            probe.stop.set()
-            probe.join()
-            result["training"] = {"jobs": jobs, "seconds": round(time.perf_counter() - t, 1),
-                                  "probes_while_training": probe.summary()}
-        print("adapters:", json.dumps(result["training"], indent=1), flush=True)
+    if "llama.cpp" in engines:  # the ceiling, on the files the engine converted
+        from honing.models.catalog import cache_root
+        from honing.serve.engines.gguf_cache import base_gguf
+        from honing.serve.engines.llamacpp import default_threads
 
-        # 3. the load: N different prompts round-robin over base + adapters, all at once
-        models = [args.base] + [j["model"] for j in jobs]
-        prompts = [prompt_messages(r) for r in chats(EXAMPLE / "eval.jsonl", args.requests)]
-        requests = [{"model": models[i % len(models)], "messages": m} for i, m in enumerate(prompts)]
-        cold = {}
-        for m in models:  # first use loads the base / the adapter: timed apart from the load test
-            t = time.perf_counter()
-            client.chat.completions.create(model=m, messages=prompts[0], max_tokens=4, temperature=0)
-            cold[m] = round(time.perf_counter() - t, 2)
-        probe = Prober(url, ["/health"])
-        probe.start()
-        out, wall = asyncio.run(served(url, requests, args.max_tokens))
-        probe.stop.set()
-        probe.join()
-        result["server"] = {**latency_summary([o["latency"] for o in out], sum(o["tokens"] for o in out), wall),
-                            "first_request_per_model_s": cold, "health_during_load": probe.summary()["/health"]}
-        print("server:", json.dumps(result["server"]), flush=True)
-        # The same requests through the server one at a time: separates what batching gains from
-        # what serving over HTTP costs.
-        seq, seq_wall = server_sequential(client, requests, args.max_tokens)
-        result["server_sequential"] = latency_summary([o["latency"] for o in seq], sum(o["tokens"] for o in seq),
-                                                      seq_wall)
-        print("server, one at a time:", json.dumps(result["server_sequential"]), flush=True)
-        # Each adapter as the server wrote it (its run's final/ under DATA_DIR/runs), for the PEFT side.
+        gguf = base_gguf(cache_root() / "serve-gguf", args.base, "f16")  # the server's file (already converted)
+        loras = {args.base: None, **{j["model"]: data / "engine-cache" / "lora" / f"{j['id']}.gguf" for j in jobs}}
+        direct, wall = llama_direct(gguf, loras, requests, args.max_tokens,
+                                    args.engine_threads or default_threads())
+        result["llama_cpp_direct_one_at_a_time"] = latency_summary(
+            [r["latency"] for r in direct], sum(r["tokens"] for r in direct), wall)
+        answers["llama.cpp direct"] = direct
+        print("llama.cpp direct:", json.dumps(result["llama_cpp_direct_one_at_a_time"]), flush=True)
+
+    if args.plain_peft:  # 4. plain transformers + PEFT, one request at a time (no server: the CPU is its own)
         adapter_dirs = {j["model"]: data / "runs" / j["id"] / "final" for j in jobs}
-        missing = [str(d) for d in adapter_dirs.values() if not (d / "adapter_config.json").is_file()]
-        if missing:
-            raise RuntimeError(f"adapters not found where expected: {missing}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        ref, ref_wall, load_s = plain_peft(Path(resolve_model(args.base).path), adapter_dirs, requests,
+                                           args.max_tokens)
+        result["plain_peft_sequential"] = {
+            **latency_summary([r["latency"] for r in ref], sum(r["tokens"] for r in ref), ref_wall),
+            "service_p50_s": round(pct([r["service"] for r in ref], 0.5), 3), "load_s": round(load_s, 2)}
+        answers["plain PEFT"] = ref
 
-    # 4. plain transformers + PEFT, one request at a time (the server is stopped: the CPU is this side's)
-    base_path = resolve_model(args.base).path
-    ref, ref_wall, load_s = plain_peft(Path(base_path), adapter_dirs, requests, args.max_tokens)
-    result["plain_peft_sequential"] = {
-        **latency_summary([r["latency"] for r in ref], sum(r["tokens"] for r in ref), ref_wall),
-        "service_p50_s": round(pct([r["service"] for r in ref], 0.5), 3), "load_s": round(load_s, 2)}
-    print("plain PEFT:", json.dumps(result["plain_peft_sequential"]), flush=True)
-
-    # 5. ratios and the fairness check
-    s, p = result["server"], result["plain_peft_sequential"]
-    same = sum(a["text"] == b["text"] for a, b in zip(out, ref, strict=True))
-    result["same_answers_server_one_at_a_time"] = \
-        f"{sum(a['text'] == b['text'] for a, b in zip(seq, ref, strict=True))}/{len(seq)}"
-    result["server_vs_plain"] = {"tokens_per_s": round(s["tokens_per_s"] / p["tokens_per_s"], 3),
-                                 "p50_latency": round(s["p50_s"] / p["p50_s"], 3),
-                                 "p95_latency": round(s["p95_s"] / p["p95_s"], 3)}
-    q = result["server_sequential"]
-    result["server_one_at_a_time_vs_plain"] = {"tokens_per_s": round(q["tokens_per_s"] / p["tokens_per_s"], 3)}
-    result["same_answers"] = f"{same}/{len(out)}"
+    # 5. ratios, and the fairness check: the sides decode greedily from the same weights
+    names = list(answers)
+    result["same_greedy_answers"] = {f"{a} vs {b}": f"{sum(x['text'] == y['text'] for x, y in zip(answers[a], answers[b], strict=True))}/{len(requests)}"
+                                     for i, a in enumerate(names) for b in names[i + 1:]}
+    ratios = {}
+    if {"llama.cpp", "transformers"} <= set(engines):
+        fast, slow = result["engines"]["llama.cpp"]["greedy"], result["engines"]["transformers"]["greedy"]
+        ratios["llama.cpp_vs_transformers"] = {"tokens_per_s": round(fast["tokens_per_s"] / slow["tokens_per_s"], 2),
+                                               "p95_latency": round(fast["p95_s"] / slow["p95_s"], 3)}
+    if "llama_cpp_direct_one_at_a_time" in result:
+        ceiling = result["llama_cpp_direct_one_at_a_time"]["tokens_per_s"]
+        ratios["llama.cpp_served_vs_direct"] = round(result["engines"]["llama.cpp"]["greedy"]["tokens_per_s"] / ceiling, 2)
+    result["ratios"] = ratios
     result["machine"]["load_average_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("server_vs_plain", "server_one_at_a_time_vs_plain", "same_answers")}),
-          "->", args.out)
+    print(json.dumps({"ratios": ratios, "same_greedy_answers": result["same_greedy_answers"]}), "->", args.out)
 
 
 if __name__ == "__main__":
