@@ -15,6 +15,8 @@ llama.cpp tests skip without llama-cpp-python (`make llama-cpp`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -329,3 +331,27 @@ def test_dpo_step(name, family_dirs, tmp_path):
                        max_length=96, **{**FAST, "eval_every": 1, "save_every": 1})
     assert result.status == "completed"
     assert result.train_losses[0] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_unsupported_rope_scaling_is_refused_before_the_merge(trained, monkeypatch, tmp_path):
+    """A setting llama.cpp cannot reproduce (here: 'longrope' scaling) fails at `hone export` start, from
+    the base's config alone, naming what is supported; nothing is merged or written."""
+    import json
+
+    from honing import export
+    from honing.errors import ModelError
+
+    result, _ = trained("phi3")
+    base = json.loads((result.run_dir / "run.json").read_text())["base_model"]["path"]
+    config_path = tmp_path / "config.json"
+    config = json.loads((Path(base) / "config.json").read_text())
+    config["rope_scaling"] = config["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0,
+                                                          "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+                                                          "original_max_position_embeddings": 4096}
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setattr("honing.models.catalog.resolve_model",
+                        lambda ref: type("R", (), {"path": tmp_path})())
+    monkeypatch.setattr(export, "_merge", lambda *a: pytest.fail("merged before the check"))
+    with pytest.raises(ModelError, match="RoPE scaling 'longrope'.*supported: default, linear, yarn, llama3"):
+        export.export_run(result.run_dir, "gguf", out=tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()

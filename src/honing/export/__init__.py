@@ -97,6 +97,8 @@ def export_run(run_dir: str | os.PathLike, fmt: str = "gguf", out: str | os.Path
         raise ExportError(f"unknown quant '{quant}'; choose one of {', '.join(QUANTS)}")
     run = RunDir(run_dir)
     _check_run(run, fmt)
+    if fmt in ("gguf", "gguf-lora", "ollama"):
+        _check_gguf_architecture(run)
     target = Path(out) if out else default_out(run.path, fmt, quant)
     if target.exists() and not force:
         raise ExportError(f"{target} already exists; export with force to replace it")
@@ -113,6 +115,19 @@ def export_run(run_dir: str | os.PathLike, fmt: str = "gguf", out: str | os.Path
     files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
     result.files = [ExportedFile(p, p.stat().st_size, sha256_file(p)) for p in files]
     return result
+
+
+def _check_gguf_architecture(run) -> None:
+    """An architecture or setting the GGUF writer cannot express is named before the slow merge: from the
+    base model's config.json alone (a full fine-tune keeps its base's architecture)."""
+    from transformers import AutoConfig
+
+    from honing.export.gguf_families import check_exportable
+    from honing.export.gguf_names import arch_spec
+    from honing.models.catalog import resolve_model
+
+    config = AutoConfig.from_pretrained(str(resolve_model(run.base_model_reference()).path))
+    check_exportable(config, arch_spec(config).gguf_arch)
 
 
 # -- the formats -----------------------------------------------------------------------------------
