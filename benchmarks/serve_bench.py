@@ -205,7 +205,8 @@ def seeded_adapters(data: Path, base: str, k: int) -> list[dict]:
         jobs.append({"id": jid, "model": f"ft:{base}:default:bench{i}:{jid}"})
         with sessions(engine).begin() as s:
             s.add(Job(id=jid, project="default", model=base, training_file="file-none", status="succeeded",
-                      method={"type": "supervised", "supervised": {"hyperparameters": {}}}, config={}, suffix=f"bench{i}", seed=i,
+                      method={"type": "supervised", "supervised": {"hyperparameters": {
+                          "n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1.0}}}, config={}, suffix=f"bench{i}", seed=i,
                       fine_tuned_model=jobs[-1]["model"], model_deleted=False, result_files=[], run_dir=str(run),
                       created_at=now(), finished_at=now(), attempts=1))
     engine.dispose()

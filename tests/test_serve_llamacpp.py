@@ -89,7 +89,7 @@ def test_adapter_and_checkpoint_answer_the_same_through_both_engines(adapter, tm
         try:
             tok = e.tokenizer(MODEL)
             for t in targets:
-                assert e.engine_for(t.base, t.adapter_dir, t.adapter_key).name == kind
+                assert e.engine_for(t).name == kind
                 c = e.complete(t, _prompt(tok, ADAPTED), p)[0]
                 answers.setdefault(t.adapter_key, {})[kind] = (c.text, c.finish_reason, c.completion_tokens)
         finally:
@@ -181,3 +181,32 @@ def test_openai_client_through_hone_serve_llamacpp(tmp_path):
         assert again.choices[0].message.content == text
     finally:
         server.stop()
+
+
+def test_a_model_whose_conversion_fails(tmp_path):
+    """A Llama whose RoPE scaling ('dynamic') llama.cpp would compute differently: the export refuses to
+    write it. With auto, transformers answers it; with llama.cpp, an OpenAI-shaped error names the reason."""
+    import json as _json
+
+    from conftest import make_tiny_llama
+
+    from honing.models import load_tokenizer
+    from honing.serve.errors import APIError
+    from honing.serve.inference import Params, Target
+
+    model_dir = tmp_path / "dynamic-rope"
+    make_tiny_llama().save_pretrained(model_dir)
+    load_tokenizer(MODEL).save_pretrained(model_dir)
+    config = _json.loads((model_dir / "config.json").read_text())
+    config["rope_scaling"] = config["rope_parameters"] = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    (model_dir / "config.json").write_text(_json.dumps(config))
+    t = Target(str(model_dir))
+    strict = _engines("llama.cpp", tmp_path / "cache")
+    with pytest.raises(APIError) as err:
+        strict.engine_for(t)
+    assert err.value.status == 500 and err.value.code == "engine_conversion_failed" and "dynamic" in err.value.message
+    auto = _engines("auto", tmp_path / "cache")
+    assert auto.engine_for(t).name == "transformers" and auto.name_for(t) == "transformers"
+    ids = _prompt(auto.tokenizer(str(model_dir)), QUESTION)
+    assert auto.complete(t, ids, Params(max_new_tokens=2, temperature=0))[0].completion_tokens == 2
+    assert not list((tmp_path / "cache").rglob("*.gguf"))  # nothing half-written

@@ -78,11 +78,11 @@ def _model_obj(mid: str, created: int, owned_by: str, engine: str | None = None)
 def _all_models(s, project: str, engines) -> list[dict]:
     """Every model this project may chat with, each with the engine that answers it (serve/engines)."""
     bases = [*_catalog_names(), *(m for m in _project_bases(s, project) if m not in _catalog_names())]
-    out = [_model_obj(m, 0, "honing", engines.name_for(m)) for m in bases]
+    out = [_model_obj(m, 0, "honing", engines.name_for(Target(m))) for m in bases]
     jobs = s.scalars(select(Job).where(Job.project == project, Job.status == "succeeded",
                                        Job.model_deleted.is_(False)).order_by(Job.created_at)).all()
     for j in jobs:
-        engine = engines.name_for(j.model, Path(j.run_dir) / "final", j.id)
+        engine = engines.name_for(Target(j.model, j.id, Path(j.run_dir) / "final"))
         out.append(_model_obj(j.fine_tuned_model, j.finished_at or j.created_at, project, engine))
         for ck in s.scalars(select(Checkpoint).where(Checkpoint.job_id == j.id).order_by(Checkpoint.step)).all():
             out.append(_model_obj(ck.model_name, ck.created_at, project, engine))

@@ -72,41 +72,59 @@ class Engines:
                 self._reasons[(base, key)] = reason
             return self._reasons[(base, key)]
 
-    def engine_for(self, base: str, adapter_dir: Path | None = None, adapter_key: str | None = None):
+    def engine_for(self, t, prepare: bool = True):
+        """The engine that answers ``t`` (a Target). ``prepare``: convert its files for llama.cpp now, so
+        that with ``auto`` a failed conversion still chooses transformers (logged)."""
+        from honing.serve.engines.llamacpp import ConversionFailed
+
         if self.llama is None:
             return self.transformers
-        reason = self._why_not(base, adapter_dir, adapter_key)
+        reason = self._why_not(t.base, t.adapter_dir, t.adapter_key)
         if reason is None:
-            return self.llama
+            if not prepare:
+                return self.llama
+            try:
+                self.llama.prepare(t)
+                return self.llama
+            except ConversionFailed as e:
+                if self.kind != "auto":
+                    raise
+                log.warning("chat with %s runs on transformers: %s", t.base, e.message)
+                with self._lock:
+                    reason = self._reasons[(t.base, t.adapter_key)] = e.message
         if self.kind == "llama.cpp":
             raise APIError(400, f"model: llama.cpp cannot serve this model ({reason}); start hone serve with "
                                 "--engine auto or transformers", param="model", code="engine_unsupported_model")
         return self.transformers
 
-    def name_for(self, base: str, adapter_dir: Path | None = None, adapter_key: str | None = None) -> str:
-        """Which engine answers chat with this model (for /v1/models)."""
+    def name_for(self, t) -> str:
+        """Which engine answers chat with ``t`` (for /v1/models; nothing is converted to find out)."""
         try:
-            return self.engine_for(base, adapter_dir, adapter_key).name
+            return self.engine_for(t, prepare=False).name
         except APIError:
             return "none"
 
     # -- the engine calls ---------------------------------------------------------------------
     def tokenizer(self, base: str):
-        return self.engine_for(base).tokenizer(base)
+        from honing.serve.inference import Target
+
+        return self.engine_for(Target(base)).tokenizer(base)
 
     def complete(self, t, prompt_ids, p):
-        return self.engine_for(t.base, t.adapter_dir, t.adapter_key).complete(t, prompt_ids, p)
+        return self.engine_for(t).complete(t, prompt_ids, p)
 
     def stream(self, t, prompt_ids, p):
-        return self.engine_for(t.base, t.adapter_dir, t.adapter_key).stream(t, prompt_ids, p)
+        return self.engine_for(t).stream(t, prompt_ids, p)
+
+    def loaded_adapters(self, base: str) -> list[str]:
+        from honing.serve.inference import Target
+
+        return self.engine_for(Target(base)).loaded_adapters(base)
 
     def unload(self, adapter_keys: list[str]) -> None:
         self.transformers.unload(adapter_keys)
         if self.llama is not None:
             self.llama.unload(adapter_keys)
-
-    def loaded_adapters(self, base: str) -> list[str]:
-        return self.engine_for(base).loaded_adapters(base)
 
     def close(self) -> None:
         if self.llama is not None:

@@ -32,6 +32,13 @@ START_TIMEOUT = 120.0
 _DIED = object()  # put in every open request's queue when the engine process goes away
 
 
+class ConversionFailed(APIError):
+    """The export could not write a model or adapter as GGUF (a 500 naming the model and the reason)."""
+
+    def __init__(self, message: str):
+        super().__init__(500, message, code="engine_conversion_failed")
+
+
 def available() -> str | None:
     """None when llama-cpp-python is importable, else why not (without importing it: it loads a library)."""
     import importlib.util
@@ -162,8 +169,12 @@ class LlamaCppEngine:
                                code="model_not_ready")
             return str(base), str(lora_gguf(self.cache_dir, t.base, t.adapter_key, t.adapter_dir, t.weights))
         except HoningError as e:
-            raise APIError(500, f"Converting '{t.base}' for llama.cpp failed: {e}", code="engine_conversion_failed") \
-                from None
+            raise ConversionFailed(f"Converting '{t.base}'{f' ({t.adapter_key})' if t.adapter_key else ''} for "
+                                   f"llama.cpp failed: {e}") from None
+
+    def prepare(self, t: Target) -> None:
+        """Convert ``t``'s base model and adapter to GGUF now (a ConversionFailed says why not)."""
+        self._files(t)
 
     def unload(self, adapter_keys: list[str]) -> None:
         with self._lock:
