@@ -105,3 +105,33 @@ def test_cpu_budget_probe_runs_the_model_and_is_cached():
     assert budget in (40, 160, 640) and "tok/s" in how
     assert measure_cpu_token_budget(model, 40) == (budget, how)  # cached: the same answer, no new timing
     assert model.training  # the probe leaves the model as it found it
+
+
+def test_cpu_budget_probe_stops_growing_where_batching_does_not_pay():
+    """A forward whose time grows with its rows (no gain from batching) is measured at 1 and 4 rows, never 16
+    (the probe's memory peak); one that gains from batching is measured at every size."""
+    import time as _time
+    from types import SimpleNamespace
+
+    import torch
+
+    from honing.train import auto
+
+    class Timed(torch.nn.Module):
+        def __init__(self, name: str, seconds_per_row):
+            super().__init__()
+            self.config = SimpleNamespace(_name_or_path=name, hidden_size=8, num_hidden_layers=1, vocab_size=50)
+            self.seconds_per_row, self.rows_seen = seconds_per_row, []
+
+        def forward(self, input_ids, logits_to_keep=1):
+            rows = input_ids.shape[0]
+            if input_ids.shape[1] > 8:  # the timed pass, not the warm-up
+                self.rows_seen.append(rows)
+            _time.sleep(self.seconds_per_row(rows) * rows)
+
+    flat = Timed("flat", lambda rows: 0.01)
+    assert auto.measure_cpu_token_budget(flat, 40)[0] == 40
+    assert flat.rows_seen == [1, 4]
+    batching = Timed("batching", lambda rows: 0.02 / rows)  # every size takes the same time: 4x, 16x the rate
+    assert auto.measure_cpu_token_budget(batching, 40)[0] == 640
+    assert batching.rows_seen == [1, 4, 16]
