@@ -355,3 +355,72 @@ def test_unsupported_rope_scaling_is_refused_before_the_merge(trained, monkeypat
     with pytest.raises(ModelError, match="RoPE scaling 'longrope'.*supported: default, linear, yarn, llama3"):
         export.export_run(result.run_dir, "gguf", out=tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+# -- SentencePiece tokenizers (Llama 2 / Mistral 7B / Phi-3 style, and Gemma style) -------------------
+SP_TEXT = "Hello world,  12345 tabs\tand café — 日本語 🙂\nnew line  x"
+
+
+def _sentencepiece_tokenizer(kind: str, root: Path):
+    """A SentencePiece BPE model with byte fallback trained on this repository's docs (seeded by its fixed
+    input; ~2 s), converted by transformers as a real model's tokenizer.model is: Llama/Mistral style (<unk>
+    <s> </s>, a ``▁`` before the text) or Gemma style (<pad> <eos> <bos> <unk>, no prefix, its turn markers
+    as pieces). Returned as transformers saves it in a run (tokenizer.json only) and that directory."""
+    import json
+
+    spm = pytest.importorskip("sentencepiece")
+    from transformers import AutoTokenizer
+
+    src, saved = root / f"{kind}-src", root / f"{kind}-saved"
+    src.mkdir(parents=True)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(p.read_text() for p in sorted((Path(__file__).parents[1] / "docs").glob("*.md"))))
+    common = {"vocab_size": 1000, "model_type": "bpe", "byte_fallback": True, "character_coverage": 1.0,
+              "num_threads": 1, "split_digits": True, "allow_whitespace_only_pieces": True,
+              "remove_extra_whitespaces": False, "normalization_rule_name": "identity", "minloglevel": 2}
+    if kind == "llama":
+        spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(src / "tokenizer"), unk_id=0, bos_id=1,
+                                       eos_id=2, pad_id=-1, **common)
+        config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    else:
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(src / "tokenizer"), pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+            pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", add_dummy_prefix=False,
+            user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], **common)
+        config = {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>",
+                  "unk_token": "<unk>", "pad_token": "<pad>"}
+    (src / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True}))
+    AutoTokenizer.from_pretrained(str(src)).save_pretrained(saved)
+    return AutoTokenizer.from_pretrained(str(saved)), saved
+
+
+@pytest.mark.parametrize(("kind", "name"), [("llama", "mistral"), ("gemma", "gemma3")])
+def test_sentencepiece_tokenizer_in_gguf(kind, name, tmp_path):
+    """A SentencePiece tokenizer is written as llama.cpp's 'llama' tokenizer: llama.cpp tokenizes mixed text
+    (spaces, digits, tabs, Unicode through byte fallback, the turn markers) to transformers' ids, and
+    transformers reads the same tokenizer back from the file."""
+    from transformers import AutoTokenizer
+
+    from honing.export.tokenizer_meta import tokenizer_meta
+
+    tok, saved = _sentencepiece_tokenizer(kind, tmp_path)
+    model = family_model(FAMILIES[name], len(tok))
+    meta = tokenizer_meta(tok, saved, model.config.vocab_size)
+    assert (meta.model, meta.add_space_prefix, meta.add_bos) == ("llama", kind == "llama", True)
+    path = _write_gguf(model, tok, saved, saved / "m.gguf", "f32")
+    ids = tok(SP_TEXT)["input_ids"]
+    chat = "<start_of_turn>user\nHi there<end_of_turn>\n" if kind == "gemma" else "[INST] Hi there [/INST] ok"
+    back = AutoTokenizer.from_pretrained(str(saved), gguf_file=path.name)
+    assert back(SP_TEXT)["input_ids"] == ids
+    if llama_cpp is None:
+        return
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, seed=0, verbose=False, logits_all=True,
+                          type_k=0, type_v=0)
+    try:
+        assert llm.tokenize(SP_TEXT.encode(), add_bos=True, special=True) == ids
+        assert llm.tokenize(chat.encode(), add_bos=False, special=True) == tok(chat, add_special_tokens=False)["input_ids"]
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    assert _rel(got, _logits(model, ids)) < F32_TOLERANCE.get(name, 1e-4)

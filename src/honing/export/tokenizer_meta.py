@@ -5,6 +5,13 @@ pre-tokenizer regex llama.cpp runs before BPE), the tokens in id order with thei
 control = special, user-defined = added but not special), the merges, the special token ids (BOS, EOS,
 UNK, PAD), the add-BOS/add-EOS flags as the tokenizer actually behaves, and the chat template.
 
+SentencePiece BPE tokenizers (Llama 2, Mistral 7B, Phi-3, Gemma; transformers keeps them as a
+``tokenizer.json`` BPE with ``byte_fallback`` and the ``▁`` space marker) are written as llama.cpp's
+``llama`` tokenizer: the pieces, their scores and types (``<0xNN>`` byte pieces as BYTE) and whether a
+``▁`` is put before the text (``add_space_prefix``: Llama/Mistral yes, Gemma no). llama.cpp merges the
+pair whose merged piece scores highest; transformers the pair of lowest merge rank; so a piece's score is
+minus the rank of the first merge that makes it.
+
 Merges and special ids come from the ``gguf`` package's ``SpecialVocab`` reader; the token list, the
 types and the pre-tokenizer name are decided here from the tokenizer that training used (the run's
 ``final/`` tokenizer), not from the model's name.
@@ -40,12 +47,18 @@ class TokenizerMeta:
     add_eos: bool
     chat_template: str | None
     special: object  # gguf.SpecialVocab (merges + special ids)
+    scores: list[float] | None = None  # SentencePiece only
+    add_space_prefix: bool | None = None  # SentencePiece only
 
     def add_to(self, writer) -> None:
         writer.add_tokenizer_model(self.model)
         writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
         writer.add_token_types(self.types)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
         self.special.chat_template = None  # written below from the tokenizer object itself
         self.special.add_special_token = {}
         self.special.add_to_gguf(writer, quiet=True)
@@ -83,6 +96,35 @@ def _pre_tokenizer_name(tokenizer_json: dict, declared: str | None) -> str:
     )
 
 
+def _is_sentencepiece_bpe(data: dict) -> bool:
+    """A SentencePiece BPE model as transformers converts it: BPE with byte fallback and ``▁`` for spaces."""
+    model = data.get("model", {})
+    marks = json.dumps([data.get("normalizer"), data.get("pre_tokenizer"), data.get("decoder")])
+    return model.get("type") == "BPE" and bool(model.get("byte_fallback")) and "\\u2581" in marks
+
+
+def _adds_space_prefix(data: dict) -> bool:
+    """Whether a ``▁`` goes before the text: a Metaspace pre-tokenizer that prepends (Llama 2, Mistral) or
+    a normalizer that prepends it (older conversions); Gemma's only replaces spaces."""
+    pre = data.get("pre_tokenizer") or {}
+    if pre.get("type") == "Metaspace":
+        return pre.get("prepend_scheme", "always") != "never"
+    return '"Prepend"' in json.dumps(data.get("normalizer"))
+
+
+def _is_byte_piece(token: str) -> bool:
+    return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+
+
+def _piece_scores(model: dict, tokens: list[str]) -> list[float]:
+    """Minus the rank of the first merge that makes each piece (0 for pieces no merge makes)."""
+    rank: dict[str, int] = {}
+    for i, merge in enumerate(model.get("merges", [])):
+        a, b = merge if isinstance(merge, list) else merge.split(" ", 1)
+        rank.setdefault(a + b, i)
+    return [-float(rank[t]) if t in rank else 0.0 for t in tokens]
+
+
 def _token_types(tokenizer, n_vocab: int) -> tuple[list[str], list[int]]:
     import gguf
 
@@ -116,16 +158,18 @@ def tokenizer_meta(tokenizer, tokenizer_dir: str | Path, n_vocab: int, declared_
     data = json.loads(path.read_text(encoding="utf-8"))
     model = data.get("model", {})
     byte_level = "ByteLevel" in json.dumps(data.get("pre_tokenizer")) and model.get("type") == "BPE"
-    if not byte_level:
+    piece = _is_sentencepiece_bpe(data)
+    if not byte_level and not piece:
         raise ModelError(
-            f"GGUF export supports byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen2); {path} is "
-            f"{model.get('type')} with pre-tokenizer {(data.get('pre_tokenizer') or {}).get('type')}"
+            f"GGUF export supports byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen2/3) and SentencePiece "
+            f"BPE with byte fallback (Llama 2, Mistral 7B, Phi-3, Gemma); {path} is {model.get('type')} with "
+            f"pre-tokenizer {(data.get('pre_tokenizer') or {}).get('type')}"
         )
     if len(tokenizer) > n_vocab:
         raise ModelError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only {n_vocab} rows")
     tokens, types = _token_types(tokenizer, n_vocab)
-    special = gguf.SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=n_vocab)
-    if not special.merges:
+    special = gguf.SpecialVocab(tokenizer_dir, load_merges=not piece, n_vocab=n_vocab)
+    if not piece and not special.merges:
         raise ModelError(f"GGUF export: no BPE merges found in {path}")
     # The flags as the tokenizer behaves, not as its config files happen to spell them.
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -137,6 +181,15 @@ def tokenizer_meta(tokenizer, tokenizer_dir: str | Path, n_vocab: int, declared_
         if tid is not None:
             special.special_token_ids[kind] = int(tid)  # the loaded tokenizer's ids win over file guesses
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    if piece:
+        scores = _piece_scores(model, tokens)
+        types = [int(gguf.TokenType.BYTE) if t == gguf.TokenType.NORMAL and _is_byte_piece(tok) else int(t)
+                 for tok, t in zip(tokens, types)]
+        if tokenizer.unk_token_id is not None:
+            types[tokenizer.unk_token_id] = int(gguf.TokenType.UNKNOWN)
+        return TokenizerMeta(model="llama", pre="default", tokens=tokens, types=types, add_bos=add_bos,
+                             add_eos=add_eos, chat_template=template, special=special, scores=scores,
+                             add_space_prefix=_adds_space_prefix(data))
     return TokenizerMeta(
         model="gpt2",
         pre=_pre_tokenizer_name(data, declared_pre),
