@@ -104,3 +104,32 @@ def test_answer_and_hold_back_without_a_model():
     assert _answer("Sunny.", "length", tools_on=True)[1] == "length"
     # streamed content stops short of anything that may begin a <tool_call>
     assert [_held_back(t) for t in ("Hi", "Hi <", "Hi <tool_c", "Hi <tool_call>{", "a < b")] == [2, 3, 3, 3, 5]
+
+
+TIME = {"type": "function", "function": {
+    "name": "get_local_time", "description": "Get the local time of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.mark.slow
+def test_tool_choice_required_and_named_make_the_reply_a_call(client):
+    """After two weather calls, a question about the time is answered in text under "auto" (the model chooses
+    not to call); "required" (one tool) and a named function (one of two) make the reply that call instead
+    (the model writes the arguments), streamed and not."""
+    messages = [*SHOT[:-1], {"role": "user", "content": "Thanks! What is the time in Oslo, Norway?"}]
+    ask = {"model": "smollm2-135m-instruct", "messages": messages, "temperature": 0, "max_tokens": 40}
+    auto = client.chat.completions.create(**ask, tools=[WEATHER, TIME])
+    assert auto.choices[0].finish_reason != "tool_calls", auto.choices[0].message  # the control: no call
+    required = client.chat.completions.create(**ask, tools=[TIME], tool_choice="required")
+    assert required.choices[0].finish_reason == "tool_calls", required.choices[0].message.content
+    assert required.choices[0].message.tool_calls[0].function.name == "get_local_time"
+    named = {"type": "function", "function": {"name": "get_local_time"}}
+    r = client.chat.completions.create(**ask, tools=[WEATHER, TIME], tool_choice=named)
+    assert r.choices[0].finish_reason == "tool_calls", r.choices[0].message.content
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_local_time" and isinstance(json.loads(call.function.arguments), dict)
+    chunks = list(client.chat.completions.create(**ask, tools=[WEATHER, TIME], tool_choice=named, stream=True))
+    streamed = [tc for ch in chunks if ch.choices for tc in (ch.choices[0].delta.tool_calls or [])]
+    assert [(tc.function.name, tc.function.arguments) for tc in streamed] == [
+        (call.function.name, call.function.arguments)]
+    assert "<tool" not in "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)

@@ -184,7 +184,7 @@ def _bad(param: str):
 
 def _tools(req: ChatRequest) -> tuple[dict, ...]:
     """The tools the model is told about: none with tool_choice "none"; only the named one when the
-    choice names a function (decoding is not constrained: the model is asked, not forced)."""
+    choice names a function (and :func:`_forced_start` makes the reply begin that call)."""
     if not req.tools or req.tool_choice == "none":
         return ()
     tools = read_tools(req.tools, _bad("tools"))
@@ -198,6 +198,20 @@ def _tools(req: ChatRequest) -> tuple[dict, ...]:
         raise APIError(400, "tool_choice: 'none', 'auto', 'required' or {\"type\": \"function\", ...}",
                        param="tool_choice")
     return tools
+
+
+def _forced_start(req: ChatRequest, tools: tuple[dict, ...]) -> str:
+    """The text the reply is made to begin with, written into the prompt after the assistant's header:
+    ``tool_choice: "required"`` opens a call (and names the tool when there is one), a named function opens a
+    call to it, so the model continues the call instead of choosing whether to make one. Which tool among
+    several and the arguments are still the model's: a model that then writes no valid call returns its text
+    as content."""
+    if not tools or req.tool_choice in (None, "auto"):
+        return ""
+    if req.tool_choice == "required" and len(tools) > 1:
+        return f'{TOOL_CALL_OPEN}\n{{"name": "'  # the model names one of the tools
+    # a named function, or "required" with one tool: the only call there can be
+    return f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(tools[0]["function"]["name"])}, "arguments": '
 
 
 def _answer(text: str, finish: str, tools_on: bool) -> tuple[dict, str]:
@@ -267,12 +281,15 @@ def chat_completions(request: Request, project: Project, req: ChatRequest):
     try:
         tok = pool.tokenizer(target.base)
         tools = _tools(req)
+        forced = _forced_start(req, tools)
         prompt_ids = render_prompt(tok, _messages(req), tools)
+        if forced:
+            prompt_ids = [*prompt_ids, *tok.encode(forced, add_special_tokens=False)]
         cid, created = new_id("chatcmpl"), int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             gen = _sse(pool, target, prompt_ids, params, req.model, cid, created, include_usage or bool(req.store),
-                       tools_on=bool(tools))
+                       tools_on=bool(tools), forced=forced)
             if req.store:
                 gen = stored.store_stream(request.app.state.Session, project, req, gen,
                                           client_wants_usage=include_usage)
@@ -285,7 +302,7 @@ def chat_completions(request: Request, project: Project, req: ChatRequest):
     completion = sum(c.completion_tokens for c in choices)
     body = {
         "id": cid, "object": "chat.completion", "created": created, "model": req.model,
-        "choices": [dict(zip(("message", "finish_reason"), _answer(c.text, c.finish_reason, bool(tools))),
+        "choices": [dict(zip(("message", "finish_reason"), _answer(forced + c.text, c.finish_reason, bool(tools))),
                          index=i, logprobs=None) for i, c in enumerate(choices)],
         "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion,
                   "total_tokens": len(prompt_ids) + completion},
@@ -303,7 +320,7 @@ def _released(gen):
         GATE.leave()
 
 
-def _sse(pool, target, prompt_ids, params, model, cid, created, include_usage, tools_on=False):
+def _sse(pool, target, prompt_ids, params, model, cid, created, include_usage, tools_on=False, forced=""):
     def chunk(delta: dict, finish=None, usage=None, choices=True) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices
@@ -314,7 +331,7 @@ def _sse(pool, target, prompt_ids, params, model, cid, created, include_usage, t
 
     yield chunk({"role": "assistant", "content": ""})
     tokens = 0
-    text, sent = "", 0  # with tools: content is held back from a <tool_call> on, parsed at the end
+    text, sent = forced, 0  # with tools: content is held back from a <tool_call> on, parsed at the end
     try:
         for delta, finish, tokens in pool.stream(target, prompt_ids, params):
             text += delta
