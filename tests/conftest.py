@@ -63,14 +63,22 @@ def tiny_llama_dir(tmp_path, smol_tokenizer):
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory):
+def pg_cluster():
     """One throwaway PostgreSQL cluster for the whole session (initdb + start take ~10 s under load); each test
-    creates its own database in it (``pg_cluster.create_database(NAME)``, names unique across the suite)."""
+    creates its own database in it (``pg_cluster.create_database(NAME)``, names unique across the suite).
+    It lives outside pytest's temporary root: a later pytest session on the same machine makes that root
+    private again (mode 0700), which would lock the ``postgres`` user out of a running cluster."""
+    import shutil
+    import tempfile
+
     from serve_helpers import start_postgres
 
+    root = Path(tempfile.mkdtemp(prefix="honing-pg-"))
     try:
-        cluster = start_postgres(tmp_path_factory.mktemp("pg"))
+        cluster = start_postgres(root / "pg")
     except RuntimeError as e:
+        shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"PostgreSQL unavailable: {e}")
     yield cluster
     cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)

@@ -2,7 +2,8 @@
 corrections trigger a check (drift against its training data, the decision, the training file built from the
 corrections), a retrain job on the ordinary queue, the gate against production and the baselines, and the
 promotion, each an event on the production model's page; the server is killed -9 while the retrain trains,
-production stays until the restarted server's worker finishes the job and it passes the gate. The refusals
+production stays until the restarted server's worker finishes the job and it passes the gate; no server path
+reaches the client. The refusals
 (failed gate, failed job) are checked on the policy runner itself with a real database."""
 
 from __future__ import annotations
@@ -154,6 +155,14 @@ def test_the_loop_retrains_gates_and_promotes_through_a_kill9(pg_cluster, tmp_pa
                  "Training file", "Retraining as job " + job_id, "Promoted " + job.fine_tuned_model]
         at = [next((i for i, m in enumerate(said) if m.startswith(o)), None) for o in order]
         assert None not in at and at == sorted(at), said
+        # Server paths never reach the client: events, the gate's verdict and the report name ids.
+        import urllib.request
+
+        said_all = json.dumps([e.model_dump() for e in _events(c, job_id) + _events(c, prod.id)])
+        report = urllib.request.urlopen(f"{server.base_url}/fine_tuning/jobs/{job_id}/report", timeout=60).read()
+        for text in (said_all, report.decode()):
+            assert str(data.resolve()) not in text and "/files/file-" not in text
+        assert f"Evaluation of {job_id}" in report.decode()
         drift = next(e for e in mine if e.message.startswith("Drift:"))
         assert drift.data["n_current"] == 6 and drift.data["recommendation"] in ("fine", "collect more data",
                                                                                  "retrain")

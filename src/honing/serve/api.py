@@ -23,6 +23,7 @@ from honing.serve.auth import Project
 from honing.serve.db import Checkpoint, File, IdempotentRequest, Job, JobEvent, add_event, new_id, now
 from honing.serve.errors import APIError, not_found
 from honing.serve.files import UPLOAD_PURPOSES, clean_filename, file_object, get_file, store_upload
+from honing.serve.redact import Redactor
 
 router = APIRouter(prefix="/v1", responses=S.ERROR_RESPONSES)
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255,
@@ -119,11 +120,12 @@ def file_validation(request: Request, project: Project, file_id: str) -> dict:
     """Honing: the `hone data validate` report of a file ({ok, problems: [{line, category, message}], stats})."""
     with request.app.state.Session() as s:
         f = get_file(s, project, file_id)
-    if f.validation is None:
+    report = f.validation
+    if report is None:
         from honing.serve.files import validation_of
 
-        return validation_of(Path(f.path))
-    return f.validation
+        report = validation_of(Path(f.path))
+    return Redactor(request.app.state.settings).data(report)  # its path is the server's: the file's id instead
 
 
 @router.delete("/files/{file_id}", tags=["files"], response_model=S.Deleted)
@@ -370,5 +372,6 @@ def job_report(request: Request, project: Project, job_id: str):
     if not report.is_file():
         raise APIError(404, f"Job {job_id} has no evaluation report (yet): it is written when a job with a "
                             "validation_file ends", code="report_not_found")
-    return FileResponse(report, media_type="text/html")
+    # Written by the training process, which names the run and its files by their server paths.
+    return HTMLResponse(Redactor(request.app.state.settings).text(report.read_text(encoding="utf-8")))
 

@@ -44,6 +44,7 @@ from honing.serve import schemas as S
 from honing.serve.auth import Project
 from honing.serve.db import File, Job, RetrainPolicy, StoredCompletion, add_event, new_id, now
 from honing.serve.errors import APIError, not_found
+from honing.serve.redact import Redactor
 from honing.serve.settings import Settings
 
 log = logging.getLogger("honing.serve.retraining")
@@ -237,6 +238,7 @@ class PolicyRunner:
     def __init__(self, settings: Settings, Session, worker_id: str, *, takeover_all: bool = False):
         self.settings, self.Session, self.id = settings, Session, worker_id
         self.takeover_all = takeover_all  # SQLite: the only worker; a lease held by anyone else is stale
+        self.redact = Redactor(settings)
         self.last_look = 0.0
 
     def poll(self) -> None:
@@ -322,7 +324,7 @@ class PolicyRunner:
             job_id = self._retrain(step, p, prod, train, val, where, cursor)
         except HoningError as e:
             step.say("dataset", f"No retraining: {e}", level="error")
-            return self._close(step, cursor, None, {"outcome": "no dataset", "reason": str(e)})
+            return self._close(step, cursor, None, {"outcome": "no dataset", "reason": self.redact.text(str(e))})
         if job_id is None:
             self._release(policy_id)
 
@@ -425,7 +427,7 @@ class PolicyRunner:
                 why = _why_not(job)
                 step.say("kept", f"Not promoted: {why}; {p.model} stays in production", level="warn", session=s,
                          data={"job": p.current_job})
-                outcome.update(outcome="not promoted", reason=why)
+                outcome.update(outcome="not promoted", reason=self.redact.text(why))
             p.current_job, p.last_cycle = None, outcome
 
 
@@ -439,7 +441,8 @@ class _Steps:
         if self.prod is None:
             return
         key = f"retrain:{self.policy.id}:{self.cycle}:{step}"
-        data = {"policy": self.policy.id, "check": self.cycle, **(data or {})}
+        message = self.runner.redact.text(message)
+        data = self.runner.redact.data({"policy": self.policy.id, "check": self.cycle, **(data or {})})
         if session is not None:
             add_event(session, self.prod, key, message, level=level, data=data)
             return

@@ -40,6 +40,7 @@ from honing.graders.sandbox import UNSAFE_ENV
 from honing.rundir import PAUSE_FILE, RunDir
 from honing.serve import jobs as J
 from honing.serve.db import Checkpoint, File, Job, add_event, insert_ignore, new_id, now
+from honing.serve.redact import Redactor
 from honing.serve.retraining import PolicyRunner
 from honing.serve.settings import Settings
 
@@ -78,6 +79,7 @@ class Worker:
         # SQLite serves one worker per database: whatever another process was running is orphaned.
         self.takeover_all = settings.is_sqlite
         self.policies = PolicyRunner(settings, Session, self.id, takeover_all=self.takeover_all)
+        self.redact = Redactor(settings)  # what reaches events and errors names no server path
 
     # -- the loop -----------------------------------------------------------------------------
     def run_forever(self) -> None:
@@ -142,6 +144,7 @@ class Worker:
             add_event(s, job, "status:queued", "Files validated, moving job to queued state")
 
     def _fail(self, s, job: Job, code: str, message: str, param: str | None = None) -> None:
+        message = self.redact.text(message)
         job.status = "failed"
         job.error = {"code": code, "message": message, "param": param}
         job.finished_at = now()
@@ -324,13 +327,13 @@ class Worker:
         if verdict is None or verdict.passed:
             job.fine_tuned_model = J.fine_tuned_name(job)
             if verdict is not None:
-                add_event(s, job, "status:gate", "Release gate passed", data=verdict.to_dict())
+                add_event(s, job, "status:gate", "Release gate passed", data=self.redact.data(verdict.to_dict()))
             add_event(s, job, "status:model", f"New fine-tuned model created: {job.fine_tuned_model}")
         else:
-            reasons = "; ".join(verdict.reasons)
+            reasons = self.redact.text("; ".join(verdict.reasons))
             add_event(s, job, "status:gate", f"Release gate failed, the model is not promoted: {reasons}. "
                       f"POST /v1/fine_tuning/jobs/{job.id}/promote with {{\"force\": true}} promotes it anyway",
-                      level="error", data=verdict.to_dict())
+                      level="error", data=self.redact.data(verdict.to_dict()))
         report = rd.report_html
         if report.is_file():
             add_event(s, job, "status:report", "Evaluation report attached (GET "
@@ -404,7 +407,7 @@ class Ingestor:
             text = line.strip()
             # Progress is in events.jsonl; the output adds what the loop could not log (a failed start).
             if text.lower().startswith(("error", "traceback")):
-                add_event(s, self.job, f"log:{attempt}:{n}", text[:2000], level="error")
+                add_event(s, self.job, f"log:{attempt}:{n}", self.w.redact.text(text)[:2000], level="error")
         self.log_offsets[path] = (offset + end + 1, n)
 
     def _record(self, s) -> None:
@@ -426,8 +429,9 @@ class Ingestor:
                 self._metrics_event(s, data)
                 continue
             level = {"warning": "warn"}.get(e.get("level"), e.get("level") or "info")
-            add_event(s, self.job, f"ev:{e.get('seq')}", str(e.get("message", ""))[:2000],
-                      level=level if level in ("info", "warn", "error") else "info", data=data or None)
+            add_event(s, self.job, f"ev:{e.get('seq')}", self.w.redact.text(str(e.get("message", "")))[:2000],
+                      level=level if level in ("info", "warn", "error") else "info",
+                      data=self.w.redact.data(data) or None)
 
     def _metrics(self, s) -> None:
         for r in self.rd.metrics():
