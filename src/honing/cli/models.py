@@ -21,12 +21,12 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"Models (cache: {cache_root() / 'models'})")
-    for col in ("name", "description", "source", "installed", "cached"):
+    for col in ("name", "description", "source", "installed", "cached", "family", "what works"):
         table.add_column(col)
     for r in rows:
         name = r["name"] + (" (default)" if r["default"] else "")
         table.add_row(name, r["description"], r["source"], "yes" if r["installed"] else "no",
-                      "yes" if r["cached"] else "no")
+                      "yes" if r["cached"] else "no", r["family"], r["works"])
     Console().print(table)
 
 

@@ -216,7 +216,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def list_models() -> list[dict]:
-    """The embedded catalog plus everything already converted in the cache."""
+    """The embedded catalog plus everything already converted in the cache, each with its family and what
+    Honing proves for it (``honing.models.families``; "unknown" for an embedded model not yet converted)."""
     rows: list[dict] = []
     for name, spec in EMBEDDED.items():
         cached = _is_complete_conversion(_models_cache() / name)
@@ -233,6 +234,7 @@ def list_models() -> list[dict]:
                 "installed": available,
                 "cached": cached,
                 "default": name == DEFAULT_MODEL,
+                **_family_fields(_models_cache() / name),
             }
         )
     root = _models_cache()
@@ -249,6 +251,14 @@ def list_models() -> list[dict]:
                     "installed": True,
                     "cached": True,
                     "default": False,
+                    **_family_fields(d),
                 }
             )
     return rows
+
+
+def _family_fields(model_dir: Path) -> dict:
+    from honing.models.families import family_support
+
+    family, works = family_support(model_dir)
+    return {"family": family, "works": works}
