@@ -259,3 +259,32 @@ def test_a_check_lease_is_one_workers_until_it_expires(runner, monkeypatch):
     t = time.time() + runner.settings.stale_after + 1
     monkeypatch.setattr(time, "time", lambda: t)
     assert PolicyRunner(runner.settings, runner.Session, "w3")._lease("rtpol-1")
+
+
+def test_a_check_that_fails_is_said_and_not_retried_at_every_look(runner, monkeypatch):
+    """A check that raises (here: the production job's files are gone) is recorded on the policy and tried
+    again after RETRY_AFTER_ERROR_S, not every 2 s (a retry storm would burn the worker's CPU)."""
+    from honing.serve import retraining as R
+    from honing.serve.db import Job, RetrainPolicy, StoredCompletion
+
+    _rows(runner, "succeeded", "ft:new")
+    runner.settle("rtpol-1")  # ft:new is production now; its job's files do not exist
+    with runner.Session.begin() as s:
+        s.get(Job, "ftjob-new").training_file = "file-gone"
+        s.get(RetrainPolicy, "rtpol-1").every_n_completions = 1
+        s.add(StoredCompletion(id="chatcmpl-1", project="p", model="ft:new", created_at=0, created_ts=time.time() + 1,
+                               request={"messages": [{"role": "user", "content": "hi"}]}, response={}))
+    runner.poll()
+    p = _policy(runner)
+    assert p.last_cycle["outcome"] == "error" and "AttributeError" in p.last_cycle["reason"]
+    assert p.lease_worker is None and p.cycles == 1  # nothing half-done: no new check was counted
+    calls = []
+    monkeypatch.setattr(R.PolicyRunner, "check", lambda self, pid: calls.append(pid))
+    runner.last_look = 0
+    runner.poll()
+    assert calls == []
+    later = time.time() + R.RETRY_AFTER_ERROR_S + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    runner.last_look = 0
+    runner.poll()
+    assert calls == ["rtpol-1"]

@@ -51,6 +51,7 @@ log = logging.getLogger("honing.serve.retraining")
 router = APIRouter(prefix="/v1", responses=S.ERROR_RESPONSES)
 
 CHECK_EVERY_S = 2.0  # how often a worker looks for a policy that is due
+RETRY_AFTER_ERROR_S = 300.0  # a check that failed unexpectedly is tried again after this, not at every look
 MIN_INTERVAL_S = 60
 
 
@@ -253,15 +254,18 @@ class PolicyRunner:
                 self.settle(policy_id)
                 if self._due(policy_id) and self._lease(policy_id):
                     self.check(policy_id)
-            except Exception:  # one policy's failure must not stop the others or the job queue (logged)
+            except Exception as e:  # one policy's failure must not stop the others or the job queue (logged)
                 log.exception("retraining policy %s", policy_id)
-                self._release(policy_id, failed=True)
+                self._release(policy_id, error=f"{type(e).__name__}: {e}")
 
     # -- is it time? -----------------------------------------------------------------------------
     def _due(self, policy_id: str) -> bool:
         with self.Session() as s:
             p = s.get(RetrainPolicy, policy_id)
             if p is None or not p.enabled or p.current_job is not None:
+                return False
+            failed = (p.last_cycle or {}).get("outcome") == "error"
+            if failed and time.time() - (p.checked_at or 0) < RETRY_AFTER_ERROR_S:
                 return False
             if p.interval_seconds and time.time() - (p.checked_at or 0) >= p.interval_seconds:
                 return True
@@ -285,13 +289,16 @@ class PolicyRunner:
                             .values(lease_worker=self.id, lease_until=t + self.settings.stale_after))
             return res.rowcount == 1
 
-    def _release(self, policy_id: str, failed: bool = False) -> None:
+    def _release(self, policy_id: str, error: str | None = None) -> None:
+        """Give the check back; after an unexpected ``error`` it is said on the policy (``last_cycle``) and
+        retried after RETRY_AFTER_ERROR_S, not at every look."""
         with self.Session.begin() as s:
             values: dict = {"lease_worker": None, "lease_until": None}
-            if failed:  # not again at once: the next check comes with the next trigger
+            if error is not None:
                 values["checked_at"] = time.time()
-            s.execute(update(RetrainPolicy).where(RetrainPolicy.id == policy_id,
-                                                  RetrainPolicy.lease_worker == self.id).values(**values))
+                values["last_cycle"] = {"outcome": "error", "reason": self.redact.text(error)[:2000], "at": now()}
+            s.execute(update(RetrainPolicy).where(RetrainPolicy.id == policy_id, or_(
+                RetrainPolicy.lease_worker == self.id, RetrainPolicy.lease_worker.is_(None))).values(**values))
 
     # -- one check ---------------------------------------------------------------------------------
     def check(self, policy_id: str) -> None:
