@@ -468,3 +468,18 @@ def test_sentencepiece_tokenizer_in_gguf(kind, name, tmp_path):
     finally:
         llm.close()
     assert _rel(got, _logits(model, ids)) < F32_TOLERANCE.get(name, 1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ollama_template_is_refused_clearly(name, smol_tokenizer):
+    """Honing translates ChatML and Llama 3 templates to Ollama's Go templates and checks the translation
+    by rendering a probe conversation both ways. None of these seven released templates passes that
+    check (Llama 3.2's and Qwen2.5's add a default system prompt / knowledge date; the others are other
+    formats), so `hone export --format ollama` refuses them naming the difference (nothing is left behind; the
+    check runs after the merge): use the
+    `gguf` export with Ollama's own template for the family."""
+    from honing.errors import ModelError
+    from honing.export.ollama import translate_chat_template
+
+    with pytest.raises(ModelError, match="renders differently from Ollama's|neither ChatML nor Llama 3"):
+        translate_chat_template(family_tokenizer(FAMILIES[name], smol_tokenizer), True)
