@@ -109,6 +109,9 @@ def start_server(tmp_path: Path, *, no_auth: bool = True, db_url: str | None = N
         args += ["--db", db_url]
     if no_auth:
         args.append("--no-auth")
+    # The tests train tiny models made in their temporary directories, named by path (a trusted setup);
+    # tests/test_serve_models.py checks the default, which refuses paths.
+    args.append("--allow-model-paths")
     args += list(extra_args)
     log = data_dir / f"server-{port}-{time.time_ns()}.log"
     with open(log, "wb") as out:

@@ -60,6 +60,12 @@ def serve_cmd(
                                      "together (continuous batching); more requests wait for a free one."),
     engine_threads: int = typer.Option(None, "--engine-threads", min=1, help="llama.cpp: threads (default: "
                                        "the CPUs this process may use)."),
+    models: list[str] = typer.Option(None, "--models", help="A base model clients may name beyond the catalog: "  # noqa: B008
+                                     "NAME=PATH (every project) or NAME=PATH@PROJECT,... (repeatable). Clients "
+                                     "see the name, never the path."),
+    allow_model_paths: bool = typer.Option(False, "--allow-model-paths", help="Also accept any model directory "
+                                           "or .gguf file on this server by its path (a trusted, single-user "
+                                           "setup: it lets every key holder load what the server can read)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve the API (and the dashboard at /) until interrupted."""
@@ -70,7 +76,7 @@ def serve_cmd(
 
     from honing.errors import ConfigError
     from honing.serve.app import create_app
-    from honing.serve.settings import Settings
+    from honing.serve.settings import Settings, parse_base_models
 
     console = Console(stderr=True, highlight=False)
     if no_auth and not _is_local(host):
@@ -82,7 +88,8 @@ def serve_cmd(
     settings = Settings(data_dir=data_dir, db_url=db, no_auth=no_auth, embedded_worker=workers > 0, host=host,
                         adapter_cache=adapter_cache, stale_after=stale_after, job_set=tuple(job_set or ()),
                         eval_baselines=eval_baselines, engine=engine, engine_quant=engine_quant,
-                        engine_ctx=engine_ctx, engine_slots=engine_slots, engine_threads=engine_threads)
+                        engine_ctx=engine_ctx, engine_slots=engine_slots, engine_threads=engine_threads,
+                        base_models=parse_base_models(models or ()), allow_model_paths=allow_model_paths)
     from honing.export.gguf_writer import QUANTS
 
     if engine_quant not in QUANTS:

@@ -160,16 +160,17 @@ class JobCreate(BaseModel):
         None, description="Honing: extra training keys for this job (e.g. max_steps, save_every, lora).")
 
 
-def _check_model(model: str) -> None:
-    from honing.models.catalog import EMBEDDED
+def _check_model(settings, project: str, model: str) -> str:
+    """What the base ``model`` loads (the catalog's name, or the path of an operator's model). Anything the
+    server does not offer this project is the same 400, whether or not it exists on the server's disk."""
+    ref = settings.base_model_ref(project, model)
+    if ref is None:
+        from honing.models.catalog import EMBEDDED
 
-    p = Path(model).expanduser()
-    ok = model in EMBEDDED or (p.is_dir() and (p / "config.json").is_file()) or (
-        p.suffix.lower() == ".gguf" and p.is_file())
-    if not ok:
-        raise APIError(400, f"model: '{model}' is not available for fine-tuning (a catalog name such as "
-                            f"{', '.join(EMBEDDED)}, or a model directory or .gguf file on the server)",
-                       param="model", code="model_not_available")
+        offered = [*EMBEDDED, *(m for m in settings.offered_base_models(project) if m not in EMBEDDED)]
+        raise APIError(400, f"model: '{model}' is not available for fine-tuning here (available: "
+                            f"{', '.join(offered)})", param="model", code="model_not_available")
+    return ref
 
 
 def get_job(s, project: str, job_id: str, *, lock: bool = False) -> Job:
@@ -192,7 +193,7 @@ def create_job(request: Request, project: Project, body: JobCreate, idem: IdemKe
         raise APIError(400, "validation_file: required for method reinforcement (the validation reward picks the "
                             "best checkpoint)", param="validation_file")
     extra = J.check_extra_config(body.honing_config)
-    _check_model(body.model)
+    base = _check_model(settings, project, body.model)
     job_id = new_id("ftjob")
     seed = body.seed if body.seed is not None else 42
     try:
@@ -205,7 +206,8 @@ def create_job(request: Request, project: Project, body: JobCreate, idem: IdemKe
                                        param=param, code="invalid_file_purpose")
             job = Job(id=job_id, project=project, model=body.model, training_file=body.training_file,
                       validation_file=body.validation_file, status="validating_files", method=method,
-                      config=J.training_config(requested, seed, extra), suffix=body.suffix or None, seed=seed,
+                      config=J.training_config(requested, seed, extra, base if base != body.model else None),
+                      suffix=body.suffix or None, seed=seed,
                       job_metadata=body.metadata, result_files=[], run_dir=str(settings.runs_dir / job_id),
                       created_at=now(), enqueued_at=time.time(), attempts=0, model_deleted=False)
             s.add(job)

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from honing.data.tools import TOOL_CALL_OPEN, read_tool_calls, read_tools, split_tool_calls
 from honing.rundir import RunDir
+from honing.serve import jobs as J
 from honing.serve import schemas as S
 from honing.serve import stored
 from honing.serve.auth import Project
@@ -40,21 +41,33 @@ def _catalog_names() -> list[str]:
     return list(EMBEDDED)
 
 
-def _project_bases(s, project: str) -> list[str]:
-    return sorted(set(s.scalars(select(Job.model).where(Job.project == project)).all()))
+def _project_bases(s, project: str) -> dict[str, str]:
+    """The base models this project's jobs trained on: name -> what it loads."""
+    return {j.model: J.base_of(j) for j in s.scalars(select(Job).where(Job.project == project)).all()}
 
 
-def resolve_target(s, project: str, model: str) -> Target:
+def _bases(s, project: str, settings) -> dict[str, str]:
+    """Every base model this project may chat with (name -> what it loads): the catalog, the operator's
+    models offered to it, and those its jobs trained on. Any other name is the same 404."""
+    out = {m: m for m in _catalog_names()}
+    out.update({m: settings.base_model_ref(project, m) for m in settings.offered_base_models(project)})
+    for name, ref in _project_bases(s, project).items():
+        out.setdefault(name, ref)
+    return out
+
+
+def resolve_target(s, project: str, model: str, settings) -> Target:
     """What ``model`` names for this project, or the 404 a foreign or unknown model gets."""
-    if model in _catalog_names() or model in _project_bases(s, project):
-        return Target(base=model)
+    base = _bases(s, project, settings).get(model)
+    if base is not None:
+        return Target(base=base)
     job = s.scalar(select(Job).where(Job.project == project, Job.fine_tuned_model == model,
                                      Job.status == "succeeded", Job.model_deleted.is_(False)))
     if job is not None:
         run = RunDir(job.run_dir)
         if run.has_full_model():
             return Target(base=str(run.final_dir))  # method full: the result is a whole model, served as a base
-        return Target(job.model, job.id, run.final_dir)
+        return Target(J.base_of(job), job.id, run.final_dir)
     ck = s.scalar(select(Checkpoint).where(Checkpoint.project == project, Checkpoint.model_name == model))
     if ck is not None:
         parent = s.get(Job, ck.job_id)
@@ -67,7 +80,7 @@ def resolve_target(s, project: str, model: str) -> Target:
         if run.has_full_model():
             raise APIError(409, f"Checkpoints of a full fine-tuning job are not served; chat with the job's model "
                                 f"({parent.fine_tuned_model}) instead", param="model", code="model_not_ready")
-        return Target(parent.model, ck.id, run.final_dir, Path(ck.weights))
+        return Target(J.base_of(parent), ck.id, run.final_dir, Path(ck.weights))
     raise _not_found(model)
 
 
@@ -75,14 +88,13 @@ def _model_obj(mid: str, created: int, owned_by: str, engine: str | None = None)
     return {"id": mid, "object": "model", "created": created, "owned_by": owned_by, "engine": engine}
 
 
-def _all_models(s, project: str, engines) -> list[dict]:
+def _all_models(s, project: str, engines, settings) -> list[dict]:
     """Every model this project may chat with, each with the engine that answers it (serve/engines)."""
-    bases = [*_catalog_names(), *(m for m in _project_bases(s, project) if m not in _catalog_names())]
-    out = [_model_obj(m, 0, "honing", engines.name_for(Target(m))) for m in bases]
+    out = [_model_obj(m, 0, "honing", engines.name_for(Target(ref))) for m, ref in _bases(s, project, settings).items()]
     jobs = s.scalars(select(Job).where(Job.project == project, Job.status == "succeeded",
                                        Job.model_deleted.is_(False)).order_by(Job.created_at)).all()
     for j in jobs:
-        engine = engines.name_for(Target(j.model, j.id, Path(j.run_dir) / "final"))
+        engine = engines.name_for(Target(J.base_of(j), j.id, RunDir(j.run_dir).final_dir))
         out.append(_model_obj(j.fine_tuned_model, j.finished_at or j.created_at, project, engine))
         for ck in s.scalars(select(Checkpoint).where(Checkpoint.job_id == j.id).order_by(Checkpoint.step)).all():
             out.append(_model_obj(ck.model_name, ck.created_at, project, engine))
@@ -92,13 +104,13 @@ def _all_models(s, project: str, engines) -> list[dict]:
 @router.get("/models", tags=["models"], response_model=S.ModelList)
 def list_models(request: Request, project: Project) -> dict:
     with request.app.state.Session() as s:
-        return {"object": "list", "data": _all_models(s, project, request.app.state.pool)}
+        return {"object": "list", "data": _all_models(s, project, request.app.state.pool, request.app.state.settings)}
 
 
 @router.get("/models/{model:path}", tags=["models"], response_model=S.Model)
 def retrieve_model(request: Request, project: Project, model: str) -> dict:
     with request.app.state.Session() as s:
-        for m in _all_models(s, project, request.app.state.pool):
+        for m in _all_models(s, project, request.app.state.pool, request.app.state.settings):
             if m["id"] == model:
                 return m
     raise _not_found(model)
@@ -110,7 +122,7 @@ def delete_model(request: Request, project: Project, model: str) -> dict:
         job = s.scalar(select(Job).where(Job.project == project, Job.fine_tuned_model == model,
                                          Job.status == "succeeded", Job.model_deleted.is_(False)))
         if job is None:
-            resolve_target(s, project, model)  # 404 for unknown or foreign names
+            resolve_target(s, project, model, request.app.state.settings)  # 404 for unknown or foreign names
             raise APIError(400, f"'{model}' is not a fine-tuned model of this project; only those can be deleted",
                            param="model", code="model_not_deletable")
         job.model_deleted = True
@@ -273,7 +285,7 @@ def chat_completions(request: Request, project: Project, req: ChatRequest):
 
     pool = request.app.state.pool
     with request.app.state.Session() as s:
-        target = resolve_target(s, project, req.model)
+        target = resolve_target(s, project, req.model, request.app.state.settings)
     params = _params(req)
     if req.stream and params.n > 1:
         raise APIError(400, "n: streaming supports n=1 only", param="n")

@@ -136,10 +136,13 @@ def base_learning_rate(method: str, batch_size) -> float:
     return auto_learning_rate(method, batch_size if isinstance(batch_size, int) else LR_REFERENCE_BATCH)
 
 
-def training_config(requested: dict, seed: int, extra: dict) -> dict:
-    """The job's training keys (the worker adds the model, files and run directory and writes the whole
-    configuration into the run directory: ``RUN/config.yaml``)."""
+def training_config(requested: dict, seed: int, extra: dict, base_path: str | None = None) -> dict:
+    """The job's training keys (the worker adds the files and run directory and writes the whole configuration
+    into the run directory: ``RUN/config.yaml``). ``base_path``: where an operator's named base model is (the
+    job keeps the name the client used; ``model`` here is what training loads)."""
     config = {k: v for k, v in extra.items()}
+    if base_path is not None:
+        config["model"] = base_path
     config["seed"] = seed
     config["epochs"] = requested["n_epochs"]
     config["batch_size"] = requested["batch_size"]
@@ -244,3 +247,8 @@ def checkpoint_object(c: Checkpoint) -> dict:
     return {"id": c.id, "object": "fine_tuning.job.checkpoint", "created_at": c.created_at,
             "fine_tuned_model_checkpoint": c.model_name, "fine_tuning_job_id": c.job_id,
             "step_number": c.step, "metrics": c.metrics}
+
+
+def base_of(job: Job) -> str:
+    """What the job's base model loads: the operator's path for a named model, else the name itself."""
+    return (job.config or {}).get("model") or job.model

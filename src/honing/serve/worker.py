@@ -201,7 +201,7 @@ class Worker:
         with self.Session() as s:
             train = s.get(File, job.training_file)
             val = s.get(File, job.validation_file) if job.validation_file else None
-        raw = {**job.config, "tensorboard": False, "model": job.model, "data": train.path, "out": job.run_dir}
+        raw = {**job.config, "tensorboard": False, "model": J.base_of(job), "data": train.path, "out": job.run_dir}
         if val is not None:
             raw["eval_data"] = val.path
         return validate_config(apply_overrides(raw, self.settings.job_set), f"job {job.id}")
