@@ -119,14 +119,16 @@ def export_run(run_dir: str | os.PathLike, fmt: str = "gguf", out: str | os.Path
 
 def _check_gguf_architecture(run) -> None:
     """An architecture or setting the GGUF writer cannot express is named before the slow merge: from the
-    base model's config.json alone (a full fine-tune keeps its base's architecture)."""
+    config.json alone (a full fine-tune's own, else the base model's)."""
     from transformers import AutoConfig
 
     from honing.export.gguf_families import check_exportable
     from honing.export.gguf_names import arch_spec
     from honing.models.catalog import resolve_model
 
-    config = AutoConfig.from_pretrained(str(resolve_model(run.base_model_reference()).path))
+    own = run.final_dir / "config.json"
+    source = run.final_dir if own.is_file() else resolve_model(run.base_model_reference()).path
+    config = AutoConfig.from_pretrained(str(source))
     check_exportable(config, arch_spec(config).gguf_arch)
 
 
