@@ -107,31 +107,35 @@ def test_cpu_budget_probe_runs_the_model_and_is_cached():
     assert model.training  # the probe leaves the model as it found it
 
 
-def test_cpu_budget_probe_stops_growing_where_batching_does_not_pay():
+def test_cpu_budget_probe_stops_growing_where_batching_does_not_pay(monkeypatch):
     """A forward whose time grows with its rows (no gain from batching) is measured at 1 and 4 rows, never 16
-    (the probe's memory peak); one that gains from batching is measured at every size."""
-    import time as _time
+    (the probe's memory peak); one that gains from batching is measured at every size. The stand-in forwards
+    advance a fake clock, so the rates are exact whatever the machine's load."""
+    import time
     from types import SimpleNamespace
 
     import torch
 
     from honing.train import auto
 
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
     class Timed(torch.nn.Module):
-        def __init__(self, name: str, seconds_per_row):
+        def __init__(self, name: str, seconds):
             super().__init__()
             self.config = SimpleNamespace(_name_or_path=name, hidden_size=8, num_hidden_layers=1, vocab_size=50)
-            self.seconds_per_row, self.rows_seen = seconds_per_row, []
+            self.seconds, self.rows_seen = seconds, []
 
         def forward(self, input_ids, logits_to_keep=1):
             rows = input_ids.shape[0]
             if input_ids.shape[1] > 8:  # the timed pass, not the warm-up
                 self.rows_seen.append(rows)
-            _time.sleep(self.seconds_per_row(rows) * rows)
+            clock[0] += self.seconds(rows)
 
-    flat = Timed("flat", lambda rows: 0.01)
+    flat = Timed("flat", lambda rows: 0.01 * rows)
     assert auto.measure_cpu_token_budget(flat, 40)[0] == 40
     assert flat.rows_seen == [1, 4]
-    batching = Timed("batching", lambda rows: 0.02 / rows)  # every size takes the same time: 4x, 16x the rate
+    batching = Timed("batching", lambda rows: 0.02)  # every size takes the same time: 4x, 16x the rate
     assert auto.measure_cpu_token_budget(batching, 40)[0] == 640
     assert batching.rows_seen == [1, 4, 16]
