@@ -172,6 +172,11 @@ def build_adapters(client, base: str, k: int, steps: int, train_file: Path) -> l
     return done
 
 
+def _seeded_job(base: str, i: int) -> dict:
+    jid = f"ftjob-seeded{i}"
+    return {"id": jid, "model": f"ft:{base}:default:bench{i}:{jid}"}
+
+
 def seeded_adapters(data: Path, base: str, k: int) -> list[dict]:
     """K random LoRA adapters (all linear layers, r=16, alpha=32: Honing's defaults; seeded) saved as runs'
     final/ directories and registered as succeeded jobs of project "default" in a fresh database."""
@@ -199,10 +204,10 @@ def seeded_adapters(data: Path, base: str, k: int) -> list[dict]:
             for name, p in peft.named_parameters():
                 if "lora_B" in name:
                     p.mul_(0.05)  # answers change, yet stay text (not a random walk over the vocabulary)
-        jid = f"ftjob-seeded{i}"
+        jobs.append(_seeded_job(base, i))
+        jid = jobs[-1]["id"]
         run = data / "runs" / jid
         peft.save_pretrained(run / "final")
-        jobs.append({"id": jid, "model": f"ft:{base}:default:bench{i}:{jid}"})
         with sessions(engine).begin() as s:
             s.add(Job(id=jid, project="default", model=base, training_file="file-none", status="succeeded",
                       method={"type": "supervised", "supervised": {"hyperparameters": {
@@ -379,11 +384,14 @@ def _args(argv):
 
 
 def _train_or_reuse(args, client, url, data: Path, result: dict) -> list[dict]:
-    if args.reuse or args.seeded_adapters:
+    if args.seeded_adapters:
+        result["training"] = {"seeded": str(data), "jobs": args.seeded}
+        return args.seeded
+    if args.reuse:
         jobs = [{"id": j.id, "model": j.fine_tuned_model} for j in client.fine_tuning.jobs.list(limit=100)
                 if j.status == "succeeded" and (j.user_provided_suffix or "").startswith("bench")]
         jobs = sorted(jobs, key=lambda j: j["model"])[: args.adapters]
-        result["training"] = {"reused" if args.reuse else "seeded": str(data), "jobs": jobs}
+        result["training"] = {"reused": str(data), "jobs": jobs}
         return jobs
     # 2. adapters, with /health and a database-backed list polled while the jobs train
     train = data.parent / "train.jsonl"
@@ -456,14 +464,16 @@ def main(argv=None) -> None:
 
     result = {"command": "HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/serve_bench.py "
                          + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "config": vars(args), "machine": machine(), "note": args.note}
+              "config": dict(vars(args)), "machine": machine(), "note": args.note}
     if args.reuse:
         data = Path(args.reuse).resolve()
+        if args.seeded_adapters:  # the jobs an earlier --seeded-adapters run registered there
+            args.seeded = [_seeded_job(args.base, i) for i in range(args.adapters)]
     else:
         data = Path(tempfile.mkdtemp(prefix="serve-bench-")) / "data"
         data.mkdir()
         if args.seeded_adapters:
-            seeded_adapters(data, args.base, args.adapters)
+            args.seeded = seeded_adapters(data, args.base, args.adapters)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     answers = {}
     for i, engine in enumerate(engines):

@@ -68,6 +68,7 @@ class LlamaCppEngine:
         self._proc = self._conn = None
         self._version = None
         self._queues: dict[int, queue.Queue] = {}
+        self._sent_to: dict[int, object] = {}  # request id -> the engine connection it was sent to
         self._rids = itertools.count(1)
         self._lock = threading.Lock()  # starting the process, sending to it
         self.restarts = 0
@@ -118,12 +119,17 @@ class LlamaCppEngine:
         with self._lock:
             if self._proc is proc:
                 self._conn = None
-            for q in list(self._queues.values()):
-                q.put(_DIED)
+            # only this engine's requests: those sent to a newer engine are still being answered
+            for rid in [r for r, c in self._sent_to.items() if c is conn]:
+                q = self._queues.get(rid)
+                if q is not None:
+                    q.put(_DIED)
 
-    def _send(self, msg) -> None:
+    def _send(self, msg, rids: list[int]) -> None:
         with self._lock:
             self._ensure_started()
+            for rid in rids:
+                self._sent_to[rid] = self._conn
             self._conn.send(msg)
 
     def _cancel(self, rid: int) -> None:
@@ -186,17 +192,22 @@ class LlamaCppEngine:
         rid, q = next(self._rids), queue.Queue()
         self._queues[rid] = q
         try:
-            self._send(("state", rid))
+            self._send(("state", rid), [rid])
             msg = q.get(timeout=30)
         finally:
             self._queues.pop(rid, None)
+            self._sent_to.pop(rid, None)
         if msg is _DIED:
             return []
         path = str(self._files(Target(base))[0])
         return msg[2].get(path, [])
 
     # -- generation ---------------------------------------------------------------------------
-    def _submit(self, t: Target, prompt_ids: list[int], p: Params, seed: int | None) -> tuple[int, queue.Queue]:
+    def _submit(self, t: Target, prompt_ids: list[int], p: Params, seeds: list[int | None]
+                ) -> list[tuple[int, queue.Queue]]:
+        """One sequence per seed, sent in ONE message: the engine admits them in the same step, so a
+        request's choices are batched alike every time (llama.cpp's rounding depends on the batch: with a
+        seed, the same request alone gets the same answers)."""
         from honing.evaluate.generation import stop_token_ids
 
         n_ctx = self.cfg["n_ctx"]
@@ -204,18 +215,23 @@ class LlamaCppEngine:
             raise APIError(400, f"messages: the prompt is {len(prompt_ids)} tokens; the engine's context holds "
                                 f"{n_ctx} (hone serve --engine-ctx)", param="messages", code="context_length_exceeded")
         base, adapter = self._files(t)
-        rid, q = next(self._rids), queue.Queue()
-        self._queues[rid] = q
-        req = {"rid": rid, "base": base, "adapter_key": t.adapter_key, "adapter_path": adapter,
-               "prompt": list(prompt_ids), "max_tokens": min(p.max_new_tokens, n_ctx - len(prompt_ids)),
-               "temperature": p.temperature, "top_p": p.top_p, "seed": seed,
-               "stop_ids": tuple(stop_token_ids(self.tokenizer(t.base)))}
+        stop_ids = tuple(stop_token_ids(self.tokenizer(t.base)))
+        out, reqs = [], []
+        for seed in seeds:
+            rid, q = next(self._rids), queue.Queue()
+            self._queues[rid] = q
+            out.append((rid, q))
+            reqs.append({"rid": rid, "base": base, "adapter_key": t.adapter_key, "adapter_path": adapter,
+                         "prompt": list(prompt_ids), "max_tokens": min(p.max_new_tokens, n_ctx - len(prompt_ids)),
+                         "temperature": p.temperature, "top_p": p.top_p, "seed": seed, "stop_ids": stop_ids})
         try:
-            self._send(("submit", req))
+            self._send(("submit", reqs), [rid for rid, _ in out])
         except BaseException:
-            self._queues.pop(rid, None)
+            for rid, _ in out:
+                self._queues.pop(rid, None)
+                self._sent_to.pop(rid, None)
             raise
-        return rid, q
+        return out
 
     def _tokens(self, rid: int, q: queue.Queue) -> Iterator[tuple[int, str | None]]:
         while True:
@@ -247,7 +263,8 @@ class LlamaCppEngine:
                 if cut is not None:
                     yield cut[sent:], "stop", count
                     return
-                if finish is not None:
+                if finish is not None:  # the engine has already freed the sequence: nothing to cancel
+                    self._queues.pop(rid, None)
                     yield text[sent:], finish, count
                     return
                 safe = len(text) - hold
@@ -263,18 +280,17 @@ class LlamaCppEngine:
         """A request that ended early (stop string, client gone, error) frees its sequence in the engine."""
         if self._queues.pop(rid, None) is not None:
             self._cancel(rid)
+        self._sent_to.pop(rid, None)
 
     def stream(self, t: Target, prompt_ids: list[int], p: Params) -> Iterator[tuple[str, str | None, int]]:
-        rid, q = self._submit(t, prompt_ids, p, p.seed)
+        ((rid, q),) = self._submit(t, prompt_ids, p, [p.seed])
         yield from self._decode(t, rid, q, p)
 
     def complete(self, t: Target, prompt_ids: list[int], p: Params) -> list[Choice]:
         """All ``n`` choices decode at once (sampled: seeds seed, seed+1, ...; greedy: one run, repeated)."""
         runs = 1 if p.temperature <= 0 else p.n
-        submitted = []
+        submitted = self._submit(t, prompt_ids, p, [None if p.seed is None else p.seed + i for i in range(runs)])
         try:
-            for i in range(runs):
-                submitted.append(self._submit(t, prompt_ids, p, None if p.seed is None else p.seed + i))
             choices = [_collect(self._decode(t, rid, q, p)) for rid, q in submitted]
         finally:
             for rid, _ in submitted:
