@@ -38,6 +38,7 @@ FINAL = "final"
 MERGED = "merged"
 EVAL = "eval"
 REPORT_HTML = "report.html"
+REFERENCE_LOGPS = "reference_logps.safetensors"  # DPO/KTO full fine-tuning: the starting model's log-probs
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:

@@ -29,7 +29,6 @@ mismatched, computed once before training and stored in the run directory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from honing.data.conversation import Conversation, LabeledExample, Message
 from honing.data.render import RenderedExample, TemplateError, render_conversation
@@ -37,7 +36,8 @@ from honing.errors import DataError
 from honing.train.dataset import RenderedSet
 from honing.train.errors import TrainingError
 from honing.train.objectives import LossOutput, Objective
-from honing.train.preference import REFERENCE_FILE, collate_sequences, sequence_logps
+from honing.train.preference import collate_sequences, sequence_logps
+from honing.train.reference import cached_reference
 
 KL_PREFIX = "kl_"  # batch keys of the mismatched sequences (flat, so the loop's to_device moves them)
 REFERENCE_CHUNK = 4  # sequences per forward when precomputing reference log-probs or an eval KL
@@ -333,50 +333,17 @@ def _fingerprint(rendered) -> str:
 
 
 def prepare_reference(ctx, objective: KTOObjective) -> None:
-    """Fill ``item.ref`` of every train and eval example: read from the run directory (a resume) or computed now
-    with the starting weights and written there atomically."""
-    path = Path(ctx.run_dir) / REFERENCE_FILE
-    sets = {k: v for k, v in {"train": ctx.train_set, "eval": ctx.eval_set}.items() if v is not None}
-    if path.is_file():
-        _load_reference(path, sets)
-        ctx.log(f"KTO reference: log-probs read from {path}")
-        return
-    if ctx.resumed:
-        raise TrainingError(f"{path} is missing: the reference log-probs of this run cannot be recomputed from "
-                            "trained weights; start the run again without resume")
-    ctx.log(f"KTO reference: computing the starting model's log-probs of {sum(len(s) for s in sets.values())} "
-            "examples and their mismatched replies once (stored in the run directory)")
-    import torch
+    """Fill ``item.ref`` (the completion's, a mismatched completion's) of every train and eval example: stored
+    once in the run directory."""
+    packing = ctx.config.packing and objective.packing_supported
 
-    tensors = {}
-    for name, rendered in sets.items():
-        packing = ctx.config.packing and objective.packing_supported
+    def compute(rendered) -> list[tuple[float, float]]:
         own = reference_logps(ctx.model, [it.seq for it in rendered.items], ctx.runtime, packing)
         other = reference_logps(ctx.model, [it.kl for it in rendered.items], ctx.runtime, packing)
-        for it, a, b in zip(rendered.items, own, other):
-            it.ref = (a, b)
-        tensors[f"{name}.completion"] = torch.tensor(own, dtype=torch.float64)
-        tensors[f"{name}.mismatched"] = torch.tensor(other, dtype=torch.float64)
-    if ctx.runtime.dist.is_main:
-        from safetensors.torch import save
+        return list(zip(own, other))
 
-        from honing.fileio import write_bytes_atomic
-
-        meta = {f"{k}.fingerprint": _fingerprint(v) for k, v in sets.items()}
-        write_bytes_atomic(path, save(tensors, metadata=meta))
-
-
-def _load_reference(path: Path, sets: dict) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        for name, rendered in sets.items():
-            if meta.get(f"{name}.fingerprint") != _fingerprint(rendered):
-                raise TrainingError(f"{path}: stored reference log-probs were computed for other {name} examples")
-            own, other = f.get_tensor(f"{name}.completion").tolist(), f.get_tensor(f"{name}.mismatched").tolist()
-            for it, a, b in zip(rendered.items, own, other):
-                it.ref = (a, b)
+    cached_reference(ctx, "KTO", ("completion", "mismatched"), "examples (each with a mismatched reply)", compute,
+                     _fingerprint)
 
 
 def reference_logps(model, seqs: list[RenderedExample], runtime, packing: bool) -> list[float]:

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from honing.data.conversation import PreferencePair
 from honing.data.render import IGNORE_INDEX, RenderedExample, TemplateError, render_preference
 from honing.errors import DataError
+from honing.rundir import REFERENCE_LOGPS
 from honing.train.dataset import RenderedSet
 from honing.train.objectives import LossOutput, Objective
+from honing.train.reference import cached_reference
 
-REFERENCE_FILE = "reference_logps.safetensors"
+REFERENCE_FILE = REFERENCE_LOGPS  # the name tests and older callers import from here
 # Keys of a collated batch the model's forward takes; the rest is the objective's bookkeeping.
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 CHUNK_TOKENS = 512
@@ -360,55 +362,10 @@ def _set_fingerprint(rendered) -> str:
 
 
 def prepare_reference(ctx, objective: DPOObjective) -> None:
-    """Fill ``item.ref`` for every train and eval pair: from the run directory when present (a resume),
-    else computed now with the model's starting weights and written there atomically."""
-    from pathlib import Path
-
-    path = Path(ctx.run_dir) / REFERENCE_FILE
-    sets = {"train": ctx.train_set, "eval": ctx.eval_set}
-    sets = {k: v for k, v in sets.items() if v is not None}
-    if path.is_file():
-        _load_reference(path, sets)
-        ctx.log(f"DPO reference: log-probs read from {path}")
-        return
-    if ctx.resumed:
-        from honing.train.errors import TrainingError
-
-        raise TrainingError(f"{path} is missing: the reference log-probs of this run cannot be recomputed from "
-                            "trained weights; start the run again without resume")
-    ctx.log(f"DPO reference: computing the starting model's log-probs of {sum(len(s) for s in sets.values())} "
-            "pairs once (stored in the run directory)")
-    tensors = {}
-    for name, rendered in sets.items():
-        values = compute_reference(ctx.model, rendered.items, objective, ctx.runtime, ctx.config)
-        for it, (c, r) in zip(rendered.items, values):
-            it.ref = (c, r)
-        import torch
-
-        tensors[f"{name}.chosen"] = torch.tensor([v[0] for v in values], dtype=torch.float64)
-        tensors[f"{name}.rejected"] = torch.tensor([v[1] for v in values], dtype=torch.float64)
-    meta = {f"{k}.fingerprint": _set_fingerprint(v) for k, v in sets.items()}
-    if ctx.runtime.dist.is_main:
-        from safetensors.torch import save
-
-        from honing.fileio import write_bytes_atomic
-
-        write_bytes_atomic(path, save(tensors, metadata=meta))
-
-
-def _load_reference(path, sets: dict) -> None:
-    from safetensors import safe_open
-
-    from honing.train.errors import TrainingError
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        for name, rendered in sets.items():
-            if meta.get(f"{name}.fingerprint") != _set_fingerprint(rendered):
-                raise TrainingError(f"{path}: stored reference log-probs were computed for other {name} pairs")
-            chosen, rejected = f.get_tensor(f"{name}.chosen").tolist(), f.get_tensor(f"{name}.rejected").tolist()
-            for it, c, r in zip(rendered.items, chosen, rejected):
-                it.ref = (c, r)
+    """Fill ``item.ref`` (chosen, rejected) of every train and eval pair: stored once in the run directory."""
+    cached_reference(ctx, "DPO", ("chosen", "rejected"), "pairs",
+                     lambda rendered: compute_reference(ctx.model, rendered.items, objective, ctx.runtime, ctx.config),
+                     _set_fingerprint)
 
 
 def compute_reference(model, items: list[PairItem], objective: _PairObjective, runtime=None, config=None,
