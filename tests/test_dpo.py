@@ -114,6 +114,7 @@ def test_dpo_loss_equals_trl_dpotrainer(smol_tokenizer, tmp_path):
     for loss_type, beta, ls in [("sigmoid", 0.1, 0.0), ("robust", 0.1, 0.2), ("hinge", 0.3, 0.0), ("ipo", 0.1, 0.0)]:
         obj = DPOObjective(_config(packing=False, **{"dpo.loss_type": loss_type, "dpo.beta": beta,
                                                       "dpo.label_smoothing": ls}))
+        obj.shared_prompt = False  # TRL's inputs: one sequence per reply (tests/test_dpo_shared_prompt.py: same loss)
         items = obj.render_set(smol_tokenizer, PAIRS, "x", "sha").items
         for it, r in zip(items, refs):
             it.ref = r

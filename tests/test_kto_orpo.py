@@ -134,6 +134,7 @@ def test_kto_needs_labeled_examples(smol_tokenizer):
 def test_orpo_odds_ratio_equals_trl_and_nll_is_per_pair(tiny, smol_tokenizer):
     beta = 0.25
     obj = ORPOObjective(_config("orpo", **{"orpo.beta": beta}))
+    obj.shared_prompt = False  # TRL's log-probs: one sequence per reply (tests/test_dpo_shared_prompt.py: same loss)
     items = obj.render_set(smol_tokenizer, PAIRS, "x", "sha").items
     batch = obj.collate(items, smol_tokenizer.pad_token_id)
     mine = obj.loss(tiny, batch)

@@ -1,10 +1,23 @@
 """Preference tuning: DPO (against a reference model) and SimPO (reference-free), as objectives of the one loop.
 
     pair (prompt, chosen, rejected) -> two renderings sharing the prompt, loss on the reply tokens only
-    micro-batch of B pairs -> ONE forward over 2B sequences [chosen_1..chosen_B, rejected_1..rejected_B]
+    micro-batch of B pairs -> ONE forward; each pair is one row segment holding its prompt ONCE:
+        [prompt (but its last token) | last prompt token + chosen reply | last prompt token + rejected reply]
     -> summed reply log-probs per sequence (chunked over positions: the [tokens, vocab] logits never exist)
     -> DPO:   logits = (pi_c - pi_r) - (ref_c - ref_r); loss by loss_type (TRL's formulas)
        SimPO: logits = beta x (pi_c / |c| - pi_r / |r|) - gamma; loss = -log sigmoid(logits)
+
+The shared prompt ("shared_prompt" layout, the default): a 4-D attention mask keeps each reply off the other
+(a reply attends to the prompt and to itself, causally; pairs packed in one row attend only to their own
+tokens) and the position ids of the rejected reply restart where the prompt ends, so every reply token sees
+exactly what it sees in its own sequence: same log-probs, same loss and gradients as two sequences
+(tests/test_dpo_shared_prompt.py), with the prompt's forward, backward and reference forward done once. The
+last prompt token is repeated at the head of each reply segment: its hidden state predicts the reply's first
+token, and the labels' one-position shift then stays inside each segment (one token per reply, not a copy of the
+prompt). transformers passes a 4-D mask through unchanged (``masking_utils``: "already prepared 4D mask"),
+boolean for sdpa (and the fused LoRA layers) and additive for eager; other attention implementations (flash
+attention's varlen kernels take no mask) and sliding-window models fall back to the "two_sequences" layout
+(prompt + chosen, prompt + rejected, as TRL runs them), which ``setup`` logs with the reason.
 
 The normalizer is one unit per pair: ``loss_sum`` is the sum of the micro-batch's per-pair losses and the
 loop divides by the pairs of the whole optimizer step, as it divides SFT's sum by trained tokens.
@@ -21,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from honing.data.conversation import PreferencePair
 from honing.data.render import IGNORE_INDEX, RenderedExample, TemplateError, render_preference
@@ -56,6 +70,30 @@ class PairItem:
     @property
     def completion_tokens(self) -> int:
         return sum(self.chosen.loss_mask[1:]) + sum(self.rejected.loss_mask[1:])
+
+    @cached_property
+    def shared_prefix(self) -> int:
+        """Tokens the shared-prompt row holds once (:func:`shared_prefix_length`)."""
+        return shared_prefix_length(self.chosen, self.rejected)
+
+    @property
+    def shared_length(self) -> int:
+        """The pair's tokens in the shared-prompt layout: the whole chosen rendering, then the rejected one
+        after the shared prefix."""
+        return len(self.chosen) + len(self.rejected) - self.shared_prefix
+
+
+def shared_prefix_length(chosen: RenderedExample, rejected: RenderedExample) -> int:
+    """How many leading tokens of the two renderings go into a shared-prompt row once: their common prefix,
+    cut before the first trained token of either side, less one (the last prompt token heads each reply
+    segment: see the module docstring). 0 when they share nothing."""
+    limit = min(len(chosen), len(rejected))
+    for side in (chosen, rejected):
+        limit = min(limit, next((i for i, m in enumerate(side.loss_mask) if m), limit))
+    common = 0
+    while common < limit and chosen.input_ids[common] == rejected.input_ids[common]:
+        common += 1
+    return max(common - 1, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,17 +152,109 @@ def collate_sequences(seqs: list[RenderedExample], pad_id: int, packing: bool) -
     return batch
 
 
-def collate_pairs(items: list[PairItem], pad_id: int, packing: bool) -> dict:
-    """One batch of 2B sequences, chosen first (:func:`collate_sequences`), plus ``n_pairs`` and, when
-    precomputed, ``ref_logps`` [2B]."""
+def collate_pairs(items: list[PairItem], pad_id: int, packing: bool, shared_prompt: bool = False) -> dict:
+    """One batch of 2B sequences, chosen first, plus ``n_pairs`` and, when precomputed, ``ref_logps`` [2B].
+    ``shared_prompt``: each pair's prompt once (:func:`collate_shared_prompt`); else two sequences per pair
+    (:func:`collate_sequences`)."""
     import torch
 
-    batch = collate_sequences([it.chosen for it in items] + [it.rejected for it in items], pad_id, packing)
+    if shared_prompt:
+        batch = collate_shared_prompt(items, pad_id, packing)
+    else:
+        batch = collate_sequences([it.chosen for it in items] + [it.rejected for it in items], pad_id, packing)
     batch["n_pairs"] = torch.tensor(len(items))
     if all(it.ref is not None for it in items):
         batch["ref_logps"] = torch.tensor([it.ref[0] for it in items] + [it.ref[1] for it in items],
                                           dtype=torch.float64)
     return batch
+
+
+# Branch ids of a shared-prompt row: what a token may attend to besides its own branch.
+PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, -1
+
+
+def _shared_row(item: PairItem, chosen_index: int, rejected_index: int) -> dict[str, list[int]]:
+    """One pair as lists: the chosen rendering whole, then the rejected one past the shared prefix."""
+    s, c, r = item.shared_prefix, item.chosen, item.rejected
+    labels_r = r.labels()[s:]
+    labels_r[0] = IGNORE_INDEX  # the row's previous token is the chosen reply's last: never a predictor of it
+    return {
+        "input_ids": c.input_ids + r.input_ids[s:],
+        "labels": c.labels() + labels_r,
+        "position_ids": list(range(len(c))) + list(range(s, len(r))),  # the rejected reply restarts after the prompt
+        "branch": [PROMPT] * s + [CHOSEN] * (len(c) - s) + [REJECTED] * (len(r) - s),
+        "sequence_index": [chosen_index] * len(c) + [rejected_index] * (len(r) - s),
+    }
+
+
+def shared_prompt_mask(pair_id, branch):
+    """Boolean [R, 1, T, T] (True = may attend) from ``pair_id`` and ``branch`` [R, T]: a token attends to the
+    earlier tokens of its own pair that are prompt or its own branch; padding (branch -1) only to itself, so
+    no query row is empty (sdpa would return NaN there)."""
+    import torch
+
+    t = pair_id.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    same_pair = pair_id.unsqueeze(2) == pair_id.unsqueeze(1)
+    key_visible = (branch.unsqueeze(1) == PROMPT) | (branch.unsqueeze(1) == branch.unsqueeze(2))
+    real = (branch != PAD).unsqueeze(2)
+    allowed = same_pair & key_visible & causal & real
+    return (allowed | torch.eye(t, dtype=torch.bool)).unsqueeze(1)
+
+
+def collate_shared_prompt(items: list[PairItem], pad_id: int, packing: bool) -> dict:
+    """The pairs with their prompts once: one row (``packing``) or one right-padded row per pair, with the
+    4-D boolean ``attention_mask`` of :func:`shared_prompt_mask`, ``position_ids``, ``labels`` and
+    ``sequence_index`` (chosen of pair i: i, rejected: B + i; -1 on padding)."""
+    import torch
+
+    n = len(items)
+    rows = [_shared_row(it, i, n + i) for i, it in enumerate(items)]
+    for i, row in enumerate(rows):
+        row["labels"][0] = IGNORE_INDEX  # packed: the previous pair's last token does not predict it
+        row["pair"] = [i] * len(row["input_ids"])
+    if packing:
+        rows = [{k: [v for row in rows for v in row[k]] for k in rows[0]}]
+    width = max(len(row["input_ids"]) for row in rows)
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "position_ids": 0, "branch": PAD, "sequence_index": -1,
+            "pair": -1}
+    batch = {k: torch.tensor([row[k] + [f] * (width - len(row[k])) for row in rows], dtype=torch.long)
+             for k, f in fill.items()}
+    batch["attention_mask"] = shared_prompt_mask(batch.pop("pair"), batch.pop("branch"))
+    return batch
+
+
+def shared_prompt_unsupported(model, max_length: int) -> str | None:
+    """Why ``model`` cannot take the shared-prompt layout, or None when it can."""
+    from honing.train.losses import _unwrap
+
+    config = _unwrap(model).config
+    attn = getattr(config, "_attn_implementation", None)
+    if attn not in ("sdpa", "eager"):
+        return f"attention implementation {attn!r} takes no custom 4-D mask (only sdpa and eager do)"
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    if window and getattr(text, "use_sliding_window", True) and window < 2 * max_length:
+        return f"sliding-window attention ({window} tokens) would need a mask of its own"
+    return None
+
+
+def _model_inputs(model, batch: dict) -> dict:
+    """The model's inputs of ``batch``; a boolean 4-D mask becomes additive for eager attention, which adds
+    the mask to its scores (sdpa takes booleans)."""
+    import torch
+
+    from honing.train.losses import _unwrap
+
+    inputs = {k: batch[k] for k in MODEL_KEYS if k in batch}
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 4 and mask.dtype == torch.bool:
+        core = _unwrap(model)
+        if getattr(core.config, "_attn_implementation", None) == "eager":
+            dtype = core.get_input_embeddings().weight.dtype
+            inputs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(dtype).min)
+    return inputs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,7 +295,7 @@ def token_logps(model, batch: dict, chunk_tokens: int = CHUNK_TOKENS):
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    inputs = {k: batch[k] for k in MODEL_KEYS if k in batch}
+    inputs = _model_inputs(model, batch)
     labels, owner = batch["labels"], batch["sequence_index"]
     out, head, softcap = _final_hidden(model, inputs)
     targets = labels[:, 1:].reshape(-1)
@@ -256,17 +386,29 @@ def _stats(losses, chosen_rewards, rejected_rewards, policy_chosen, policy_rejec
 
 
 class _PairObjective(Objective):
+    # Each pair's prompt once in its row (module docstring); setup() falls back to two sequences per pair
+    # where the model's attention cannot take the mask.
+    shared_prompt = True
+
     def render_set(self, tokenizer, examples, path, sha256):
         return render_pairs(tokenizer, examples, self.config.max_length, path, sha256, self.name)
 
+    def setup(self, ctx) -> None:
+        reason = shared_prompt_unsupported(ctx.model, self.config.max_length) if self.shared_prompt else None
+        if reason:
+            self.shared_prompt = False
+            ctx.log(f"{self.name}: chosen and rejected each carry the whole prompt (two sequences per pair): {reason}")
+
     def collate(self, items, pad_id):
-        return collate_pairs(items, pad_id, self.config.packing and self.packing_supported)
+        return collate_pairs(items, pad_id, self.config.packing and self.packing_supported, self.shared_prompt)
 
     def normalizer(self, item) -> int:
         return 1  # the loss is a mean over pairs
 
     def tokens(self, item) -> int:
-        return len(item)
+        # The tokens the forward runs. (The loop's auto micro-batch reads this before setup() can fall back
+        # to two sequences: such a run then sizes its micro-batches by the shorter, shared-prompt count.)
+        return item.shared_length if self.shared_prompt else len(item)
 
     def trained_tokens(self, item) -> int:
         return item.completion_tokens
@@ -288,6 +430,7 @@ class DPOObjective(_PairObjective):
         self.reference = None  # "adapter_disabled" | "precomputed", decided in setup()
 
     def setup(self, ctx) -> None:
+        super().setup(ctx)  # the layout first: the precomputed reference collates with it
         self.reference = reference_mode(ctx.config)
         if self.reference == "precomputed":
             prepare_reference(ctx, self)
