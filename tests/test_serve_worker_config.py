@@ -50,7 +50,7 @@ def test_the_worker_writes_the_configuration_once_and_trains_from_it(worker):
     job = _job(worker, config)
     args = worker.command(job)
     path = worker.settings.runs_dir / job.id / CONFIG_FILE
-    assert args[3:] == ["train", str(path), "--resume", "--quiet", "--eval-baselines",
+    assert args[3:] == ["train", str(path), "--resume", "--eval-baselines",
                         worker.settings.eval_baselines]
     read = build_config(path)  # what `hone train RUN/config.yaml` validates
     assert read == worker.train_config(job)

@@ -62,3 +62,29 @@ def test_closing_paragraph_names_the_objective_and_method(tmp_path):
     full_cpt = build_config(values={"data": "d.txt", "objective": "cpt", "method": "full"})
     assert closing_paragraph(_result(tmp_path), full_cpt).startswith(
         "Fine-tuned every weight of smollm2-135m-instruct (continued pre-training)")
+
+
+def _lines_at(total: int, seconds_per_step: float, evals: tuple[int, ...] = ()) -> list[int]:
+    """Steps at which a non-terminal Progress prints, on a fake clock advancing ``seconds_per_step``."""
+    import io
+
+    out = io.StringIO()
+    bar = Progress(total=total, start=0, enabled=True, stream=out)
+    now = [bar.t0]
+    bar.clock = lambda: now[0]
+    for step in range(1, total + 1):
+        now[0] += seconds_per_step
+        bar.update(step, loss=1.0, eval_loss=0.5 if step in evals else None, tps=100.0)
+    return [int(line.split()[1].split("/")[0]) for line in out.getvalue().splitlines()]
+
+
+def test_progress_lines_off_a_terminal_keep_a_steady_cadence():
+    # Fast steps (1 s, 1,000 steps -> every 10 steps would be 10 s): ~30 s apart, not a line per 10 steps.
+    fast = _lines_at(1000, 1.0)
+    assert fast[:3] == [1, 31, 61] and fast[-1] == 1000
+    # Slow steps (60 s each): every 10 steps (a hundredth of the run), not one per step.
+    slow = _lines_at(1000, 60.0)
+    assert slow[:3] == [1, 11, 21] and slow[-1] == 1000 and len(slow) == 101
+    # A short run prints its first and last step; an eval always prints.
+    assert _lines_at(5, 1.0) == [1, 5]
+    assert _lines_at(5, 1.0, evals=(3,)) == [1, 3, 5]

@@ -213,9 +213,10 @@ class Worker:
         path = RunDir(job.run_dir).config_path
         if not path.is_file():
             save_recipe(self.train_config(job), path)
-        # Always --resume: a first attempt finds no run and starts fresh; a later one continues.
-        args = [sys.executable, "-c", "from honing.cli import main; main()", "train", str(path), "--resume",
-                "--quiet"]
+        # Always --resume: a first attempt finds no run and starts fresh; a later one continues. No --quiet:
+        # the output is a file, so the loop prints plain progress lines (step, loss, eval, rates, ETA) at a
+        # steady cadence, and the attempt's log says what the job's metrics events say while it runs.
+        args = [sys.executable, "-c", "from honing.cli import main; main()", "train", str(path), "--resume"]
         if job.validation_file is not None:
             args += ["--eval-baselines", self.settings.eval_baselines]
         else:

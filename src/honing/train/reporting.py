@@ -146,13 +146,18 @@ def overfitting_warning(rows: list[dict], window: int = 2) -> str | None:
     )
 
 
+LINES_PER_RUN = 100  # off a terminal: at most about this many cadence lines (evals and the ends add theirs)
+
+
 class Progress:
     """Progress of a run: step, loss (or the objective's own metric), eval, examples/s and tokens/s (all
     tokens through the model, prompts included), the forgetting probe, and an ETA. Silent when disabled.
 
-    On a terminal it is a rich progress bar. Anywhere else (nohup, CI logs, a pipe) a bar draws nothing
-    until the end, so it prints one plain line at most every ``LINE_EVERY_S`` seconds, at every eval and at
-    the last step, as HF's Trainer and tqdm do in logs.
+    On a terminal it is a rich progress bar. Anywhere else (nohup, CI logs, a pipe, the service's job log) a
+    bar draws nothing until the end, so it prints plain lines, as HF's Trainer and tqdm do in logs: at the
+    first step, at every eval, at the last step, and in between once both ``LINE_EVERY_S`` seconds and
+    ``line_every_steps`` steps (about a hundredth of the run) have passed since the last line: a steady
+    cadence whether steps are fast (no line per step) or slow (no line per eval only).
 
     The ETA is the wall time per step so far (evals and checkpoints included, as they will recur) times
     the steps left; rich's own estimate only sees the last few steps and jumps at every eval."""
@@ -168,6 +173,8 @@ class Progress:
             return
         self.total, self.start, self.label, self.clock = total, start, label, time.perf_counter
         self.t0 = self.last_line = self.clock()
+        self.last_line_step = start
+        self.line_every_steps = max(1, -(-(total - start) // LINES_PER_RUN))
         self.stream = stream or sys.stdout
         self.fields = {"loss": "-", "eval": "-", "tps": "-", "eps": "-", "forget": "-", "eta": "-"}
         self.bar = None if not self.stream.isatty() else self._rich_bar(total, start, label)
@@ -209,11 +216,17 @@ class Progress:
         self.fields.update(fields)
         if self.bar is not None:
             self.bar.update(self.bar.task, completed=step, **fields)
-        elif eval_loss is not None or step == self.total or self.clock() - self.last_line >= self.LINE_EVERY_S:
-            self.last_line = self.clock()
+        elif self._line_due(step, eval_loss is not None):
+            self.last_line, self.last_line_step = self.clock(), step
             f = self.fields
             print(f"step {step}/{self.total}  {self.label} {f['loss']}  eval {f['eval']}  {f['eps']} ex/s  "
                   f"{f['tps']} tok/s  forgetting {f['forget']}  ETA {f['eta']}", file=self.stream, flush=True)
+
+    def _line_due(self, step: int, is_eval: bool) -> bool:
+        if is_eval or step == self.start + 1 or step == self.total:
+            return True
+        return (step - self.last_line_step >= self.line_every_steps
+                and self.clock() - self.last_line >= self.LINE_EVERY_S)
 
     def close(self) -> None:
         if self.enabled and self.bar is not None:
