@@ -142,7 +142,7 @@ def test_llama3_chat_template_translates(smol_tokenizer):
         assert chat.family == "llama3" and chat.default_system is None
         assert first_mismatch(tok, chat, add_bos=True, probes=PROBES) is None
         tok.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-        with pytest.raises(ModelError, match="neither ChatML nor Llama 3"):
+        with pytest.raises(ModelError, match="none of the families"):
             translate_chat_template(tok, add_bos=False)
     finally:
         tok.chat_template = saved

@@ -1,62 +1,57 @@
 """Ollama packaging: a ``Modelfile`` beside the GGUF file(s).
 
 Ollama does not run Jinja chat templates; its ``TEMPLATE`` is a Go template. The model's template is
-translated by recognising its family from what it renders (ChatML: SmolLM2, Qwen2; Llama 3), emitting
-that family's Go template, and then *checking* the translation: both templates render probe
-conversations (with and without a system message, several turns) and must give the same prompt string,
-or the export stops instead of shipping a model that chats differently. A default system prompt the
-Jinja template inserts on its own (SmolLM2: "You are a helpful AI assistant named SmolLM...") becomes
-the Modelfile's ``SYSTEM``, which Ollama inserts the same way; a system prompt shared by all the
-training examples takes its place, because that is the prompt the model was fine-tuned under.
+translated by recognising its family from what it renders (ChatML: SmolLM2, Qwen2.5, Qwen3; Llama 3 and
+3.1+; Mistral's ``[INST]``; Gemma 2/3; Phi-3), emitting that family's Go template, and then *checking* the
+translation: both render probe conversations (with and without a system message, several turns) and must
+give the same prompt string, or the export stops instead of shipping a model that chats differently.
+
+The reference is the prompt Honing trains and serves under (:func:`honing.data.render.fold_system`
+applied, then the Jinja template): for a template without a system role (Gemma 2) the system prompt is
+folded into the first user turn, and the Go template folds it the same way. A default system prompt the
+Jinja template inserts on its own (SmolLM2's, Qwen2.5's "You are Qwen...") becomes the Modelfile's
+``SYSTEM``, which Ollama inserts the same way; a system prompt shared by all the training examples takes
+its place, because that is the prompt the model was fine-tuned under. Text the template writes into the
+system turn around the system prompt (Llama 3.1+'s "Cutting Knowledge Date ... Today Date ...") is
+written into the Go template as rendered on the export day: a Go template cannot format today's date the
+way Llama's template does. A BOS the Jinja template writes itself goes into the Go template too unless
+llama.cpp adds one (``add_bos``).
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from honing.errors import HoningError, ModelError
 from honing.export.gotemplate import render_ollama_chat
 
-
-@dataclass(frozen=True)
-class ChatFamily:
-    name: str
-    user_turn: str  # how the family renders a user turn with content {c}
-    system_block: str  # regex capturing a system turn's content
-    go_template: str
-    stops: tuple[str, ...]
-
-
-FAMILIES = (
-    ChatFamily(
-        "chatml",
-        "<|im_start|>user\n{c}<|im_end|>\n",
-        r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n",
-        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n",
-        ("<|im_start|>", "<|im_end|>"),
-    ),
-    ChatFamily(
-        "llama3",
-        "<|start_header_id|>user<|end_header_id|>\n\n{c}<|eot_id|>",
-        r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>",
-        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
-        "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n",
-        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-    ),
-)
-
-# Conversations every translation must render identically (contents without edge whitespace: Llama 3's
-# Jinja template trims contents, Go templates do not).
-PROBES = (
-    [{"role": "user", "content": "Hi there"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-     {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?\nExplain."}],
-    [{"role": "user", "content": "first"}, {"role": "assistant", "content": "one"},
-     {"role": "user", "content": "second"}, {"role": "assistant", "content": "two"},
-     {"role": "user", "content": "third, with ünïcode ✓ and `code()`"}],
-)
+CHATML = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+          "<|im_start|>assistant\n")
+LLAMA3 = ("{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
+          "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n")
+# Llama 3.1+: a system turn always, the template's own text (PREAMBLE) before the system prompt.
+LLAMA31 = ("<|start_header_id|>system<|end_header_id|>\n\nPREAMBLE{{ .System }}<|eot_id|>\n"
+           "{{- range .Messages }}{{ if ne .Role \"system\" }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
+           "{{ .Content }}<|eot_id|>{{ end }}{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n")
+# Mistral (v0.3, Nemo): the system prompt goes before the *last* user message only.
+MISTRAL = ("{{- range $i, $_ := .Messages }}\n"
+           "{{- if eq .Role \"user\" }}[INST]{{ if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}\n\n"
+           "{{ end }}{{ .Content }}[/INST]\n"
+           "{{- else if eq .Role \"assistant\" }}{{ .Content }}EOS\n"
+           "{{- end }}\n{{- end }}")
+# Gemma: no system role; the system prompt opens the first user turn (message 1 after the system message).
+GEMMA = ("{{- range $i, $_ := .Messages }}\n"
+         "{{- if eq .Role \"user\" }}<start_of_turn>user\n{{ if and $.System (eq $i 1) }}{{ $.System }}\n\n{{ end }}"
+         "{{ .Content }}<end_of_turn>\n"
+         "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n"
+         "{{ end }}\n{{- end }}<start_of_turn>model\n")
+# Phi-3: an empty system message is left out.
+PHI3 = ("{{- range .Messages }}\n"
+        "{{- if or (eq .Role \"user\") (eq .Role \"assistant\") (and (eq .Role \"system\") .Content) }}"
+        "<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}\n{{- end }}<|assistant|>\n")
 
 
 @dataclass(frozen=True)
@@ -65,14 +60,85 @@ class OllamaChat:
     template: str  # Go template for the Modelfile
     default_system: str | None  # what the Jinja template inserts when a chat has no system message
     stops: tuple[str, ...]
+    frozen_system_text: bool = False  # the template's own system-turn text (a date) is as of the export
+
+
+@dataclass(frozen=True)
+class ChatFamily:
+    name: str
+    marker: str  # what the family's rendering of a one-user-turn chat contains
+    candidates: Callable[[str, str, object], list[OllamaChat]]  # (first rendering, lead, tokenizer) -> tries
+
+
+def _system_block(pattern: str, first: str) -> str | None:
+    found = re.search(pattern, first, re.DOTALL)
+    return found.group(1) if found else None
+
+
+def _chatml(first, lead, tok):
+    default = _system_block(r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n", first)
+    return [OllamaChat("chatml", lead + CHATML, default, ("<|im_start|>", "<|im_end|>"))]
+
+
+def _llama3(first, lead, tok):
+    stops = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+    block = _system_block(r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", first)
+    tries = [OllamaChat("llama3", lead + LLAMA3, block, stops)]
+    if block is not None and "{{" not in block:  # Llama 3.1+: the block's text precedes any system prompt
+        tries.append(OllamaChat("llama3", lead + LLAMA31.replace("PREAMBLE", block), None, stops, True))
+    return tries
+
+
+def _mistral(first, lead, tok):
+    eos = tok.eos_token or "</s>"
+    return [OllamaChat("mistral", lead + MISTRAL.replace("EOS", eos), None, ("[INST]", "[/INST]", eos))]
+
+
+def _gemma(first, lead, tok):
+    return [OllamaChat("gemma", lead + GEMMA, None, ("<start_of_turn>", "<end_of_turn>"))]
+
+
+def _phi3(first, lead, tok):
+    return [OllamaChat("phi3", lead + PHI3, None, ("<|end|>", "<|user|>", "<|assistant|>", "<|endoftext|>"))]
+
+
+FAMILIES = (
+    ChatFamily("chatml", "<|im_start|>user\n", _chatml),
+    ChatFamily("llama3", "<|start_header_id|>user<|end_header_id|>\n\n", _llama3),
+    ChatFamily("mistral", "[INST]", _mistral),
+    ChatFamily("gemma", "<start_of_turn>user\n", _gemma),
+    ChatFamily("phi3", "<|user|>\n", _phi3),
+)
+
+# Conversations every translation must render identically (contents without edge whitespace: Llama 3's
+# and Gemma's Jinja templates trim contents, Go templates do not).
+PROBES = (
+    [{"role": "user", "content": "Hi there"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?\nExplain."}],
+    [{"role": "user", "content": "first"}, {"role": "assistant", "content": "one"},
+     {"role": "user", "content": "second"}, {"role": "assistant", "content": "two"},
+     {"role": "user", "content": "third, with ünïcode ✓ and `code()`"}],
+    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello"}],
+)
+
+
+def writes_bos(tokenizer) -> bool:
+    """Whether the chat template writes the BOS token itself (Llama 3, Mistral, Gemma do; ChatML, Phi-3 not)."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    return bool(tokenizer.bos_token) and "bos_token" in template
 
 
 def jinja_prompt(tokenizer, messages: list[dict], add_bos: bool) -> str:
-    """The prompt text the model's own template gives, as it reaches llama.cpp's tokenizer: a leading
-    BOS the template writes is dropped when llama.cpp adds one itself (``add_bos``)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    """The prompt Honing trains and serves under (a system prompt folded into the first user turn when the
+    template has no system role), as it reaches llama.cpp's tokenizer: a leading BOS the template writes is
+    dropped when llama.cpp adds one itself (``add_bos``)."""
+    from honing.data.render import fold_system
+
+    text = tokenizer.apply_chat_template(fold_system(tokenizer, list(messages)), tokenize=False,
+                                         add_generation_prompt=True)
     bos = tokenizer.bos_token
-    if add_bos and bos and text.startswith(bos):
+    if add_bos and writes_bos(tokenizer) and text.startswith(bos):
         text = text[len(bos):]
     return text
 
@@ -82,19 +148,21 @@ def translate_chat_template(tokenizer, add_bos: bool) -> OllamaChat:
     if not tokenizer.chat_template:
         raise ModelError("the model has no chat template to translate for Ollama")
     first = jinja_prompt(tokenizer, list(PROBES[0]), add_bos)
-    for family in FAMILIES:
-        if family.user_turn.format(c=PROBES[0][0]["content"]) not in first:
-            continue
-        found = re.search(family.system_block, first, re.DOTALL)
-        default_system = found.group(1) if found else None
-        chat = OllamaChat(family.name, family.go_template, default_system, family.stops)
-        mismatch = first_mismatch(tokenizer, chat, add_bos)
-        if mismatch is None:
-            return chat
-        raise ModelError(f"the model's chat template looks like {family.name} but renders differently from "
-                         f"Ollama's {family.name} template on a probe conversation: {mismatch}")
-    raise ModelError("Ollama export: the model's chat template is neither ChatML nor Llama 3, the families "
-                     f"Honing can translate to a Go template; it renders a user turn as {first[:120]!r}")
+    lead = tokenizer.bos_token if writes_bos(tokenizer) and not add_bos else ""
+    families = [f for f in FAMILIES if f.marker in first]
+    if not families:
+        raise ModelError("Ollama export: the model's chat template is none of the families Honing can translate "
+                         f"to a Go template ({', '.join(f.name for f in FAMILIES)}); it renders a user turn as "
+                         f"{first[:120]!r}")
+    mismatches = []
+    for family in families:
+        for chat in family.candidates(first, lead, tokenizer):
+            mismatch = first_mismatch(tokenizer, chat, add_bos)
+            if mismatch is None:
+                return chat
+            mismatches.append(mismatch)
+    raise ModelError(f"the model's chat template looks like {families[0].name} but renders differently from "
+                     f"Ollama's {families[0].name} template on a probe conversation: {mismatches[0]}")
 
 
 def first_mismatch(tokenizer, chat: OllamaChat, add_bos: bool, probes=PROBES) -> str | None:
