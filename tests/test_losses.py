@@ -142,21 +142,30 @@ def test_no_grad_gives_the_same_value_without_a_graph():
     torch.testing.assert_close(without, with_grad.detach())
 
 
-def test_loaded_models_feed_the_head_a_contiguous_input(tiny_llama_dir):
-    """transformers slices hidden_states[:, -1:, :] for the head (logits_to_keep); non-contiguous, that made
-    torch copy the head weight once per row (0.29 s per bf16 forward on CPU). load_model makes the head's
-    input contiguous; the logits stay those of the last position of a full forward."""
-    from honing.models.loading import contiguous_head_input, load_model
+def test_loaded_models_feed_the_head_one_gemm(tiny_llama_dir):
+    """transformers slices hidden_states[:, -1:, :] for the head (logits_to_keep). torch's matmul ran such a
+    3-D input as expand + bmm, copying the whole head weight first, when the slice was non-contiguous (several
+    rows) or one row that requires grad (a one-example micro-batch: batch 1, the replay example): 0.3 s per bf16
+    forward on CPU. load_model gives the head a 2-D input; the logits keep their shape and values."""
+    from honing.models.loading import flat_head_input, load_model
 
     model, _tok, _ = load_model(tiny_llama_dir)
     seen = []
     head = model.get_output_embeddings()
-    head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dim()))
     ids = torch.randint(0, 1000, (3, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         last = model(input_ids=ids, logits_to_keep=1).logits
         full = model(input_ids=ids).logits
-    assert seen == [True, True]
+    assert seen == [2, 2] and last.shape == (3, 1, full.shape[-1])
     torch.testing.assert_close(last[:, 0], full[:, -1])
-    contiguous_head_input(model)  # idempotent: one hook, not two
-    assert len(head._forward_pre_hooks) == 2  # ours + this test's recorder
+    model.train()
+    for p in model.parameters():  # as under LoRA: a frozen head, gradients flowing into its input
+        p.requires_grad_(False)
+    model.model.layers[0].mlp.down_proj.weight.requires_grad_(True)
+    for rows in (1, 3):
+        with torch.profiler.profile() as prof:
+            model(input_ids=ids[:rows], logits_to_keep=1).logits.sum().backward()
+        assert not [e for e in prof.events() if e.name == "aten::bmm"], rows
+    flat_head_input(model)  # idempotent: one hook each, not two
+    assert len(head._forward_pre_hooks) == 2 and len(head._forward_hooks) == 1  # ours + this test's recorder

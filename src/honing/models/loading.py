@@ -54,29 +54,41 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
         raise ModelError(f"cannot load {resolved.path}: missing or corrupt weights ({e})") from e
     if device:
         m.to(device)
-    contiguous_head_input(m)
+    flat_head_input(m)
     return m, load_tokenizer(resolved), resolved
 
 
-def _contiguous_first_arg(_module, args):
-    return (args[0].contiguous(), *args[1:])
+def _flatten_head_input(module, args):
+    x = args[0]
+    if x.dim() <= 2:
+        return None
+    module._honing_lead_shape = x.shape[:-1]
+    return (x.reshape(-1, x.shape[-1]), *args[1:])
 
 
-def contiguous_head_input(model) -> None:
-    """Make the output head's input contiguous (a forward pre-hook on the head; idempotent).
+def _unflatten_head_output(module, _args, output):
+    lead = module.__dict__.pop("_honing_lead_shape", None)
+    return None if lead is None else output.view(*lead, output.shape[-1])
+
+
+def flat_head_input(model) -> None:
+    """Feed the output head a 2-D ``[rows, hidden]`` input and give its logits their shape back (a forward
+    pre-hook and a forward hook on the head; idempotent).
 
     transformers runs the head on ``hidden_states[:, -k:, :]`` (``logits_to_keep``: the training losses'
-    forward and every generation step). For a batch of several rows that slice is not contiguous, torch's
-    matmul cannot fold it into one GEMM and instead copies the head weight once per row (expand + bmm):
-    for SmolLM2-135M a [8, 576, 49152] bf16 copy, 0.29 s per forward on a 2-core CPU vs 3 ms contiguous,
-    and ~100,000 fresh pages faulted in each time (the per-step page-fault churn of short-example training).
-    Copying the [B, k, H] slice first costs almost nothing."""
+    forward and every generation step). torch's matmul does not always fold such a 3-D input into one GEMM:
+    a non-contiguous slice of several rows, and a one-row slice that requires grad (a micro-batch of one
+    example: batch-1 training, the replay example of every step) go through expand + bmm, which copies the
+    whole head weight first: for SmolLM2-135M a [B, 576, 49152] bf16 copy, ~0.3 s per forward on a 2-core
+    CPU against ~3 ms as one GEMM, and ~100,000 fresh pages faulted in each time. Reshaping the [B, k, H]
+    slice to [B*k, H] first costs at most a copy of the slice."""
     import torch
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(head, torch.nn.Linear) and not getattr(head, "_honing_contiguous_input", False):
-        head.register_forward_pre_hook(_contiguous_first_arg)
-        head._honing_contiguous_input = True
+    if isinstance(head, torch.nn.Linear) and not getattr(head, "_honing_flat_input", False):
+        head.register_forward_pre_hook(_flatten_head_input)
+        head.register_forward_hook(_unflatten_head_output)
+        head._honing_flat_input = True
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

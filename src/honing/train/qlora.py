@@ -75,9 +75,9 @@ def load_quantized(reference, runtime):
             device_map={"": runtime.device})
     except (ValueError, OSError) as e:
         raise ModelError(f"cannot load {resolved.path} in 4-bit: {e}") from e
-    from honing.models.loading import contiguous_head_input
+    from honing.models.loading import flat_head_input
 
-    contiguous_head_input(model)
+    flat_head_input(model)
     return model, load_tokenizer(resolved), resolved
 
 
