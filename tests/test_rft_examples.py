@@ -87,6 +87,12 @@ def test_signature_json_grader_scores_known_answers():
         results = grader.grade([Sample(output_text=o, item={"reference": reference}) for o in outputs])
     assert [r.reward for r in results] == pytest.approx([1.0, 0.84, 0.64, 0.0, 0.0])
     assert all(not r.errors for r in results)
+    # the recipe's strict grader: 0.1 valid + 0.3 fields + 0.6 exact (all five keys right)
+    strict = json.loads((EXAMPLES["rft_signature_json"] / "grader_strict.json").read_text(encoding="utf-8"))
+    with load_grader(strict) as grader:
+        results = grader.grade([Sample(output_text=o, item={"reference": reference}) for o in outputs])
+    assert [r.reward for r in results] == pytest.approx([1.0, 0.34, 0.24, 0.0, 0.0])
+    assert all(not r.errors for r in results)
 
 
 @needs_sandbox

@@ -13,6 +13,8 @@ and picks its best checkpoint on prompts neither saw (the held-out eval.jsonl is
     grader.json       the multi grader: 0.2 x valid (JSON against schema.json, checked by jsonschema) +
                       0.8 x fields (the share of the five keys equal to the reference); schema.json is
                       embedded in the python grader's source, which sees no file
+    grader_strict.json  the recipe's grader: 0.1 x valid + 0.3 x fields + 0.6 x exact (1 only when all five
+                      keys equal the reference's: hone eval's JSON match); partial credit alone gave no gain
 
 Run from the project root:
 
@@ -33,6 +35,9 @@ SOURCE = HERE.parent / "signature_json"
 SEED = 0
 PARTS = {"sft_train": 300, "sft_dev": 40, "rft": 240}
 VALID_WEIGHT, FIELDS_WEIGHT = 0.2, 0.8
+# The strict grader pays mostly for a whole answer: with partial credit only (0.2 / 0.8), GRPO after SFT moved
+# held-out JSON match by -2.0 points [-7.0, +3.0]; with this one, +5.0 [+1.0, +9.0] (README.md).
+STRICT_WEIGHTS = {"valid": 0.1, "fields": 0.3, "exact": 0.6}
 
 VALID_SOURCE = '''\
 import json
@@ -67,6 +72,34 @@ def grade(sample, item):
     reference = item["reference"]
     return sum(key in value and value[key] == reference[key] for key in KEYS) / len(KEYS)
 '''
+
+
+EXACT_SOURCE = '''\
+import json
+
+KEYS = ("name", "required", "optional", "keyword_only", "variadic")
+
+
+def grade(sample, item):
+    """1 when the output is one JSON object whose five keys all equal the reference's (hone eval's JSON match), else 0."""
+    try:
+        value = json.loads(sample["output_text"].strip())
+    except ValueError:
+        return 0.0
+    if not isinstance(value, dict):
+        return 0.0
+    reference = item["reference"]
+    return 1.0 if all(key in value and value[key] == reference[key] for key in KEYS) else 0.0
+'''
+
+
+def strict_grader() -> dict:
+    """grader() plus ``exact``, weighted towards it (STRICT_WEIGHTS)."""
+    g = grader()
+    g["name"] = "signature_json_strict"
+    g["graders"]["exact"] = {"type": "python", "name": "exact", "source": EXACT_SOURCE}
+    g["calculate_output"] = " + ".join(f"{w} * {name}" for name, w in STRICT_WEIGHTS.items())
+    return g
 
 
 def grader() -> dict:
@@ -108,6 +141,7 @@ def build() -> dict[str, str]:
         "rft_dev.jsonl": jsonl([rft_row(r) for r in parts["sft_dev"]]),
         "rft_eval.jsonl": jsonl([rft_row(r) for r in held_out]),
         "grader.json": json.dumps(grader(), indent=1) + "\n",
+        "grader_strict.json": json.dumps(strict_grader(), indent=1) + "\n",
     }
 
 
