@@ -358,7 +358,10 @@ def _compute_paths(core, config: TrainConfig) -> str:
             else "padded rows with an attention mask")
     if not _plain_head(inner):
         loss = "the model's own logits (its output head is not a plain Linear)"
-    elif config.objective in ("dpo", "simpo", "kto", "orpo"):
+    elif config.objective in ("dpo", "simpo", "orpo"):
+        loss = ("reply log-probabilities through the output head in chunks of trained positions, each pair's prompt "
+                "once with a mask keeping each reply off the other (honing.train.preference)")
+    elif config.objective == "kto":
         loss = "reply log-probabilities through the output head in chunks of trained positions (honing.train.preference)"
     elif config.objective == "grpo":
         loss = ("completions sampled with the KV cache, each prompt computed once for its group (honing.train.sampler); "
