@@ -10,6 +10,8 @@ tiny random-weight models from the families' own configuration classes, with the
   the q8_0 export holds the tensors and decodes as the f16 one (logits and greedy tokens);
 * the Ollama export's Modelfile TEMPLATE renders the prompt Honing trains under (string and token ids), and
   Go's own text/template renders the families' templates as Honing's checker does (when Go is installed).
+* one full fine-tuning step trains, saves and exports the family's model; `hone serve` (in process, the
+  transformers and llama.cpp engines) chats with it as Honing's own greedy decoding does.
 
 Tolerances (max |logit difference| / max |logit|): f32 1e-4, except Gemma 2/3 at 5e-3 (ggml's CPU GELU
 goes through an f16 lookup table; measured 3e-4 for Gemma 3, 1.6e-3 for Gemma 2 with soft-capping); f16 2e-2
@@ -565,15 +567,19 @@ def test_ollama_modelfile_renders_the_training_prompt(name, trained, tmp_path):
     from honing.export import export_run
     from honing.export.gotemplate import render_ollama_chat
     from honing.export.ollama import jinja_prompt
+    from honing.models.families import family_support
     from honing.models.loading import load_for_inference
 
     result, _ = trained(name)
-    out = export_run(result.run_dir, "ollama", out=tmp_path / "ollama", quant="q8_0").out
-    modelfile = _modelfile(out)
+    exported = export_run(result.run_dir, "ollama", out=tmp_path / "ollama", quant="q8_0")
+    out, modelfile = exported.out, _modelfile(exported.out)
+    # Llama 3.2's template writes today's date into its system turn: the export says it is frozen.
+    assert any("Today Date" in note for note in exported.notes) == (name == "llama3"), exported.notes
     _, tok, _ = load_for_inference(result.run_dir)  # the tokenizer (and template) training used
     trained_system = None if name == "mistral" else "You add."  # _write_chats' system prompt
     assert modelfile["system"] == trained_system
     assert FAMILIES[name].end_of_turn in modelfile["stops"]
+    assert "Ollama" in family_support(_base_dir(result))[1]  # `hone models list` says so
     cases = []
     for request in _requests(name):
         cases.append((request, request))
@@ -702,3 +708,6 @@ def test_served_chat(name, served_families, family_dirs):
     assert r.usage.prompt_tokens == len(prompt)
     assert choice.message.content == tok.decode(reply[:-1] if stopped else reply, skip_special_tokens=True)
     assert choice.finish_reason == ("stop" if stopped else "length")
+    from honing.models.families import family_support
+
+    assert "serve" in family_support(family_dirs(name))[1]  # `hone models list` says so

@@ -214,6 +214,9 @@ def _write_ollama(run, tmp: Path, *, quant, ollama_adapter, log, result, merged,
     elif chat.default_system:
         system = chat.default_system
         result.notes.append("SYSTEM is the chat template's default system prompt")
+    if chat.frozen_system_text:
+        result.notes.append("the template's own system-turn text (Llama 3.1+: 'Today Date') is as rendered today: "
+                            "a Go template cannot format the date as the chat template does")
     text = modelfile(chat, gguf_name, adapter_name, system,
                      note=f"Exported by Honing from {run.path.name} ({chat.family} chat template)")
     (tmp / "Modelfile").write_text(text)
