@@ -98,6 +98,28 @@ def _unflat(tensors, scalings) -> list[_Proj]:
             for i, s in enumerate(scalings)]
 
 
+# fp32 adapters on a bf16 base (Honing's bf16 LoRA on CPU): the adapter matmuls run in the base's dtype, with
+# A and B cast once per call ([r, in] and [out, r]: small), as autocast does on a GPU. Adding in fp32 instead
+# (PEFT's casts without autocast) converts every projection's [N, out] output and gradient to fp32 and back:
+# 21% of a short-example step on a 2-core CPU went to those copies (benchmarks/profile_step.py).
+LORA_MATH_IN_BASE_DTYPE = True
+
+
+def _compute_view(projs: list[_Proj]) -> list[_Proj]:
+    """The projections with their adapters in the base weights' dtype (no copy when they already are)."""
+    if not LORA_MATH_IN_BASE_DTYPE:
+        return projs
+    return [p if not p.rank or p.lora_a.dtype == p.weight.dtype else
+            _Proj(p.weight, p.bias, p.lora_a.to(p.weight.dtype), p.lora_b.to(p.weight.dtype), p.scaling)
+            for p in projs]
+
+
+def _in_param_dtype(lora_grads: list, projs: list[_Proj]) -> list:
+    """Adapter gradients computed in the base's dtype, returned in the adapters' own (fp32) dtype."""
+    return [(ga if ga is None else ga.to(p.lora_a.dtype), gb if gb is None else gb.to(p.lora_b.dtype))
+            for (ga, gb), p in zip(lora_grads, projs)]
+
+
 # ---------------------------------------------------------------- shared pieces of forward / backward
 
 def _rms_norm(x, weight, eps: float):
@@ -193,7 +215,7 @@ class _NormProjections(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, norm_weight, eps, scalings, *tensors):
-        projs = _unflat(tensors, scalings)
+        projs = _compute_view(_unflat(tensors, scalings))
         n, rstd = _rms_norm(x, norm_weight, eps)
         xa = _lora_a_product(n, projs)
         outs = _project(n, projs, xa)
@@ -207,8 +229,9 @@ class _NormProjections(torch.autograd.Function):
         projs = _unflat(tensors, ctx.scalings)
         n = _normalized(x, norm_weight, rstd)
         need_x = ctx.needs_input_grad[0]
-        grad_n, lora_grads = _projections_backward(grads, n, xa, projs, need_x)
+        grad_n, lora_grads = _projections_backward(grads, n, xa, _compute_view(projs), need_x)
         grad_x = _rms_norm_backward(grad_n, x, norm_weight, rstd) if need_x and grad_n is not None else None
+        lora_grads = _in_param_dtype(lora_grads, projs)
         return (grad_x, None, None, None, *_weight_grads(lora_grads, ctx.needs_input_grad[4:]))
 
 
@@ -217,7 +240,7 @@ class _AttnOutProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, attn, scaling, *tensors):
-        (proj,) = _unflat(tensors, (scaling,))
+        (proj,) = _compute_view(_unflat(tensors, (scaling,)))
         b, h, t, d = attn.shape
         x = attn.transpose(1, 2).reshape(b * t, h * d)
         xa = _lora_a_product(x, [proj])
@@ -233,7 +256,8 @@ class _AttnOutProjection(torch.autograd.Function):
         b, h, t, d = attn.shape
         x = attn.transpose(1, 2).reshape(b * t, h * d)
         need_x = ctx.needs_input_grad[0]
-        grad_x, lora_grads = _projections_backward([grad_y], x, xa, [proj], need_x)
+        grad_x, lora_grads = _projections_backward([grad_y], x, xa, _compute_view([proj]), need_x)
+        lora_grads = _in_param_dtype(lora_grads, [proj])
         grad_attn = grad_x.view(b, t, h, d).transpose(1, 2) if need_x else None
         return (grad_attn, None, *_weight_grads(lora_grads, ctx.needs_input_grad[2:]))
 
@@ -243,7 +267,7 @@ class _NormSwiGLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, norm_weight, eps, scalings, recompute: bool, *tensors):
-        gate_p, up_p, down_p = _unflat(tensors, scalings)
+        gate_p, up_p, down_p = _compute_view(_unflat(tensors, scalings))
         n, rstd = _rms_norm(x, norm_weight, eps)
         na = _lora_a_product(n, [gate_p, up_p])
         gate, up = _project(n, [gate_p, up_p], na)
@@ -260,7 +284,8 @@ class _NormSwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, norm_weight, rstd, na, gate, up, pa, *tensors = ctx.saved_tensors
-        gate_p, up_p, down_p = _unflat(tensors, ctx.scalings)
+        params = _unflat(tensors, ctx.scalings)
+        gate_p, up_p, down_p = _compute_view(params)
         n = _normalized(x, norm_weight, rstd)
         if ctx.recompute:
             gate, up = _project(n, [gate_p, up_p], na)
@@ -277,7 +302,8 @@ class _NormSwiGLU(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         grad_n, gu_grads = _projections_backward([grad_gate, grad_up], n, na, [gate_p, up_p], need_x)
         grad_x = _rms_norm_backward(grad_n, x, norm_weight, rstd) if need_x else None
-        return (grad_x, None, None, None, None, *_weight_grads(gu_grads + down_grads, ctx.needs_input_grad[5:]))
+        lora_grads = _in_param_dtype(gu_grads + down_grads, params)
+        return (grad_x, None, None, None, None, *_weight_grads(lora_grads, ctx.needs_input_grad[5:]))
 
 
 # ---------------------------------------------------------------- the layer forward and the patch
