@@ -10,6 +10,10 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HONING_CACHE_DIR", str(REPO / ".cache"))
+# Machine probes (bf16 race, CPU token budget) measured in each test process, as before honing.machine kept
+# them across processes: a test's result never depends on what an earlier run measured (test_machine.py
+# turns the cache on).
+os.environ.setdefault("HONING_PROBE_CACHE", "0")
 
 import pytest
 

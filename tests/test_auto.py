@@ -135,7 +135,7 @@ def test_cpu_budget_probe_stops_growing_where_batching_does_not_pay(monkeypatch)
 
     flat = Timed("flat", lambda rows: 0.01 * rows)
     assert auto.measure_cpu_token_budget(flat, 40)[0] == 40
-    assert flat.rows_seen == [1, 4]
+    assert flat.rows_seen == [1] * auto.PROBE_REPEATS + [4] * auto.PROBE_REPEATS
     batching = Timed("batching", lambda rows: 0.02)  # every size takes the same time: 4x, 16x the rate
     assert auto.measure_cpu_token_budget(batching, 40)[0] == 640
-    assert batching.rows_seen == [1, 4, 16]
+    assert batching.rows_seen == [n for n in (1, 4, 16) for _ in range(auto.PROBE_REPEATS)]

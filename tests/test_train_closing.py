@@ -88,3 +88,28 @@ def test_progress_lines_off_a_terminal_keep_a_steady_cadence():
     # A short run prints its first and last step; an eval always prints.
     assert _lines_at(5, 1.0) == [1, 5]
     assert _lines_at(5, 1.0, evals=(3,)) == [1, 3, 5]
+
+
+def test_the_time_to_first_step_is_in_the_closing_paragraph_and_the_summary(tmp_path):
+    from honing.train.reporting import StartupClock, write_summary
+
+    clock = StartupClock(origin=100.0, counted_from="the process's start")
+    now = iter([103.0, 104.5, 106.25])
+    clock.clock = lambda: next(now)
+    clock.lap("imports")
+    clock.lap("model and tokenizer")
+    clock.first_step_done()
+    startup = clock.record()
+    assert startup == {"time_to_first_step_s": 6.25, "counted_from": "the process's start",
+                       "phases": {"imports": 3.0, "model and tokenizer": 1.5, "first optimizer step": 1.75}}
+    (tmp_path / "run.json").write_text(json.dumps({"wall_seconds": 372.0, "startup": startup}))
+    result = SimpleNamespace(run_dir=tmp_path, final_dir=tmp_path / "final", steps=3, hyperparameters={"batch_size": 8},
+                             input_tokens_per_s=218.4, tokens_per_s=5.4, peak_memory_mb=2150.0)
+    config = build_config(values={"data": "d.jsonl"})
+    assert "in 6.2 min, the first step 6.2 s after the start (" in closing_paragraph(result, config)
+    run = {"status": "completed", "base_model": {"reference": "m", "source": "catalog"}, "method": "lora",
+           "objective": "sft", "steps_done": 3, "startup": startup}
+    hp = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "total_steps": 3}
+    text = write_summary(tmp_path, run, hp, [])
+    assert ("- time to first step: 6.2 s from the process's start (imports 3.0, model and tokenizer 1.5, "
+            "first optimizer step 1.8)") in text

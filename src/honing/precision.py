@@ -4,13 +4,18 @@ bf16 halves memory traffic and, on CPUs with native bf16 matrix units (AVX512-BF
 recent GPUs, runs matmuls several times faster than fp32. On CPUs without them (e.g. AVX2-only
 machines) PyTorch emulates bf16 and it is *dozens* of times slower (measured on a 2-core AVX2 EPYC:
 fp32 32 GFLOP/s, bf16 0.6 GFLOP/s). Whether bf16 is fast is therefore measured, not assumed: a
-few-millisecond matmul race, cached for the process.
+few-millisecond matmul race, measured once per machine (honing.machine: keyed by the CPU and torch's
+version) and cached for the process.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+
+# bf16 must run the race in under this share of fp32's time to be chosen; a verdict is kept for the machine
+# only when it is clear-cut (native bf16 units: 2-4x faster; emulation: dozens of times slower).
+BF16_WINS_BELOW, DECISIVE_BELOW, DECISIVE_ABOVE = 0.8, 0.65, 1.5
 
 
 @functools.cache
@@ -20,22 +25,31 @@ def bf16_is_fast(device: str = "cpu") -> bool:
 
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    from honing.machine import measured_once
+
+    ratio, _ = measured_once("bf16_time_ratio", {"device": "cpu"}, bf16_race,
+                             decisive=lambda r: r < DECISIVE_BELOW or r > DECISIVE_ABOVE)
+    return ratio < BF16_WINS_BELOW
+
+
+def bf16_race(reps: int = 7) -> float:
+    """bf16's time over fp32's for a 256 x 256 matmul: the fastest of ``reps`` runs each, interleaved, so a
+    busy machine's pauses (which only ever add time) fall on both and the minimum is the machine's speed."""
+    import torch
+
     n = 256
     g = torch.Generator().manual_seed(0)  # private: a probe never moves the global (seeded) RNG
-
-    def rate(dtype) -> float:
-        a = torch.randn(n, n, generator=g).to(dtype)
-        b = torch.randn(n, n, generator=g).to(dtype)
-        a @ b  # warm up (first call picks kernels)
-        best = float("inf")
-        for _ in range(3):
+    pairs = {dtype: (torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype))
+             for dtype in (torch.bfloat16, torch.float32)}
+    best = dict.fromkeys(pairs, float("inf"))
+    for a, b in pairs.values():
+        a @ b  # warm up (the first call picks kernels)
+    for _ in range(reps):
+        for dtype, (a, b) in pairs.items():
             t = time.perf_counter()
             a @ b
-            best = min(best, time.perf_counter() - t)
-        return best
-
-    # Require a clear win: equal speed is not worth bf16's rounding.
-    return rate(torch.bfloat16) < 0.8 * rate(torch.float32)
+            best[dtype] = min(best[dtype], time.perf_counter() - t)
+    return best[torch.bfloat16] / max(best[torch.float32], 1e-9)
 
 
 def auto_dtype(requested: str = "auto", device: str = "cpu"):

@@ -49,6 +49,9 @@ def train_cmd(
         "zero-shot", "--eval-baselines", help="Baselines of that evaluation: any of zero-shot,few-shot,rag."),
 ) -> None:
     """Fine-tune a base model on a dataset into a run directory (adapter or full model, metrics, checkpoints)."""
+    from honing.startup import mark_command_start
+
+    mark_command_start()  # the run's "time to first step" counts from the process's start, imports included
     from rich.console import Console
 
     from honing.config import build_config

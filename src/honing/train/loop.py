@@ -48,6 +48,7 @@ from honing.train.reporting import (
     EventLog,
     MetricsLog,
     Progress,
+    StartupClock,
     overfitting_warning,
     plot_loss_curve,
     write_summary,
@@ -147,12 +148,18 @@ def train(
     uninterrupted run on CPU). ``progress``: show a progress bar. ``log``: where messages go (rank 0
     only; default print). Works alone or under ``torchrun`` (one process per rank).
     """
-    run = _setup(config, resume=resume, progress=progress, log=log)
+    startup = _startup_clock()
+    run = _setup(config, resume=resume, progress=progress, log=log, startup=startup)
     try:
         _evaluate_base(run)
+        startup.lap("eval before training")
         run.model.train()
         while run.status == "running" and run.state.step < run.hp.total_steps:
             row = _optimizer_step(run)
+            if startup.total is None:
+                startup.first_step_done()
+                run.info["startup"] = startup.record()
+                run.say(startup.sentence())
             _after_step(run, row)
     except BaseException as e:
         _fail(run, e)
@@ -161,9 +168,19 @@ def train(
 
 
 # ----------------------------------------------------------------------------------------------- setup
-def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
+def _startup_clock() -> StartupClock:
+    from honing.startup import take_command_start
+
+    origin = take_command_start()
+    clock = StartupClock(origin, "the process's start") if origin else StartupClock(time.time(), "the train() call")
+    clock.lap("interpreter, imports, configuration")
+    return clock
+
+
+def _setup(config: TrainConfig, *, resume: bool, progress: bool, log, startup: StartupClock | None = None) -> Run:
     from honing.train.chain import load_starting_model
 
+    startup = startup or _startup_clock()
     runtime = create_runtime(config)
     dist = runtime.dist
     started = time.time()
@@ -181,12 +198,15 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     threads_line = runtime.choose_threads(config.threads, RunDir(run_dir).record().get("threads") if ckpt else None)
     if threads_line:
         say(threads_line)
+    startup.lap("device, dtype and threads")
     # The base (4-bit for qlora), or an earlier run's result with init_from.
     model, tokenizer, resolved, start = load_starting_model(config, runtime, say)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    startup.lap("model and tokenizer")
 
     objective = build_objective(config)
     train_set, eval_set = _load_datasets(config, objective, tokenizer, say)
+    startup.lap("data")
     warnings = list(train_set.warnings) + (list(eval_set.warnings) if eval_set else [])
     for w in warnings:
         say(f"warning: {w}", level="warning")
@@ -198,8 +218,10 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
     eval_tokens = sum(objective.tokens(it) for it in eval_set.items) + PROBE_TOKENS if eval_set else None
     # A resumed run keeps the micro-batch it was measured with (the loss sums, hence the bits, depend on it).
     recorded = RunDir(run_dir).record().get("hyperparameters") if ckpt is not None else None
+    # The token-budget probe's result is kept per machine for these weights (honing.machine).
+    model_key = {"base": resolved.identity(), "method": config.method, "init_from": (start.record or {}).get("run")}
     hp = resolve_hyperparameters(config, len(train_set), dist.world_size, mean_tokens, on_gpu=runtime.is_cuda,
-                                 measure_budget=lambda: measure_cpu_token_budget(model, mean_tokens),
+                                 measure_budget=lambda: measure_cpu_token_budget(model, mean_tokens, model_key),
                                  eval_tokens=eval_tokens, recorded=recorded)
     trained = train_set.source.get("trained_tokens")
     say(f"training {len(train_set)} examples "
@@ -207,6 +229,7 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
         f"eval {len(eval_set) if eval_set else 0}; {hp.describe()}")
     for line in hp.explain():
         say(line)
+    startup.lap("hyperparameters")
 
     core = _prepare_trainable(model, config, say, start)
     say(_compute_paths(core, config))
@@ -247,6 +270,7 @@ def _setup(config: TrainConfig, *, resume: bool, progress: bool, log) -> Run:
         write_json_atomic(run_dir / RUN_RECORD, info)
     metrics = MetricsLog(run_dir, config.tensorboard, resume_step=state.step) if dist.is_main else None
     bar = Progress(hp.total_steps, state.step, progress and dist.is_main, label=objective.progress_label)
+    startup.lap("adapter, optimizer, objective")
     return Run(config=config, runtime=runtime, run_dir=run_dir, say=say, events=events, model=wrapped, core=core,
                tokenizer=tokenizer, objective=objective, train_set=train_set, eval_set=eval_set, hp=hp,
                optimizer=optimizer, scheduler=scheduler, params=params, pad_id=pad_id, state=state,

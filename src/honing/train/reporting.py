@@ -146,6 +146,36 @@ def overfitting_warning(rows: list[dict], window: int = 2) -> str | None:
     )
 
 
+class StartupClock:
+    """Time to first step, and where it went: from the command's start (``hone train``: the process's start,
+    interpreter and imports included; a library call: the call) to the end of the first optimizer step of
+    this process, in phases. Imports are counted in the phase that first needs them (torch in the runtime,
+    transformers in the model load, PEFT in the adapter)."""
+
+    def __init__(self, origin: float, counted_from: str):
+        import time
+
+        self.origin, self.counted_from, self.clock = origin, counted_from, time.time
+        self.last = origin
+        self.phases: dict[str, float] = {}
+        self.total: float | None = None
+
+    def lap(self, phase: str) -> None:
+        now = self.clock()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - self.last, 2)
+        self.last = now
+
+    def first_step_done(self) -> None:
+        self.lap("first optimizer step")
+        self.total = round(self.last - self.origin, 2)
+
+    def record(self) -> dict:
+        return {"time_to_first_step_s": self.total, "counted_from": self.counted_from, "phases": self.phases}
+
+    def sentence(self) -> str:
+        return startup_line(self.record())
+
+
 LINES_PER_RUN = 100  # off a terminal: at most about this many cadence lines (evals and the ends add theirs)
 
 
@@ -255,6 +285,7 @@ def write_summary(run_dir: Path, run: dict, hp: dict, warnings: list[str]) -> st
         (f"- best {best.get('metric', 'eval_loss').replace('_', ' ')}: "
         f"{best.get('value', best.get('eval_loss'))} at step {best.get('step')}"),
         f"- final train loss: {run.get('final_train_loss')}",
+        *([f"- {startup_line(run['startup'])}"] if (run.get("startup") or {}).get("time_to_first_step_s") else []),
         (f"- trained tokens/s: {run.get('tokens_per_s')} (all example tokens/s: {run.get('input_tokens_per_s')}), "
          f"peak memory (RSS): {run.get('peak_memory_mb')} MB"),
         f"- result: {run_dir / 'final'}" + (f", merged: {run_dir / 'merged'}" if run.get("merged") else ""),
@@ -266,6 +297,13 @@ def write_summary(run_dir: Path, run: dict, hp: dict, warnings: list[str]) -> st
     tmp.write_text(text)
     os.replace(tmp, run_dir / "summary.md")
     return text
+
+
+def startup_line(startup: dict) -> str:
+    """run.json's ``startup`` in words: the time to first step and its phases."""
+    parts = ", ".join(f"{name} {secs:.1f}" for name, secs in (startup.get("phases") or {}).items())
+    return (f"time to first step: {startup['time_to_first_step_s']:.1f} s from {startup.get('counted_from')}"
+            + (f" ({parts})" if parts else ""))
 
 
 def reward_sentence(run_dir: Path, best_step: int | None) -> str:
@@ -309,6 +347,9 @@ def closing_paragraph(result, config, evaluation=None) -> str:
              + (f"prompts x {config.grpo.group_size} completions" if config.objective == "grpo" else "examples")]
     if seconds:
         parts.append(f" in {seconds / 60:.1f} min")
+        first = (RunDir(result.run_dir).record().get("startup") or {}).get("time_to_first_step_s")
+        if first:
+            parts.append(f", the first step {first:.1f} s after the start")
     parts.append(f" ({result.input_tokens_per_s:,.0f} tokens/s of all tokens, {result.tokens_per_s:,.1f} trained "
                  f"tokens/s; peak memory {result.peak_memory_mb / 1024:.1f} GB).")
     if config.objective == "grpo":

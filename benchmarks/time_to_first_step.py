@@ -1,0 +1,114 @@
+"""Where `hone train`'s time to first step goes (docs/performance.md, "Time to first step").
+
+Runs `hone train ARGS...` in this process with timers around the setup's parts; the imports of torch,
+transformers, PEFT and Honing are timed first, as one block each (in a plain run they happen inside the
+first part that needs them). Prints one "TTFS seconds part" line per part to stderr, and the total from the
+process's start (/proc) to the end of the first optimizer step.
+
+    python benchmarks/time_to_first_step.py --model smollm2-135m-instruct --data train80.jsonl \
+        --set max_steps=1 --set eval_every=100 --set threads=1 --no-eval --out /tmp/ttfs
+
+TTFS_FORCE_STORE=1 keeps the token-budget probe's result in the machine cache even on a busy machine
+(honing.machine.quiet_enough), to measure the warm-cache path where the machine is never quiet.
+PYTHONPATH=<other checkout>/src measures another version of Honing with the same harness.
+"""
+import functools
+import os
+import sys
+import time
+
+
+def process_start() -> float:
+    """Unix time this process started: /proc/uptime less the process's age (10 ms resolution)."""
+    with open("/proc/self/stat") as f:
+        start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+T0 = process_start()
+times = []
+
+
+def mark(name, t):
+    times.append((name, t))
+
+
+mark("python start (to harness)", time.time() - T0)
+t1 = time.time()
+import torch  # noqa: F401
+
+mark("import torch", time.time() - t1)
+t1 = time.time()
+import transformers  # noqa: F401
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+from transformers.models.llama import modeling_llama  # noqa: F401
+
+mark("import transformers (+llama)", time.time() - t1)
+t1 = time.time()
+import peft  # noqa: F401
+
+mark("import peft (+bitsandbytes)", time.time() - t1)
+t1 = time.time()
+import honing.cli
+import honing.evaluate.forgetting
+import honing.train.loop
+
+mark("import honing", time.time() - t1)
+
+
+def wrap(mod, name, label=None, once=False):
+    f = getattr(mod, name)
+    done = []
+    @functools.wraps(f)
+    def w(*a, **k):
+        if once and done:
+            return f(*a, **k)
+        s = time.time()
+        try:
+            return f(*a, **k)
+        finally:
+            done.append(1)
+            mark(label or name, time.time() - s)
+            if name == "_optimizer_step":
+                mark("== TIME TO FIRST STEP (process start -> first optimizer step done)", time.time() - T0)
+    setattr(mod, name, w)
+
+import honing.models.loading as L
+import honing.precision as P
+import honing.threads as TH
+import honing.train.auto as A
+import honing.train.chain as CH
+import honing.train.loop as LP
+import honing.train.replay as R
+
+wrap(P, "bf16_is_fast", "dtype probe (bf16_is_fast)")
+wrap(LP, "create_runtime", "create_runtime (incl. dtype probe)")
+wrap(TH, "training_threads", "thread probe")
+wrap(L, "load_tokenizer", "tokenizer load")
+wrap(L, "load_model", "model load (incl. tokenizer)")
+wrap(CH, "load_starting_model", "load_starting_model")
+wrap(LP, "_load_datasets", "datasets: read + render")
+wrap(A, "measure_cpu_token_budget", "token-budget probe")
+wrap(LP, "_prepare_trainable", "LoRA / trainable setup")
+wrap(LP, "_optimizer_and_schedule", "optimizer")
+wrap(R, "build_replay", "replay set")
+wrap(LP, "_setup", "_setup total")
+wrap(LP, "_evaluate_base", "eval before training")
+wrap(LP, "_optimizer_step", "first optimizer step", once=True)
+import atexit
+
+
+@atexit.register
+def report():
+    for n, v in times:
+        print(f"TTFS {v:7.2f}  {n}", file=sys.stderr)
+if os.environ.get("TTFS_FORCE_STORE"):
+    import honing.machine
+    honing.machine.quiet_enough = lambda: True
+print("TTFS honing from", honing.__file__, file=sys.stderr)
+sys.argv = ["hone", "train", *sys.argv[1:]]
+from honing.cli import main
+
+main()
