@@ -95,3 +95,14 @@ def test_the_token_budget_is_kept_only_when_measured_on_a_quiet_machine(cache_on
         budget, words = auto.measure_cpu_token_budget(model, 40, key)
     assert len(probes) == 3 and budget == 160 and "measured once on this machine" in words
     auto._probe_cache.clear()
+
+
+def test_torch_compile_is_skipped_for_runs_that_compile_nothing():
+    from honing.startup import skip_compiler_imports
+
+    env: dict = {}
+    assert skip_compiler_imports("lora", env) and env == {"TORCHDYNAMO_DISABLE": "1"}
+    qlora: dict = {}
+    assert not skip_compiler_imports("qlora", qlora) and qlora == {}  # its bitsandbytes kernels stay compiled
+    user = {"TORCHDYNAMO_DISABLE": "0"}
+    assert not skip_compiler_imports("full", user) and user == {"TORCHDYNAMO_DISABLE": "0"}
