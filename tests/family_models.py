@@ -9,6 +9,10 @@ merges among them (a valid, smaller BPE: any text still tokenizes, through the b
 then parse 2k tokens, not 49k), with the family's chat special tokens added as special tokens so its
 template renders to single control tokens. What the tokenizer kind changes
 (SentencePiece in the GGUF writer) is therefore not covered by these models; docs/training.md says so.
+
+Llama 3's real tokenizer is built too (``llama3_real_tokenizer``): Meta's llama-models package ships its
+tiktoken file, which transformers' TikTokenConverter turns into the tokenizer.json Hugging Face ships
+(checked once against tiktoken itself: the same ids on this repository's docs, 62k tokens).
 """
 
 from __future__ import annotations
@@ -126,3 +130,72 @@ def save_family(family: Family, base_tokenizer, out: Path) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# -- Llama 3's real tokenizer (shipped by Meta's llama-models package) ------------------------------------
+# llama-models' llama3/tokenizer.py: the special tokens after the 128,000 BPE ranks, in this order, then
+# reserved tokens up to 256 in all (128,256 ids: Llama 3.x's vocab_size).
+LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                   "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+                   "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
+                   "<|image|>")
+LLAMA3_N_SPECIAL = 256
+
+
+def llama3_tokenizer_model() -> Path | None:
+    """llama-models' Llama 3 tiktoken file (``None`` when the package is not installed). Found without
+    importing the package, whose imports need tiktoken and more (the Makefile installs it --no-deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "llama3" / "tokenizer.model"
+    return path if path.is_file() else None
+
+
+def _tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    """A tiktoken BPE file: one ``base64(token bytes) rank`` per line (what tiktoken.load reads; parsed
+    here so the tests need no tiktoken)."""
+    import base64
+
+    ranks = {}
+    for line in path.read_text(encoding="ascii").splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def llama3_real_tokenizer(path: Path):
+    """Llama 3's tokenizer as Hugging Face ships it (tokenizer.json), converted from Meta's tiktoken file by
+    transformers' own TikTokenConverter: the byte-level BPE with Llama 3's split regex, the 256 special
+    tokens, BOS added by the post-processor, EOS = <|eot_id|> (the Instruct models'), and Llama 3.1's chat
+    template (the matrix's)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = _tiktoken_ranks(path)
+    specials = list(LLAMA3_SPECIALS) + [f"<|reserved_special_token_{2 + i}|>"
+                                        for i in range(LLAMA3_N_SPECIAL - len(LLAMA3_SPECIALS))]
+
+    class Converter(TikTokenConverter):
+        @staticmethod
+        def load_tiktoken_bpe(_url):
+            return ranks
+
+    # The converter's default pattern is Llama 3's (llama-models' Tokenizer.pat_str); passed explicitly so a
+    # change of transformers' default cannot change the tokenizer silently.
+    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    backend = Converter(str(path), pattern=pattern, extra_special_tokens=specials).converted()
+    bos = "<|begin_of_text|>"
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                      special_tokens=[(bos, len(ranks))]),
+    ])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token="<|eot_id|>")
+    tok.chat_template = (TEMPLATES / FAMILIES["llama3"].template).read_text()
+    return tok

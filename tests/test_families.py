@@ -12,6 +12,8 @@ tiny random-weight models from the families' own configuration classes, with the
   Go's own text/template renders the families' templates as Honing's checker does (when Go is installed).
 * one full fine-tuning step trains, saves and exports the family's model; `hone serve` (in process, the
   transformers and llama.cpp engines) chats with it as Honing's own greedy decoding does.
+* Llama 3's real tokenizer (128,256 ids, from the llama-models package) on a tiny Llama 3.x: render and mask,
+  the GGUF export's llama-bpe pre-tokenizer, llama.cpp's ids on mixed text, logits and greedy tokens.
 
 Tolerances (max |logit difference| / max |logit|): f32 1e-4, except Gemma 2/3 at 5e-3 (ggml's CPU GELU
 goes through an f16 lookup table; measured 3e-4 for Gemma 3, 1.6e-3 for Gemma 2 with soft-capping); f16 2e-2
@@ -21,6 +23,7 @@ llama.cpp tests skip without llama-cpp-python (`make llama-cpp`)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -711,3 +714,76 @@ def test_served_chat(name, served_families, family_dirs):
     from honing.models.families import family_support
 
     assert "serve" in family_support(family_dirs(name))[1]  # `hone models list` says so
+
+
+# -- Llama 3's real tokenizer (llama-models ships it) ---------------------------------------------------
+# Text llama.cpp's llama-bpe pre-tokenizer and Llama 3's split regex must cut alike: spaces runs, digit
+# groups of 1-3, contractions, punctuation runs, newlines (\n\n, \r\n), tabs, accents, CJK, emoji, and the
+# chat's control tokens.
+LLAMA3_PROBES = ("Hello world", "I'm sure they'll say 1234567 + 89 = 1234656.", "  two  spaces\tand\ttabs  ",
+                 "line one\n\nline two\r\nthree\n", "café — naïve Ünïcödé, 日本語の文章, 한국어 🙂👍🏽",
+                 "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>", "x=[1,2,3];;  ...!!!\n\n\n")
+
+
+@pytest.fixture(scope="module")
+def llama3_real(tmp_path_factory):
+    """(tokenizer, model directory) of a tiny Llama 3.x model (llama3 RoPE scaling, tied embeddings) with
+    Llama 3's real tokenizer (128,256 ids) and Llama 3.1's chat template."""
+    from family_models import llama3_real_tokenizer, llama3_tokenizer_model
+
+    path = llama3_tokenizer_model()
+    if path is None:
+        pytest.skip("llama-models is not installed (it ships Llama 3's tokenizer; `make setup` installs it: "
+                    "pip install --no-deps llama-models)")
+    tok = llama3_real_tokenizer(path)
+    model = family_model(FAMILIES["llama3"], vocab_size=len(tok))
+    model.config.bos_token_id, model.config.eos_token_id = tok.bos_token_id, tok.eos_token_id
+    out = tmp_path_factory.mktemp("llama3-real") / "model"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return tok, out
+
+
+def test_llama3_real_tokenizer_renders_exports_and_decodes_in_llama_cpp(llama3_real, tmp_path, caplog):
+    """Llama 3's own tokenizer through the matrix's path: the chat renders with the replies (and <|eot_id|>)
+    alone trained; the GGUF export names llama.cpp's llama-bpe pre-tokenizer; llama.cpp tokenizes mixed
+    text to the same ids as transformers and detokenizes them back; its logits and greedy tokens equal
+    transformers'."""
+    from honing.export.gguf_writer import write_model_gguf
+    from honing.export.tokenizer_meta import tokenizer_meta
+
+    tok, model_dir = llama3_real
+    model, tok = _load(model_dir)  # as Honing loads a user's Llama 3 directory
+    assert len(tok) == model.config.vocab_size == 128256
+    assert tok("Hello world")["input_ids"] == [tok.bos_token_id, 9906, 1917]  # as Meta's tiktoken encodes it
+    r = render_conversation(tok, Conversation(CHAT))
+    assert [run.strip() for run in _trained_runs(tok, r)] == ["2 plus 3 is 5.<|eot_id|>", "8.<|eot_id|>"]
+    prompt = render_prompt(tok, CHAT[:2])
+    assert r.input_ids[: len(prompt)] == prompt and not any(r.loss_mask[: len(prompt)])
+
+    with caplog.at_level(logging.WARNING):
+        meta = tokenizer_meta(tok, model_dir, model.config.vocab_size)
+        path = tmp_path / "llama3.gguf"
+        write_model_gguf(path, model, meta, "f32", name="tiny")  # the meta once: 3 s for 128k tokens
+    assert (meta.model, meta.pre, meta.add_bos, meta.add_eos) == ("gpt2", "llama-bpe", True, False)
+    # No library warning reaches the user (gguf's reader warned about the BOS in Llama 3's pair template).
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    if llama_cpp is None:
+        pytest.skip("llama-cpp-python is not installed; build it from its sdist with `make llama-cpp`")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, seed=0, verbose=False, logits_all=True,
+                          type_k=0, type_v=0)
+    try:
+        for text in LLAMA3_PROBES:
+            ids = tok(text)["input_ids"]
+            assert llm.tokenize(text.encode(), add_bos=True, special=True) == ids, text
+            assert llm.detokenize(ids[1:], special=True).decode() == text
+        assert llm.tokenize(tok.decode(prompt).encode(), add_bos=False, special=True) == prompt
+    finally:
+        llm.close()
+    steps = 8
+    got, got_logits = _greedy(path, prompt, steps)
+    ids = list(prompt)
+    for _ in range(steps):
+        ids.append(int(np.argmax(_logits(model, ids)[-1])))
+    assert got == ids[len(prompt):]
+    assert _rel(got_logits, _logits(model, ids[:-1])) < 1e-4

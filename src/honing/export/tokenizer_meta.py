@@ -147,6 +147,24 @@ def _token_types(tokenizer, n_vocab: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+def _special_vocab(tokenizer_dir: Path, **kwargs):
+    """gguf's SpecialVocab (merges, special ids), its warnings kept from the user: they are about the
+    add-BOS/EOS/SEP flags it guesses from the post-processor (e.g. "Unknown separator token
+    '<|begin_of_text|>' in TemplateProcessing<pair>" for Llama 3's own tokenizer.json), which Honing does not
+    use: it writes the flags from how the tokenizer behaves (``tokenizer_meta``)."""
+    import logging
+
+    import gguf
+
+    vocab_logger = logging.getLogger("gguf.vocab")
+    level = vocab_logger.level
+    vocab_logger.setLevel(logging.ERROR)
+    try:
+        return gguf.SpecialVocab(tokenizer_dir, **kwargs)
+    finally:
+        vocab_logger.setLevel(level)
+
+
 def tokenizer_meta(tokenizer, tokenizer_dir: str | Path, n_vocab: int, declared_pre: str | None = None) -> TokenizerMeta:
     """Everything about ``tokenizer`` (saved in ``tokenizer_dir``) that goes into the GGUF."""
     import gguf
@@ -168,7 +186,7 @@ def tokenizer_meta(tokenizer, tokenizer_dir: str | Path, n_vocab: int, declared_
     if len(tokenizer) > n_vocab:
         raise ModelError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only {n_vocab} rows")
     tokens, types = _token_types(tokenizer, n_vocab)
-    special = gguf.SpecialVocab(tokenizer_dir, load_merges=not piece, n_vocab=n_vocab)
+    special = _special_vocab(tokenizer_dir, load_merges=not piece, n_vocab=n_vocab)
     if not piece and not special.merges:
         raise ModelError(f"GGUF export: no BPE merges found in {path}")
     # The flags as the tokenizer behaves, not as its config files happen to spell them.
