@@ -58,10 +58,15 @@ def test_probe_at_every_eval_starts_at_one(plain):
     assert all("forgetting_ppl" not in r for r in rows if "eval_loss" not in r)
 
 
-def test_replay_loss_logged_and_task_loss_kept_apart(workdir, plain):
+@pytest.fixture(scope="module")
+def half(workdir):
+    """Replay at half of each step's loss, every step."""
+    return _run(workdir, "replay-half", set={"replay.fraction": 0.5, "replay.data": workdir / "general.jsonl"})[1]
+
+
+def test_replay_loss_logged_and_task_loss_kept_apart(workdir, plain, half):
     plain = plain[1]
     _, tiny, msgs = _run(workdir, "replay-tiny", set={"replay.fraction": 1e-9, "replay.data": workdir / "general.jsonl"})
-    _, half, _ = _run(workdir, "replay-half", set={"replay.fraction": 0.5, "replay.data": workdir / "general.jsonl"})
     assert any(m.startswith("replay: 0% of each step's loss") for m in msgs)
     def loss(rows):
         return [r["train_loss"] for r in rows if "train_loss" in r]
@@ -85,6 +90,32 @@ def test_replay_choice_is_a_pure_function_of_step_and_rank():
     a, b = rs.for_step(0, rank=0, world=2), rs.for_step(0, rank=1, world=2)
     assert len(a) == len(b) == 3 and not set(a) & set(b)
     assert ReplaySet(items, 0.1, 3, seed=8, source="test").for_step(0) != rs.for_step(0)
+
+
+def test_replay_every_k_steps_walks_the_same_order_at_k_times_the_weight():
+    items = list(range(10))
+    each, third = ReplaySet(items, 0.2, 2, seed=7, source="t"), ReplaySet(items, 0.2, 2, seed=7, source="t", every=3)
+    assert [third.for_step(s) for s in (1, 2, 4, 5)] == [[], [], [], []]
+    # replay steps 0, 3, 6 take what every-step replay takes at steps 0, 1, 2: every example in turn
+    assert [third.for_step(s) for s in (0, 3, 6)] == [each.for_step(s) for s in (0, 1, 2)]
+    # over 3 steps: task 3 x 0.8, replay 1 x 0.6 = 3 x 0.2, the every-step mix
+    assert third.task_share == each.task_share == pytest.approx(0.8)
+    assert third.replay_weight == pytest.approx(3 * each.replay_weight)
+    assert "every 3 steps, weighted x3" in third.describe()
+
+
+def test_replay_every_two_steps_in_a_run(workdir, half):
+    general = {"replay.fraction": 0.5, "replay.data": workdir / "general.jsonl"}
+    _, every, msgs = _run(workdir, "replay-every2", set={**general, "replay.every": 2})
+    each = half
+    steps = [r for r in every if "train_loss" in r]
+    assert [r["step"] for r in steps if "replay_loss" in r] == [1, 3]  # optimizer steps 0 and 2
+    assert any("every 2 steps, weighted x2" in m for m in msgs)
+    # the first step replays at twice the weight, so the second step starts elsewhere than every-step replay's
+    loss = [r["train_loss"] for r in steps]
+    each_loss = [r["train_loss"] for r in each if "train_loss" in r]
+    assert loss[0] == pytest.approx(each_loss[0], abs=1e-6)
+    assert loss[1] != pytest.approx(each_loss[1], abs=1e-4)
 
 
 def test_forgetting_budget_stops_and_keeps_a_checkpoint_within_it(workdir, monkeypatch):

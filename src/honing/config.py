@@ -182,7 +182,11 @@ class ReplayConfig(_Strict):
         "auto: 0.2 for supervised training where the replay answers are the model's own (the embedded default "
         "model with the shipped set, or any model with replay.data), else 0.",
     )
-    examples_per_step: int = Field(1, ge=1, description="Replay examples per process per optimizer step.")
+    examples_per_step: int = Field(1, ge=1, description="Replay examples per process per replay step.")
+    every: int = Field(
+        1, ge=1, description="Replay on every k-th optimizer step only, at k times the weight, so that over k steps "
+        "the mix is still (1 - fraction) x task + fraction x replay. The replay example goes through the model "
+        "alone and costs a whole forward: ~40% of a step of four ~40-token chats (docs/performance.md).")
     data: str | None = Field(
         None, description="Chat examples to replay (JSONL, ...); null: the general set shipped with Honing.")
 

@@ -492,8 +492,9 @@ def _optimizer_step(run: Run) -> dict:
         [local_norm, local_tokens, local_trained, local_replay_norm])
     # DDP averages gradients over processes; scaling by world_size turns that into a sum, so the
     # gradient is (sum over all normalizer units) / global_norm. With replay, the task's share of the loss
-    # is 1 - fraction and the replay batch (first, never the syncing micro-batch) carries the rest.
-    task_share = 1.0 - run.replay.fraction if replay else 1.0
+    # is 1 - fraction and the replay batch (first, never the syncing micro-batch) carries the rest (replay.every
+    # = k: the task keeps 1 - fraction on every step, the replay steps carry k x fraction).
+    task_share = run.replay.task_share if run.replay is not None else 1.0
     scale = task_share * dist.world_size / max(global_norm, 1)
     loss_total = torch.zeros((), dtype=torch.float64, device=run.runtime.device)
     stats: dict = {}
@@ -576,7 +577,7 @@ def _replay_backward(run: Run, replay: list, replay_norm: float) -> float:
     step's loss; gradients accumulate locally (the task's last micro-batch syncs). Returns the replay loss
     (mean over the replay's trained tokens of all processes)."""
     dist, objective = run.runtime.dist, run.objective
-    weight = run.replay.fraction * dist.world_size / max(replay_norm, 1)
+    weight = run.replay.replay_weight * dist.world_size / max(replay_norm, 1)
     with gradient_sync(run.model, not dist.enabled):
         with run.runtime.autocast():
             out = objective.loss(run.model, run.runtime.to_device(objective.collate(replay, run.pad_id)))

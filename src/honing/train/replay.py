@@ -12,6 +12,10 @@ trained tokens) would let replay dominate the gradient; instead the step minimis
 ``(1 - fraction) x task loss + fraction x replay loss``, each the mean over its own trained tokens.
 ``examples`` replay examples per process per step, chosen by a seeded permutation that is a pure function
 of (seed, step, rank): a resumed run replays exactly what the uninterrupted one would.
+
+``every`` = k replays on steps 0, k, 2k, ... only, with the replay term weighted k x ``fraction`` while the
+task keeps 1 - fraction on every step: over k steps the mix is the same, and k - 1 of every k steps skip the
+replay forward (which a short-example step pays in full: it runs alone).
 """
 
 from __future__ import annotations
@@ -30,21 +34,36 @@ def shipped_path() -> Path:
 class ReplaySet:
     """Rendered replay items and the per-step choice of them."""
 
-    def __init__(self, items: list, fraction: float, examples_per_step: int, seed: int, source: str):
+    def __init__(self, items: list, fraction: float, examples_per_step: int, seed: int, source: str,
+                 every: int = 1):
         self.items = items
         self.fraction = fraction
         self.k = max(1, min(examples_per_step, len(items)))
         self.seed = seed
         self.source = source
+        self.every = every
+
+    @property
+    def task_share(self) -> float:
+        """The task loss's weight on every step (with or without a replay batch)."""
+        return 1.0 - self.fraction
+
+    @property
+    def replay_weight(self) -> float:
+        """The replay loss's weight on a replay step: every x fraction, so the mix over ``every`` steps holds."""
+        return self.fraction * self.every
 
     def __len__(self) -> int:
         return len(self.items)
 
     def for_step(self, step: int, rank: int = 0, world: int = 1) -> list:
-        """This process's replay items for optimizer step ``step`` (0-based): consecutive slices of a
-        seeded permutation per pass over the replay set, so every replay example comes round in turn."""
+        """This process's replay items for optimizer step ``step`` (0-based; none off the ``every`` cadence):
+        consecutive slices of a seeded permutation per pass over the replay set, so every replay example comes
+        round in turn."""
+        if step % self.every:
+            return []
         n, per_step = len(self.items), self.k * world
-        start = (step * per_step + rank * self.k)
+        start = (step // self.every * per_step + rank * self.k)
         out = []
         for pos in range(start, start + self.k):
             cycle, within = divmod(pos, n)
@@ -54,8 +73,9 @@ class ReplaySet:
         return out
 
     def describe(self) -> str:
+        cadence = "per step" if self.every == 1 else f"every {self.every} steps, weighted x{self.every}"
         return (f"replay: {self.fraction:.0%} of each step's loss on general instructions ({self.k} of "
-                f"{len(self)} examples per step from {self.source}), against forgetting")
+                f"{len(self)} examples {cadence} from {self.source}), against forgetting")
 
 
 AUTO_FRACTION = 0.2  # measured: keeps the demo and unicode_category unflagged (benchmarks/quality/)
@@ -98,5 +118,5 @@ def build_replay(config, objective, tokenizer) -> tuple[ReplaySet | None, str | 
     if not items:
         raise ConfigError(f"replay.data: {path} has no example with a trained (assistant) token")
     replay = ReplaySet(items, fraction, rc.examples_per_step, config.seed,
-                       "the shipped general set" if not rc.data else str(path))
+                       "the shipped general set" if not rc.data else str(path), every=rc.every)
     return replay, replay.describe() + (" (replay.fraction auto)" if why else "")
