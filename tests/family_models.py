@@ -199,3 +199,42 @@ def llama3_real_tokenizer(path: Path):
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token="<|eot_id|>")
     tok.chat_template = (TEMPLATES / FAMILIES["llama3"].template).read_text()
     return tok
+
+
+# -- Mistral 7B v0.3's real SentencePiece model (shipped by Mistral's mistral-common package) --------------
+def mistral_v3_tokenizer_model() -> Path | None:
+    """mistral-common's v3 SentencePiece model (Mistral 7B v0.3: 32,768 pieces, 771 control pieces such as
+    [INST], byte fallback): the file $HONING_MISTRAL_V3_MODEL names (e.g. unpacked from the wheel), else the
+    installed package's, else ``None``. Not installed --no-deps: with mistral-common importable but its
+    tiktoken missing, transformers' AutoTokenizer fails on every Mistral model directory."""
+    import importlib.util
+    import os
+
+    if os.environ.get("HONING_MISTRAL_V3_MODEL"):
+        return Path(os.environ["HONING_MISTRAL_V3_MODEL"])
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mistral_instruct_tokenizer_240323.model.v3"
+    return path if path.is_file() else None
+
+
+def mistral_v3_tokenizer(model_file: Path, root: Path):
+    """The tokenizer transformers makes of Mistral's tokenizer.model (as for a model directory that has only
+    tokenizer.model), saved and loaded back as a run's ``final/`` holds it, with the matrix's Mistral chat
+    template. Returns (tokenizer, its directory)."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    src, saved = root / "mistral-src", root / "mistral-saved"
+    src.mkdir(parents=True)
+    shutil.copy(model_file, src / "tokenizer.model")
+    (src / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True}))
+    tok = AutoTokenizer.from_pretrained(str(src))
+    tok.chat_template = (TEMPLATES / FAMILIES["mistral"].template).read_text()
+    tok.save_pretrained(saved)
+    return AutoTokenizer.from_pretrained(str(saved)), saved
