@@ -11,6 +11,10 @@ Reported per side:
 * peak RSS of the child process;
 * first and final loss (step 1 is log 2 on both sides: a fresh adapter is the reference).
 
+Sides: ``honing`` (each pair's prompt once: one row per pair, a mask keeping each reply off the other),
+``trl``, and ``honing-two-seq``: Honing with chosen and rejected each carrying the whole prompt (the layout
+before the shared prompt, still Honing's fallback), for before/after in one interleaved run.
+
 Data: synthetic chats from benchmarks/bench.py (lengths spread over [64, max_length / 2] tokens); the
 chosen reply is the chat's own, the rejected one another chat's reply.
 
@@ -61,19 +65,24 @@ def step_orders(job: dict) -> list[list[int]]:
     return [step_indices(job["examples"], job["batch_size"], job["seed"], s)[1] for s in range(job["steps"])]
 
 
-def run_honing(job: dict) -> dict:
+def run_honing(job: dict, side: str = "honing") -> dict:
     from honing.config import build_config
     from honing.train import train
 
-    out = Path(job["workdir"]) / "honing-run"
-    config = build_config(values=dict(  # noqa: C408
+    if side == "honing-two-seq":
+        from honing.train.preference import _PairObjective
+
+        _PairObjective.shared_prompt = False  # the two-sequence layout (prompt + chosen, prompt + rejected)
+
+    out = Path(job["workdir"]) / f"{side}-run-{job['round']}"  # a fresh run directory per side and round
+    config = build_config(values=dict(
         model=MODEL, data=job["train_file"], eval_data=job["eval_file"], out=str(out), method="lora",
         objective="dpo", dpo={"beta": 0.1, "loss_type": "sigmoid"},
         lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         batch_size=job["batch_size"], micro_batch_size=job["micro_batch_size"], learning_rate=job["lr"],
         lr_scheduler="linear", warmup_ratio=0.0, max_steps=job["steps"], max_length=job["max_length"],
         dtype="fp32", device="cpu", packing=True, seed=job["seed"], eval_every=10_000, save_every=10_000,
-        tensorboard=False,
+        tensorboard=False, **({"threads": job["threads"]} if job.get("threads") else {}),
     ))
     t0 = time.perf_counter()
     train(config, log=lambda m: print("[honing]", m, flush=True))
@@ -81,7 +90,7 @@ def run_honing(job: dict) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("train_loss") is not None]
     seconds = [r["step_seconds"] for r in rows]  # each optimizer step's wall time, as the loop measured it
-    return summary("honing", job, seconds, [r["train_loss"] for r in rows], wall)
+    return summary(side, job, seconds, [r["train_loss"] for r in rows], wall)
 
 
 def run_trl(job: dict) -> dict:
@@ -94,6 +103,8 @@ def run_trl(job: dict) -> dict:
 
     from honing.models.catalog import resolve_model
 
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
     pairs = [json.loads(line) for line in Path(job["train_file"]).read_text().splitlines()]
     records = [pairs[i] for order in step_orders(job) for i in order]  # Honing's order, read sequentially
     path = str(resolve_model(MODEL).path)
@@ -146,7 +157,7 @@ def summary(side: str, job: dict, seconds: list[float], losses: list[float], wal
 
 def child(side: str, job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
-    res = run_honing(job) if side == "honing" else run_trl(job)
+    res = run_trl(job) if side == "trl" else run_honing(job, side)
     Path(job["workdir"], f"{side}-{job['round']}.json").write_text(json.dumps(res))
 
 
@@ -158,6 +169,10 @@ def main() -> None:
     ap.add_argument("--micro-batch-size", default="auto", help="Honing's micro-batch (auto: its CPU token budget)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (honing, trl, honing, trl, ...)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per side (default: each side's own "
+                    "choice); 1 keeps a loaded machine from stalling two-thread parallel regions")
+    ap.add_argument("--sides", default="honing,trl", help="comma-separated, run in this order each round: "
+                    "honing, trl, honing-two-seq (Honing without the shared prompt)")
     ap.add_argument("--json", default=str(HERE / "results" / "dpo_latest.json"))
     ap.add_argument("--child", nargs=2, metavar=("SIDE", "JOB"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -171,10 +186,13 @@ def main() -> None:
     micro = a.micro_batch_size if a.micro_batch_size == "auto" else int(a.micro_batch_size)
     job = {"workdir": str(work), "train_file": str(work / "train.jsonl"), "eval_file": str(work / "eval.jsonl"),
            "examples": a.examples, "batch_size": a.batch_size, "micro_batch_size": micro, "steps": a.steps,
-           "max_length": a.max_length, "lr": 5e-5, "seed": 0}
-    results: dict[str, list[dict]] = {"honing": [], "trl": []}
+           "max_length": a.max_length, "lr": 5e-5, "seed": 0, "threads": a.threads}
+    sides = a.sides.split(",")
+    if "trl" not in sides or not set(sides) <= {"honing", "trl", "honing-two-seq"}:
+        sys.exit(f"--sides: trl and any of honing, honing-two-seq (got {a.sides})")
+    results: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(a.repeats):
-        for side in ("honing", "trl"):
+        for side in sides:
             path = work / f"job-{r}.json"
             path.write_text(json.dumps(dict(job, round=r)))
             env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -184,19 +202,26 @@ def main() -> None:
                 sys.exit(f"{side} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
             results[side].append(json.loads((work / f"{side}-{r}.json").read_text()))
             print(side, r, json.dumps({k: results[side][-1][k] for k in ("tokens_per_s", "peak_rss_gb", "first_loss",
-                                                                         "final_loss")}), flush=True)
+                                                                         "final_loss")}), f"load {os.getloadavg()}",
+                  flush=True)
     med = {s: {k: statistics.median(x[k] for x in rs) for k in ("tokens_per_s", "peak_rss_gb")}
            for s, rs in results.items()}
-    report = {"job": job, "host": host_info(), "rounds": results, "median": med,
-              "speed_ratio": med["honing"]["tokens_per_s"] / med["trl"]["tokens_per_s"],
-              "memory_ratio": med["honing"]["peak_rss_gb"] / med["trl"]["peak_rss_gb"]}
+    ratios = {s: {"speed": med[s]["tokens_per_s"] / med["trl"]["tokens_per_s"],
+                  "memory": med[s]["peak_rss_gb"] / med["trl"]["peak_rss_gb"]} for s in sides if s != "trl"}
+    # Per round too: a side and the TRL run beside it saw about the same load from other jobs.
+    per_round = {s: [x["tokens_per_s"] / t["tokens_per_s"] for x, t in zip(results[s], results["trl"])] for s in ratios}
+    report = {"job": job, "host": host_info(), "rounds": results, "median": med, "vs_trl": ratios,
+              "speed_ratio_per_round": per_round}
+    if "honing" in ratios:
+        report.update(speed_ratio=ratios["honing"]["speed"], memory_ratio=ratios["honing"]["memory"])
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(report, indent=1))
     print("| side | tokens/s | peak RSS GB | first loss | final loss |\n| --- | --- | --- | --- | --- |")
     for s, rs in results.items():
         print(f"| {s} | {med[s]['tokens_per_s']:.1f} | {med[s]['peak_rss_gb']:.2f} | {rs[0]['first_loss']:.4f} | "
               f"{rs[0]['final_loss']:.4f} |")
-    print(f"Honing / TRL: x{report['speed_ratio']:.2f} tokens/s, x{report['memory_ratio']:.2f} peak RSS")
+    for s, ratio in ratios.items():
+        print(f"{s} / TRL: x{ratio['speed']:.2f} tokens/s, x{ratio['memory']:.2f} peak RSS")
 
 
 if __name__ == "__main__":
