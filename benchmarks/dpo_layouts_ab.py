@@ -1,0 +1,63 @@
+"""DPO's two layouts interleaved in ONE process (robust to other jobs on the machine): a DPO micro-step (the
+adapter-disabled reference forward + the policy forward and backward) of one pair on SmolLM2-135M-Instruct with
+fused LoRA r=16 in fp32, one thread, alternating the shared-prompt row and the two-sequence layout pair by pair
+(the order flips each repeat). Prints wall and process CPU seconds of each and their ratios.
+
+Usage: HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/dpo_layouts_ab.py [PAIRS]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_dpo import MODEL, make_pairs
+
+
+def main() -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from honing.config import build_config
+    from honing.models.catalog import resolve_model
+    from honing.models.loading import load_tokenizer
+    from honing.train.fused_lora import enable_fused_lora
+    from honing.train.preference import DPOObjective
+
+    torch.set_num_threads(1)
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+    path = Path(tempfile.mkdtemp()) / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(n, seed=0, max_length=512)))
+    obj = DPOObjective(build_config(values={"data": str(path), "objective": "dpo", "max_length": 512}))
+    obj.reference = "adapter_disabled"
+    items = obj.render_set(load_tokenizer(MODEL), obj.read_examples(str(path)), str(path), "x").items
+    model = AutoModelForCausalLM.from_pretrained(str(resolve_model(MODEL).path), dtype=torch.float32)
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    enable_fused_lora(model)
+    model.train()
+    seconds = {True: [0.0, 0.0], False: [0.0, 0.0]}  # shared_prompt -> [wall, process CPU]
+    for repeat in range(2):
+        for item in items:
+            for shared in (True, False) if repeat % 2 == 0 else (False, True):
+                obj.shared_prompt = shared
+                batch = obj.collate([item], 0)
+                wall, cpu = time.perf_counter(), time.process_time()
+                obj.loss(model, batch).loss_sum.backward()
+                seconds[shared][0] += time.perf_counter() - wall
+                seconds[shared][1] += time.process_time() - cpu
+                model.zero_grad(set_to_none=True)
+    print(f"shared prompt: {seconds[True][0]:.1f} s wall, {seconds[True][1]:.1f} s CPU; "
+          f"two sequences: {seconds[False][0]:.1f} s wall, {seconds[False][1]:.1f} s CPU")
+    print(f"shared / two sequences: x{seconds[False][0] / seconds[True][0]:.2f} wall, "
+          f"x{seconds[False][1] / seconds[True][1]:.2f} CPU")
+
+
+if __name__ == "__main__":
+    main()
