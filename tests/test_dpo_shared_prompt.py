@@ -132,6 +132,10 @@ def test_simpo_orpo_same_loss_in_both_layouts(smol_tokenizer, cls):
 def test_unsupported_attention_falls_back_with_a_reason(smol_tokenizer):
     model = make_tiny_llama()
     assert shared_prompt_unsupported(model, 512) is None
+    model.config.sliding_window = 64  # Gemma 2/3, Mistral: a window shorter than a pair's row needs its own mask
+    assert "sliding-window" in shared_prompt_unsupported(model, 512)
+    assert shared_prompt_unsupported(model, 32) is None  # rows within the window: the mask is exact
+    model.config.sliding_window = None
     model.config._attn_implementation = "flash_attention_2"
     assert "flash_attention_2" in shared_prompt_unsupported(model, 512)
     obj, said = _objective(packing=True), []
