@@ -148,18 +148,14 @@ def _ancestors(e):
         p = p.cpu_parent
 
 
-def bf16_matmul_gflops(rows: int, reps: int = 10) -> float:
-    """This machine's bf16 rate for the model's MLP matmul ([rows, 576] @ [576, 1536]), best of ``reps``."""
+def bf16_matmul_gflops(rows: int) -> float:
+    """This machine's bf16 rate for the model's MLP matmul ([rows, 576] @ [576, 1536]), best of 10."""
     import torch
 
-    a, b = torch.randn(rows, 576).bfloat16(), torch.randn(576, 1536).bfloat16()
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * rows * 576 * 1536 / best / 1e9
+    sys.path.insert(0, str(REPO / "benchmarks" / "quality"))
+    from step_flops import matmul_gflops
+
+    return matmul_gflops(rows, 576, 1536, torch.bfloat16, reps=10)
 
 
 def by_shape(prof, op: str, top: int = 10) -> list:

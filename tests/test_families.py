@@ -255,6 +255,17 @@ def _greedy(path, ids, n: int) -> tuple[list[int], np.ndarray]:
         llm.close()
 
 
+def _assert_llama_cpp_decodes_as_transformers(path, model, prompt: list[int], steps: int = 8) -> None:
+    """llama.cpp's greedy continuation of ``prompt`` from the GGUF at ``path`` is transformers' (``model``), and
+    its logits along the way agree within 1e-4."""
+    got, got_logits = _greedy(path, prompt, steps)
+    ids = list(prompt)
+    for _ in range(steps):
+        ids.append(int(np.argmax(_logits(model, ids)[-1])))
+    assert got == ids[len(prompt):]
+    assert _rel(got_logits, _logits(model, ids[:-1])) < 1e-4
+
+
 # q8_0 against f16, max |logit difference| / max |logit| (measured on these unsharpened models, load ~3:
 # Llama 3 0.007, Qwen2 0.007, Qwen3 0.011, Mistral 0.012, Phi-3 0.014, Gemma 2 0.027, Gemma 3 0.035; Gemma
 # scales its embeddings by sqrt(hidden size), so the quantized activations' error is larger).
@@ -780,13 +791,7 @@ def test_llama3_real_tokenizer_renders_exports_and_decodes_in_llama_cpp(llama3_r
         assert llm.tokenize(tok.decode(prompt).encode(), add_bos=False, special=True) == prompt
     finally:
         llm.close()
-    steps = 8
-    got, got_logits = _greedy(path, prompt, steps)
-    ids = list(prompt)
-    for _ in range(steps):
-        ids.append(int(np.argmax(_logits(model, ids)[-1])))
-    assert got == ids[len(prompt):]
-    assert _rel(got_logits, _logits(model, ids[:-1])) < 1e-4
+    _assert_llama_cpp_decodes_as_transformers(path, model, prompt)
 
 
 # -- Mistral 7B v0.3's real SentencePiece tokenizer (mistral-common ships it) ------------------------------
@@ -861,13 +866,7 @@ def test_mistral_v3_real_tokenizer_renders_exports_and_decodes_in_llama_cpp(mist
             assert llm.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"], text
     finally:
         llm.close()
-    steps = 8
-    got, got_logits = _greedy(path, prompt, steps)
-    ids = list(prompt)
-    for _ in range(steps):
-        ids.append(int(np.argmax(_logits(model, ids)[-1])))
-    assert got == ids[len(prompt):]
-    assert _rel(got_logits, _logits(model, ids[:-1])) < 1e-4
+    _assert_llama_cpp_decodes_as_transformers(path, model, prompt)
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
