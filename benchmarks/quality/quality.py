@@ -44,6 +44,10 @@ CELLS = {
     "hand-b8-lr2e-4": ["batch_size=8", "micro_batch_size=auto", "learning_rate=2e-4", "epochs=1", "max_steps=null"],
     "hand-b8-lr5e-4": ["batch_size=8", "micro_batch_size=auto", "learning_rate=5e-4", "epochs=1", "max_steps=null"],
     "hand-b8-lr1e-3": ["batch_size=8", "micro_batch_size=auto", "learning_rate=1e-3", "epochs=1", "max_steps=null"],
+    # `auto` as it was before issue 23 part 2, pinned so it stays measurable after the rule changed: at least
+    # 500 steps (batch 1 on the 300-example subsets), 3 epochs, lr 1e-4, replay 20% on every step.
+    "auto-before": AUTO_KEYS + ["batch_size=1", "learning_rate=1e-4", "epochs=3", "replay.fraction=0.2",
+                                "replay.every=1"],
 }
 
 
