@@ -24,6 +24,7 @@ llama.cpp tests skip without llama-cpp-python (`make llama-cpp`)."""
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -679,6 +680,57 @@ def test_full_fine_tuning_step(name, family_dirs, tmp_path):
     out = export_run(result.run_dir, "gguf", out=tmp_path / "full.gguf", quant="f32").out
     if llama_cpp is not None:
         assert _rel(_llama_logits(out, ids), want) < F32_TOLERANCE.get(name, 1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_qlora_step(name, family_dirs, tmp_path):
+    """Two QLoRA steps (bitsandbytes on CPU): every linear layer of the family's decoder is 4-bit NF4 under
+    its adapter (Phi-3's fused qkv and gate_up projections too), the loss is finite, the base's weights stay
+    as loaded and the adapter moves; the saved adapter applies with plain PEFT to the full-precision base."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+    from export_helpers import train_run
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from honing.train import chain
+
+    seen = {}
+    original = chain.load_starting_model
+
+    def capture(config, runtime, say):
+        model, tok, resolved, start = original(config, runtime, say)
+        # (the parameters themselves, not their names: PEFT's injection renames them)
+        seen["model"], seen["frozen"] = model, [(p, p.detach().clone()) for p in model.parameters()]
+        return model, tok, resolved, start
+
+    chain.load_starting_model = capture
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            result = train_run(str(family_dirs(name)), _write_chats(tmp_path / "d.jsonl", name),
+                               tmp_path / "run", method="qlora", max_steps=2, learning_rate=2e-2, max_length=96,
+                               **FAST)
+    finally:
+        chain.load_starting_model = original
+    # (bitsandbytes' CPU inference layout, taken after the eval before training, has no backward: torch
+    # warns that it backpropagates through an op without an autograd kernel, and the gradient is lost)
+    assert not [w for w in warned if "autograd kernel" in str(w.message)], [str(w.message) for w in warned]
+    assert result.status == "completed" and all(np.isfinite(result.train_losses)), result.train_losses
+    model = seen["model"]
+    linears = [m for n, m in model.named_modules() if n.endswith("base_layer")]
+    assert linears and all(isinstance(m, bnb.nn.Linear4bit) for m in linears), {type(m) for m in linears}
+    assert len(linears) == sum(1 for n, _ in model.named_modules() if n.endswith("lora_A"))
+    assert all(torch.equal(p, before) for p, before in seen["frozen"])
+    adapter = load_file(str(result.final_dir / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())
+    base, tok = _load(family_dirs(name))
+    peft_model = PeftModel.from_pretrained(base, str(result.final_dir)).eval()
+    ids = _chat_ids(tok)
+    with_adapter = _logits(peft_model, ids)
+    with peft_model.disable_adapter():
+        without = _logits(peft_model, ids)
+    assert np.isfinite(with_adapter).all() and _rel(with_adapter, without) > 1e-6
 
 
 @pytest.fixture(scope="module", params=["transformers", "llama.cpp"])

@@ -78,7 +78,22 @@ def load_quantized(reference, runtime):
     from honing.models.loading import flat_head_input
 
     flat_head_input(model)
+    keep_trainable_layout(model)
     return model, load_tokenizer(resolved), resolved
+
+
+def keep_trainable_layout(model) -> None:
+    """Stop bitsandbytes (>= 0.48) from repacking 4-bit weights into its CPU inference layout.
+
+    On a CPU with AVX512-BF16, a Linear4bit called in eval mode without gradients (the evaluation before
+    training) converts its weight, for good, to a layout whose kernel (``gemv_4bit``) has no backward:
+    every later training step then drops the gradient through the frozen base layers (torch only warns)
+    and layers with a bias fail outright. Training needs the layout ``matmul_4bit`` differentiates."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def quantized_modules(model) -> list[str]:
