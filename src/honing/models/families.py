@@ -2,9 +2,8 @@
 
 The family comes from ``config.json``'s ``model_type``; what works is the family matrix of
 ``tests/test_families.py`` (docs/training.md, "Model families"): every listed family trains with LoRA
-(SFT, DPO) and full fine-tuning, exports to GGUF (f16, q8_0) and Ollama, and chats through ``hone serve``
-(QLoRA is tested on Llama-style models only); ``fused`` says whether its decoder layers take Honing's fused
-LoRA path.
+(SFT, DPO), QLoRA and full fine-tuning, exports to GGUF (f16, q8_0) and Ollama, and chats through
+``hone serve``; ``fused`` says whether its decoder layers take Honing's fused LoRA path.
 """
 
 from __future__ import annotations
@@ -40,4 +39,4 @@ def family_support(model_dir: str | Path) -> tuple[str, str]:
     if kind not in FAMILIES:
         return kind, "not in the family matrix: LoRA through PEFT may work; GGUF export refuses it"
     name, fused = FAMILIES[kind]
-    return name, f"LoRA ({'fused' if fused else 'PEFT'}) SFT and DPO, full, GGUF export, Ollama, serve"
+    return name, f"LoRA ({'fused' if fused else 'PEFT'}) SFT and DPO, QLoRA, full, GGUF export, Ollama, serve"

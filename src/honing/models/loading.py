@@ -30,11 +30,29 @@ def load_tokenizer(model: str | os.PathLike | ResolvedModel):
 
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
     tok = AutoTokenizer.from_pretrained(str(resolved.path))
+    prefix_every_text_run(tok)
     if tok.chat_template is None:
         tok.chat_template = CHATML_TEMPLATE
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def prefix_every_text_run(tok) -> None:
+    """Give a SentencePiece-style tokenizer's ``▁`` prefix to every run of text between special tokens.
+
+    SentencePiece (and Mistral's own mistral-common, and llama.cpp's 'llama' tokenizer that Honing's GGUF
+    export writes) put a ``▁`` before each piece of text it encodes, so ``[INST]What`` is ``[INST]`` ``▁What``.
+    transformers converts such a tokenizer.model (Llama 2, Mistral v0.1-v0.3) to a Metaspace pre-tokenizer with
+    ``prepend_scheme: first``, which prefixes only the start of the whole string: ``[INST]`` ``What``. Trained
+    that way, a model would see at serving time (llama.cpp, Ollama) ids it was not trained on. ``always``
+    prefixes each run as SentencePiece does; text without special tokens tokenizes as before."""
+    from tokenizers.pre_tokenizers import Metaspace
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    if isinstance(pre, Metaspace) and pre.prepend_scheme == "first":
+        backend.pre_tokenizer = Metaspace(replacement=pre.replacement, prepend_scheme="always", split=pre.split)
 
 
 def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str | None = None):
