@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	# License) for tests/test_families.py; a 6.6 MB pure-Python wheel. --no-deps: the test reads the file
 	# only, and the package's own deps include tiktoken (compiled) and more it never needs.
 	$(PY) -m pip install -q --no-deps llama-models==0.3.0
+	# Qwen's real vocabulary (dashscope/resources/qwen.tiktoken: the 151,643 BPE ranks Qwen2, 2.5 and 3 share;
+	# Apache-2.0) for the same tests; a 2.4 MB wheel, --no-deps for the same reason (the file is read only).
+	$(PY) -m pip install -q --no-deps dashscope==2.0.2
 	touch $(STAMP)
 
 setup: $(STAMP)

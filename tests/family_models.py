@@ -12,7 +12,8 @@ template renders to single control tokens. What the tokenizer kind changes
 
 Llama 3's real tokenizer is built too (``llama3_real_tokenizer``): Meta's llama-models package ships its
 tiktoken file, which transformers' TikTokenConverter turns into the tokenizer.json Hugging Face ships
-(checked once against tiktoken itself: the same ids on this repository's docs, 62k tokens).
+(checked once against tiktoken itself: the same ids on this repository's docs, 62k tokens). So is Qwen2.5's
+(``qwen25_real_tokenizer``, from the qwen.tiktoken file Alibaba's dashscope package ships).
 """
 
 from __future__ import annotations
@@ -198,6 +199,58 @@ def llama3_real_tokenizer(path: Path):
     ])
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token="<|eot_id|>")
     tok.chat_template = (TEMPLATES / FAMILIES["llama3"].template).read_text()
+    return tok
+
+
+# -- Qwen2.5's real vocabulary (shipped by Alibaba's dashscope package as qwen.tiktoken) ---------------
+# Qwen2.5's added tokens after the 151,643 BPE ranks, in id order: the first 14 special (control) tokens,
+# the rest plain added tokens, as the released tokenizer.json declares them.
+QWEN25_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+QWEN25_ADDED = ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                "<|repo_name|>", "<|file_sep|>")
+QWEN25_VOCAB_SIZE = 151936  # the models' embedding rows: the tokenizer's 151,665 ids padded
+
+
+def qwen_tokenizer_model() -> Path | None:
+    """dashscope's qwen.tiktoken (Qwen's 151,643 byte-level BPE ranks, the vocabulary Qwen2, Qwen2.5 and
+    Qwen3 share), ``None`` when the package is not installed. Found without importing the package, whose
+    imports need its network client dependencies (the Makefile installs it --no-deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("dashscope")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
+    return path if path.is_file() else None
+
+
+def qwen25_real_tokenizer(path: Path):
+    """Qwen2.5's tokenizer as Hugging Face ships it (tokenizer.json), converted from the tiktoken ranks by
+    transformers' TikTokenConverter: Qwen2's split regex (single digits), NFC normalization, no BOS,
+    EOS = <|im_end|>, pad = <|endoftext|>, the 22 added tokens at their released ids, and the matrix's
+    Qwen2.5 chat template."""
+    from tokenizers import normalizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = _tiktoken_ranks(path)
+
+    class Converter(TikTokenConverter):
+        @staticmethod
+        def load_tiktoken_bpe(_url):
+            return ranks
+
+    # dashscope's QwenTokenizer.PAT_STR (= Qwen2's tokenizer.json Split regex), passed explicitly.
+    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    backend = Converter(str(path), pattern=pattern, extra_special_tokens=list(QWEN25_SPECIALS)).converted()
+    backend.normalizer = normalizers.NFC()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_tokens(list(QWEN25_ADDED), special_tokens=False)
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|file_sep|>"]) == [151643, 151664]
+    tok.chat_template = (TEMPLATES / FAMILIES["qwen2"].template).read_text()
     return tok
 
 

@@ -846,6 +846,72 @@ def test_llama3_real_tokenizer_renders_exports_and_decodes_in_llama_cpp(llama3_r
     _assert_llama_cpp_decodes_as_transformers(path, model, prompt)
 
 
+# -- Qwen2.5's real vocabulary (dashscope ships it) -----------------------------------------------------
+QWEN_PROBES = ("Hello world", "I'm sure they'll say 1234567 + 89 = 1234656.", "  two  spaces\tand\ttabs  ",
+               "line one\n\nline two\r\nthree\n", "café — naïve Ünïcödé, 日本語の文章, 中文分词, 🙂👍🏽",
+               "def f(x):\n    return x ** 2  # 'quoted' \"double\"", "<tool_call>{\"name\": \"f\"}</tool_call>")
+
+
+@pytest.fixture(scope="module")
+def qwen25_real(tmp_path_factory):
+    """(tokenizer, model directory) of a tiny Qwen2.5 model with Qwen's real vocabulary (151,665 ids, the
+    embedding padded to 151,936 rows as the released models are) and Qwen2.5's chat template."""
+    from family_models import QWEN25_VOCAB_SIZE, qwen25_real_tokenizer, qwen_tokenizer_model
+
+    path = qwen_tokenizer_model()
+    if path is None:
+        pytest.skip("dashscope is not installed (it ships Qwen's vocabulary; `make setup` installs it: "
+                    "pip install --no-deps dashscope)")
+    tok = qwen25_real_tokenizer(path)
+    model = family_model(FAMILIES["qwen2"], vocab_size=QWEN25_VOCAB_SIZE)
+    model.config.bos_token_id, model.config.eos_token_id = None, tok.eos_token_id
+    model.config.pad_token_id = tok.pad_token_id
+    out = tmp_path_factory.mktemp("qwen25-real") / "model"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return tok, out
+
+
+def test_qwen25_real_tokenizer_renders_exports_and_decodes_in_llama_cpp(qwen25_real, tmp_path, caplog):
+    """Qwen2.5's own vocabulary through the matrix's path: the chat renders with the replies (and
+    <|im_end|>) alone trained; the GGUF export names llama.cpp's qwen2 pre-tokenizer and pads the vocabulary
+    to the embedding's rows; llama.cpp tokenizes mixed text (code, CJK, digits one by one, the tool-call
+    tags) to transformers' ids and back; its logits and greedy tokens equal transformers'."""
+    from honing.export.gguf_writer import write_model_gguf
+    from honing.export.tokenizer_meta import tokenizer_meta
+
+    _, model_dir = qwen25_real
+    model, tok = _load(model_dir)  # as Honing loads a user's Qwen2.5 directory
+    assert (len(tok), model.config.vocab_size) == (151665, 151936)
+    assert tok("Hello world")["input_ids"] == [9707, 1879]  # Qwen2.5's ids, no BOS
+    chat = chat_for("qwen2")
+    r = render_conversation(tok, Conversation(chat))
+    assert [run.strip() for run in _trained_runs(tok, r)] == ["2 plus 3 is 5.<|im_end|>", "8.<|im_end|>"]
+    prompt = render_prompt(tok, chat[:2])
+    assert r.input_ids[: len(prompt)] == prompt and not any(r.loss_mask[: len(prompt)])
+
+    with caplog.at_level(logging.WARNING):
+        meta = tokenizer_meta(tok, model_dir, model.config.vocab_size)
+        path = tmp_path / "qwen25.gguf"
+        write_model_gguf(path, model, meta, "f32", name="tiny")
+    assert (meta.model, meta.pre, meta.add_bos) == ("gpt2", "qwen2", False)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    if llama_cpp is None:
+        pytest.skip("llama-cpp-python is not installed; build it from its sdist with `make llama-cpp`")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, seed=0, verbose=False, logits_all=True,
+                          type_k=0, type_v=0)
+    try:
+        assert llm.n_vocab() == 151936
+        for text in QWEN_PROBES:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+            assert llm.detokenize(ids, special=True).decode() == text
+        assert llm.tokenize(tok.decode(prompt).encode(), add_bos=False, special=True) == prompt
+    finally:
+        llm.close()
+    _assert_llama_cpp_decodes_as_transformers(path, model, prompt)
+
+
 # -- Mistral 7B v0.3's real SentencePiece tokenizer (mistral-common ships it) ------------------------------
 # Text that llama.cpp's SentencePiece tokenizer and transformers' conversion of it cut alike (none begins
 # with a space: see test_mistral_v3_chat_text_tokenizes_in_llama_cpp_as_in_training).
