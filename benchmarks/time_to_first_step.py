@@ -31,31 +31,36 @@ T0 = process_start()
 times = []
 
 
-def mark(name, t):
-    times.append((name, t))
+def mark(name, t, cpu=None):
+    times.append((name, t, cpu))
 
 
-mark("python start (to harness)", time.time() - T0)
-t1 = time.time()
-import torch  # noqa: F401
+def cpu_seconds() -> float:
+    """This process's CPU seconds so far, all threads (less load-dependent than wall on a shared machine)."""
+    r = os.times()
+    return r.user + r.system
 
-mark("import torch", time.time() - t1)
-t1 = time.time()
-import transformers  # noqa: F401
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-from transformers.models.llama import modeling_llama  # noqa: F401
 
-mark("import transformers (+llama)", time.time() - t1)
-t1 = time.time()
-import peft  # noqa: F401
+mark("python start (to harness)", time.time() - T0, cpu_seconds())
 
-mark("import peft (+bitsandbytes)", time.time() - t1)
-t1 = time.time()
-import honing.cli
-import honing.evaluate.forgetting
-import honing.train.loop
 
-mark("import honing", time.time() - t1)
+def timed_import(label, do_import):
+    t, c = time.time(), cpu_seconds()
+    do_import()
+    mark(label, time.time() - t, cpu_seconds() - c)
+
+
+# The environment `hone train` sets before its imports (what they load depends on it).
+try:  # noqa: E402  (honing.startup imports nothing heavy)
+    from honing.startup import prepare_imports
+except ImportError:  # an older Honing (PYTHONPATH=<other checkout>/src)
+    from honing.startup import skip_compiler_imports as prepare_imports
+
+prepare_imports("qlora" if "qlora" in " ".join(sys.argv) else "lora")
+timed_import("import torch", lambda: __import__("torch"))
+timed_import("import transformers (+llama)", lambda: __import__("transformers.models.llama.modeling_llama"))
+timed_import("import peft", lambda: __import__("peft"))
+timed_import("import honing", lambda: [__import__(m) for m in ("honing.cli", "honing.train.loop")])
 
 
 def wrap(mod, name, label=None, once=False):
@@ -65,14 +70,15 @@ def wrap(mod, name, label=None, once=False):
     def w(*a, **k):
         if once and done:
             return f(*a, **k)
-        s = time.time()
+        s, c = time.time(), cpu_seconds()
         try:
             return f(*a, **k)
         finally:
             done.append(1)
-            mark(label or name, time.time() - s)
+            mark(label or name, time.time() - s, cpu_seconds() - c)
             if name == "_optimizer_step":
-                mark("== TIME TO FIRST STEP (process start -> first optimizer step done)", time.time() - T0)
+                mark("== TIME TO FIRST STEP (process start -> first optimizer step done)", time.time() - T0,
+                     cpu_seconds())
     setattr(mod, name, w)
 
 import honing.models.loading as L
@@ -102,11 +108,15 @@ import atexit
 
 @atexit.register
 def report():
-    for n, v in times:
-        print(f"TTFS {v:7.2f}  {n}", file=sys.stderr)
+    print("TTFS    wall     cpu  part (seconds)", file=sys.stderr)
+    for n, v, c in times:
+        cpu = f"{c:7.2f}" if c is not None else "       "
+        print(f"TTFS {v:7.2f} {cpu}  {n}", file=sys.stderr)
 if os.environ.get("TTFS_FORCE_STORE"):
     import honing.machine
     honing.machine.quiet_enough = lambda: True
+import honing  # noqa: E402
+
 print("TTFS honing from", honing.__file__, file=sys.stderr)
 sys.argv = ["hone", "train", *sys.argv[1:]]
 from honing.cli import main

@@ -329,3 +329,29 @@ def test_a_tiny_model_that_really_overfits_is_warned_about_and_stopped(workdir):
     assert evals[r.steps] > r.best_eval_loss + 0.3  # it really got worse after the best step
     assert any(m.startswith("warning: possible overfitting") for m in messages)
     assert "possible overfitting" in (r.run_dir / "summary.md").read_text()
+
+
+def test_the_eval_before_training_after_the_first_step_is_the_base_models(workdir, monkeypatch):
+    """A new LoRA adapter's step-0 eval runs after step 1 with the adapter disabled (the first step is not
+    behind it): the same metrics as the eval before any update, logged in step order, and the training
+    untouched (same losses, same adapter bit for bit). Dropout on: the eval must draw no random numbers."""
+    from safetensors.torch import load_file
+
+    import honing.train.loop as loop
+
+    kw = {"max_steps": 3, "learning_rate": 5e-3, "eval_every": 2, "save_every": 3, "micro_batch_size": 4, "threads": 1,
+          "lora": {"r": 4, "dropout": 0.1}}
+    msgs: list[str] = []
+    after = train(_config(workdir, "base_eval_after", **kw), log=msgs.append)
+    monkeypatch.setattr(loop, "_base_eval_can_wait", lambda *a: False)
+    before = train(_config(workdir, "base_eval_before", **kw), log=_quiet)
+    rows = [[json.loads(line) for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+            for r in (after, before)]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [0, 1, 2, 3]
+    for key in ("eval_loss", "forgetting_ppl"):
+        assert rows[0][0][key] == pytest.approx(rows[1][0][key], rel=1e-6), key
+    assert after.train_losses == before.train_losses
+    a, b = (load_file(str(r.final_dir / "adapter_model.safetensors")) for r in (after, before))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    first_step = next(i for i, m in enumerate(msgs) if m.startswith("time to first step"))
+    assert msgs[first_step + 1].startswith("eval loss before training")

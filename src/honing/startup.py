@@ -51,3 +51,8 @@ def skip_compiler_imports(method: str, environ=None) -> bool:
         return False
     env["TORCHDYNAMO_DISABLE"] = "1"
     return True
+
+
+def prepare_imports(method: str) -> None:
+    """What ``hone train`` sets before its heavy imports, for a faster start (see ``skip_compiler_imports``)."""
+    skip_compiler_imports(method)
