@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	# Qwen's real vocabulary (dashscope/resources/qwen.tiktoken: the 151,643 BPE ranks Qwen2, 2.5 and 3 share;
 	# Apache-2.0) for the same tests; a 2.4 MB wheel, --no-deps for the same reason (the file is read only).
 	$(PY) -m pip install -q --no-deps dashscope==2.0.2
+	# Mistral 7B v0.3's SentencePiece model (0.6 MB), taken out of mistral-common's wheel, not installed.
+	$(PY) scripts/test_assets.py $(VENV)/share/honing-tests
 	touch $(STAMP)
 
 setup: $(STAMP)

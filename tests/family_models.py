@@ -3,8 +3,8 @@ configuration class with its distinguishing features switched on (Llama 3's llam
 q/k norms, Gemma's soft-capping, sliding window, per-layer sliding/global pattern and norm offset, Phi-3's
 fused qkv/gate_up projections), and each family's real chat template (tests/fixtures/chat_templates).
 
-The tokenizer is SmolLM2's byte-level BPE for every family (no package we may install ships Gemma's,
-Mistral's or Phi-3's SentencePiece models, nor Qwen's vocabulary), cut to its first 2,048 tokens and the
+The tokenizer is SmolLM2's byte-level BPE for every family (no package we may install ships Gemma's or
+Phi-3's SentencePiece models; the released ones built below are too large for every row), cut to its first 2,048 tokens and the
 merges among them (a valid, smaller BPE: any text still tokenizes, through the byte alphabet; GGUF readers
 then parse 2k tokens, not 49k), with the family's chat special tokens added as special tokens so its
 template renders to single control tokens. What the tokenizer kind changes
@@ -257,18 +257,24 @@ def qwen25_real_tokenizer(path: Path):
 # -- Mistral 7B v0.3's real SentencePiece model (shipped by Mistral's mistral-common package) --------------
 def mistral_v3_tokenizer_model() -> Path | None:
     """mistral-common's v3 SentencePiece model (Mistral 7B v0.3: 32,768 pieces, 771 control pieces such as
-    [INST], byte fallback): the file $HONING_MISTRAL_V3_MODEL names (e.g. unpacked from the wheel), else the
-    installed package's, else ``None``. Not installed --no-deps: with mistral-common importable but its
+    [INST], byte fallback): the file $HONING_MISTRAL_V3_MODEL names, else the one `make setup` took out of
+    mistral-common's wheel (scripts/test_assets.py, into the venv's share/honing-tests), else the installed
+    package's, else ``None``. The package is not installed --no-deps: with mistral-common importable but its
     tiktoken missing, transformers' AutoTokenizer fails on every Mistral model directory."""
     import importlib.util
     import os
+    import sys
 
+    name = "mistral_instruct_tokenizer_240323.model.v3"
     if os.environ.get("HONING_MISTRAL_V3_MODEL"):
         return Path(os.environ["HONING_MISTRAL_V3_MODEL"])
+    fetched = Path(sys.prefix) / "share" / "honing-tests" / name
+    if fetched.is_file():
+        return fetched
     spec = importlib.util.find_spec("mistral_common")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mistral_instruct_tokenizer_240323.model.v3"
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
     return path if path.is_file() else None
 
 

@@ -941,10 +941,9 @@ def mistral_v3(tmp_path_factory):
 
     path = mistral_v3_tokenizer_model()
     if path is None:
-        pytest.skip("mistral-common is not installed (it ships Mistral's SentencePiece models; 37 MB installed "
-                    "and compiled dependencies, so not a test dependency): pip install mistral-common, or set "
-                    "HONING_MISTRAL_V3_MODEL to mistral_common/data/mistral_instruct_tokenizer_240323.model.v3 "
-                    "unpacked from its wheel")
+        pytest.skip("Mistral v0.3's tokenizer.model is not here: `make setup` takes it out of mistral-common's "
+                    "wheel (python scripts/test_assets.py .venv/share/honing-tests), or set "
+                    "HONING_MISTRAL_V3_MODEL to mistral_common/data/mistral_instruct_tokenizer_240323.model.v3")
     root = tmp_path_factory.mktemp("mistral-v3")
     tok, saved = mistral_v3_tokenizer(path, root)
     model = family_model(FAMILIES["mistral"], vocab_size=len(tok))
