@@ -162,3 +162,38 @@ def test_training_threads_auto_keeps_the_default_unless_one_thread_is_clearly_fa
     assert (n == 1 and "faster" in why) if default > 1 else n == 1
     assert threads.training_threads(3) == (3, "set in the config")
     assert threads.training_threads("auto", recorded=2)[0] == 2
+
+
+def test_the_thread_race_stops_once_every_sample_agrees(monkeypatch):
+    """An idle machine's race (more threads win every round) is decided after CLEAR_AFTER rounds, not 15;
+    an overlapping one runs to the end and is decided by the medians."""
+    import time
+
+    import torch.nn.functional as F
+
+    from honing import threads
+    from honing.threads import CLEAR_AFTER, _clear_cut, fastest_thread_count, torch_threads
+
+    assert _clear_cut([2.0, 2.1], [1.0, 1.1], 2) == 2
+    assert _clear_cut([0.5, 0.6], [1.0, 1.1], 2) == 1
+    assert _clear_cut([0.9, 1.2], [1.0, 1.1], 2) is None  # overlapping: no early answer
+    assert _clear_cut([0.85, 0.86], [1.0, 1.1], 2) is None  # faster, but not by 20% everywhere
+
+    calls = []
+
+    def fake_linear(x, w, seconds):
+        one = torch.get_num_threads() == 1
+        calls.append(one)
+        time.sleep(seconds[one][calls.count(one) % 2])  # each setting alternates between its two times
+
+    def race(seconds) -> tuple[int, int]:
+        calls.clear()
+        monkeypatch.setattr(F, "linear", lambda x, w: fake_linear(x, w, seconds))
+        with torch_threads(2):
+            return fastest_thread_count(reps=15, rows=8), len(calls)
+
+    clear = {True: (0.004, 0.004), False: (0.001, 0.001)}  # 1 thread always 4x slower
+    assert race(clear) == (2, 2 + 2 * CLEAR_AFTER)
+    mixed = {True: (0.0009, 0.004), False: (0.001, 0.001)}  # 1 thread alternately a little faster and slower
+    assert race(mixed) == (2, 2 + 2 * 15)
+    assert threads.CLEAR_AFTER < 15
