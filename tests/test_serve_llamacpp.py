@@ -210,3 +210,103 @@ def test_a_model_whose_conversion_fails(tmp_path):
     ids = _prompt(auto.tokenizer(str(model_dir)), QUESTION)
     assert auto.complete(t, ids, Params(max_new_tokens=2, temperature=0))[0].completion_tokens == 2
     assert not list((tmp_path / "cache").rglob("*.gguf"))  # nothing half-written
+
+
+class _Pipe:
+    def send(self, msg):
+        pass
+
+
+def _run_worker(worker, requests: list[dict]) -> dict[int, list[int]]:
+    """Submit ``requests`` together and step the engine's loop until all end: rid -> answer tokens."""
+    worker.handle(("submit", requests))
+    answers: dict[int, list[int]] = {}
+    while worker.busy():
+        worker.admit()
+        worker.step()
+        for rid, token, _ in worker.out:
+            answers.setdefault(rid, []).append(token)
+        worker.out = []
+    return answers
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b) - 1) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_prompt_prefixes_are_shared_per_adapter_with_the_same_answers(adapter, tmp_path):
+    """The engine reads a prompt prefix once per adapter (running and ended sequences lend their cells):
+    the same greedy tokens as reading every prompt whole, requests of the base and an adapter interleaved,
+    fewer tokens decoded, never a prefix computed with another adapter, and kept cells give way to new ones."""
+    from honing.evaluate.generation import stop_token_ids
+    from honing.models.catalog import cache_root
+    from honing.models.loading import load_tokenizer
+    from honing.serve.engines import llamacpp_worker as W
+    from honing.serve.engines.gguf_cache import base_gguf, lora_gguf
+
+    W._quiet_llama_cpp(llama_cpp)
+    llama_cpp.llama_backend_init()
+    base = str(base_gguf(cache_root() / "serve-gguf", MODEL, "f16"))
+    lora = str(lora_gguf(tmp_path / "cache", MODEL, "ftjob-a", adapter / "final", None))
+    tok = load_tokenizer(MODEL)
+    system = "You answer in one short sentence, in plain English, and never use lists or markdown."
+    prompts = [_prompt_with(tok, system, q) for q in (QUESTION, ADAPTED, "Name a planet.", "Say hello.",
+                                                      "What is two plus two?")]
+
+    def req(rid, i, key):
+        return {"rid": rid, "base": base, "adapter_key": key, "adapter_path": lora if key else None,
+                "prompt": prompts[i], "max_tokens": 10, "stop_ids": tuple(stop_token_ids(tok))}
+
+    class Counting(W.Worker):
+        fed = 0
+
+        def _fill(self, b, seqs):
+            out = super()._fill(b, seqs)
+            self.fed += b.batch.n_tokens
+            return out
+
+    first = [req(1, 0, None), req(2, 2, "ftjob-a"), req(3, 1, None), req(4, 0, "ftjob-a"), req(5, 2, None)]
+    later = [req(6, 3, None), req(7, 1, "ftjob-a")]  # prompt 1: whole in the base's cells only
+    cfg = {"n_ctx": 1024, "n_seq": 8, "n_batch": 512, "n_threads": 1, "adapter_cache": 2}
+    whole, shared = Counting(_Pipe(), {**cfg, "share_prefixes": False}), Counting(_Pipe(), cfg)
+    try:
+        expected = {**_run_worker(whole, first), **_run_worker(whole, later)}
+        got = _run_worker(shared, first)
+        assert expected[2] != expected[5]  # control: the adapter changes this answer
+        assert got == {r: expected[r] for r in got}
+        # the base reads prompt 0 whole, then 1 and 2 after their longest prefix it holds; the adapter 2, then 0
+        reads = len(prompts[0]) + len(prompts[1]) - _lcp(prompts[0], prompts[1]) \
+            + len(prompts[2]) - max(_lcp(prompts[0], prompts[2]), _lcp(prompts[1], prompts[2])) \
+            + len(prompts[2]) + len(prompts[0]) - _lcp(prompts[2], prompts[0])
+        decoded = sum(len(a) - 1 for a in got.values())  # each answer token but the last is decoded
+        assert shared.fed == reads + decoded < whole.fed
+        fed = shared.fed
+        # ended sequences keep their prompts' cells, each for its own adapter only
+        got = _run_worker(shared, later)
+        assert got == {r: expected[r] for r in (6, 7)}
+        reads = len(prompts[3]) - max(_lcp(prompts[i], prompts[3]) for i in (0, 1, 2)) \
+            + len(prompts[1]) - max(_lcp(prompts[i], prompts[1]) for i in (2, 0))
+        assert shared.fed - fed == reads + sum(len(a) - 1 for a in got.values())
+        # kept cells give way to the cells promised to a new request (then it is cancelled)
+        b = shared.bases[base]
+        before = len(b.kept)
+        assert before >= 2
+        shared.handle(("submit", [{**req(8, 4, None), "max_tokens": cfg["n_ctx"] - len(prompts[4]) - 8}]))
+        shared.admit()
+        assert b.reserved == cfg["n_ctx"] - 8 and len(b.seqs) == 1
+        assert b.reserved + sum(len(p) for _, p in b.kept.values()) <= cfg["n_ctx"] and len(b.kept) < before - 1
+        shared.handle(("cancel", 8))
+        assert not shared.busy() and b.reserved == 0
+    finally:
+        whole.close()
+        shared.close()
+
+
+def _prompt_with(tok, system: str, question: str) -> list[int]:
+    from honing.data.conversation import Message
+    from honing.data.render import render_prompt
+
+    return render_prompt(tok, [Message("system", system), Message("user", question)])
