@@ -2,8 +2,11 @@
 
 Runs `hone train ARGS...` in this process with timers around the setup's parts; the imports of torch,
 transformers, PEFT and Honing are timed first, as one block each (in a plain run they happen inside the
-first part that needs them). Prints one "TTFS seconds part" line per part to stderr, and the total from the
-process's start (/proc) to the end of the first optimizer step.
+first part that needs them, and the environment `hone train` sets first is set first here too). Prints one
+"TTFS wall cpu part" line per part to stderr (seconds; CPU = this process's user + system time, which
+depends less on other jobs than wall time does), the total from the process's start (/proc) to the end of
+the first optimizer step, and the time from the last optimizer step to the process's exit. The eval before
+training is listed where it runs (after the first step for a new LoRA adapter, honing.train.loop).
 
     python benchmarks/time_to_first_step.py --model smollm2-135m-instruct --data train80.jsonl \
         --set max_steps=1 --set eval_every=100 --set threads=1 --no-eval --out /tmp/ttfs
@@ -63,13 +66,19 @@ timed_import("import peft", lambda: __import__("peft"))
 timed_import("import honing", lambda: [__import__(m) for m in ("honing.cli", "honing.train.loop")])
 
 
+last_step: list[float] = []  # (time, CPU seconds) at the end of the latest optimizer step
+
+
 def wrap(mod, name, label=None, once=False):
     f = getattr(mod, name)
     done = []
     @functools.wraps(f)
     def w(*a, **k):
         if once and done:
-            return f(*a, **k)
+            try:
+                return f(*a, **k)
+            finally:
+                last_step[:] = [time.time(), cpu_seconds()]
         s, c = time.time(), cpu_seconds()
         try:
             return f(*a, **k)
@@ -79,6 +88,7 @@ def wrap(mod, name, label=None, once=False):
             if name == "_optimizer_step":
                 mark("== TIME TO FIRST STEP (process start -> first optimizer step done)", time.time() - T0,
                      cpu_seconds())
+                last_step[:] = [time.time(), cpu_seconds()]
     setattr(mod, name, w)
 
 import honing.models.loading as L
@@ -108,6 +118,9 @@ import atexit
 
 @atexit.register
 def report():
+    if last_step:
+        mark("== last optimizer step done -> exit (final eval, saves, summary)", time.time() - last_step[0],
+             cpu_seconds() - last_step[1])
     print("TTFS    wall     cpu  part (seconds)", file=sys.stderr)
     for n, v, c in times:
         cpu = f"{c:7.2f}" if c is not None else "       "
