@@ -54,5 +54,6 @@ def skip_compiler_imports(method: str, environ=None) -> bool:
 
 
 def prepare_imports(method: str) -> None:
-    """What ``hone train`` sets before its heavy imports, for a faster start (see ``skip_compiler_imports``)."""
+    """What ``hone train`` sets before its heavy imports, for a faster start (see ``skip_compiler_imports``);
+    benchmarks/time_to_first_step.py calls it too, so that its timed imports load what a real run loads."""
     skip_compiler_imports(method)

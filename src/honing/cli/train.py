@@ -69,9 +69,9 @@ def train_cmd(
               "init_from": init_adapter, "epochs": epochs,
               "out": out, "merge": merge, "device": device, "grpo.grader": grader}
     config = build_config(recipe, overrides=set_ or [], values=values)
-    from honing.startup import skip_compiler_imports
+    from honing.startup import prepare_imports
 
-    skip_compiler_imports(config.method)  # before PEFT's import: a faster start
+    prepare_imports(config.method)  # before PEFT's import: a faster start
     console.print(f"[bold]hone train[/] -> {config.out}")
     result = train(config, resume=resume, progress=not quiet, log=console.print)
     if not _is_main_process():
