@@ -25,9 +25,6 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
-import jsonschema
-from jsonschema.exceptions import best_match
-
 from honing.data.conversation import Message, ToolCall, tool_name
 
 Add = Callable[[str, str], None]
@@ -95,6 +92,8 @@ def _function_problem(fn: Any) -> str | None:
         return None
     if not isinstance(params, dict):
         return f"({fn['name']}): 'parameters' must be a JSON Schema object, not {_kind(params)}"
+    import jsonschema  # here: only data with tools needs it (a tenth of a second off every other start)
+
     try:
         _validator(json.dumps(params, sort_keys=True))
     except jsonschema.SchemaError as e:
@@ -105,6 +104,8 @@ def _function_problem(fn: Any) -> str | None:
 @lru_cache(maxsize=256)
 def _validator(schema_text: str):
     """A compiled validator per distinct schema (files repeat the same tools on every line)."""
+    import jsonschema
+
     schema = json.loads(schema_text)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
@@ -191,6 +192,8 @@ def _check_call(call: ToolCall, schemas: dict[str, Any], add: Add, at: str) -> N
         return
     schema = schemas.get(call.name)
     if schema:
+        from jsonschema.exceptions import best_match
+
         error = best_match(_validator(json.dumps(schema, sort_keys=True)).iter_errors(args))
         if error is not None:
             path = "".join(f"[{p!r}]" for p in error.absolute_path) or "(top level)"
