@@ -19,10 +19,16 @@ training job runs.
 tokens/s = completion tokens of all N requests / wall seconds from the common start to the last answer.
 
 The chat engine is a side (``--engines llama.cpp,transformers``): steps 3 (and 4b with ``--sequential``)
-run once per engine, each in a fresh server on the same data dir; with ``--sampled`` a second load round
-samples (temperature 1, a seed per request). With llama.cpp among the engines, the ceiling: the same
-requests one at a time through llama-cpp-python's ``Llama`` called directly on the same base GGUF and LoRA
-GGUFs the engine converted (one ``Llama`` per model). ``--seeded-adapters`` skips step 2: K random LoRA
+run once per engine, each in a fresh server on the same data dir; ``--requests 16,64`` gives a load round
+per count, and ``--sampled`` a sampled round after each greedy one (temperature 1, a seed per request).
+Every round has prompts of its own (the next rows of the eval set), so no round finds its prompts in the
+cache a round before left. With llama.cpp among the engines, the ceiling: the same requests one at a time
+through llama-cpp-python's ``Llama`` called directly on the same base GGUF and LoRA GGUFs the engine
+converted (one ``Llama`` per model; it keeps its last prompt's cache, as the engine keeps prompts' prefixes).
+``--repeats R`` runs the sides R times in turn (llama.cpp, transformers, direct, llama.cpp, ...): ratios
+per repeat, from runs minutes apart rather than one side early and one late on a machine whose load
+changes. ``--train-while-serving`` (llama.cpp side): a fine-tuning job runs in the same server while a
+greedy round is served, /health polled throughout. ``--seeded-adapters`` skips step 2: K random LoRA
 adapters (all linear layers, rank 16, seeded), registered as succeeded jobs in the fresh database, cost
 the same to serve as trained ones and take seconds instead of minutes. ``--plain-peft`` adds step 4.
 
@@ -31,7 +37,8 @@ Usage (~5-10 min on a shared 2-core CPU):
         --adapters 3 --requests 16 --max-tokens 32 --steps 4
     # the engines side by side, with the llama.cpp ceiling (a few minutes):
     HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/serve_bench.py --seeded-adapters \\
-        --engines llama.cpp,transformers --requests 16 --max-tokens 32 --sampled --out benchmarks/results/serve_engines.json
+        --engines llama.cpp,transformers --requests 16,64 --max-tokens 16 --sampled --repeats 2 \
+        --train-while-serving --out benchmarks/results/serve_engines.json
 """
 
 from __future__ import annotations
@@ -110,6 +117,37 @@ class Prober(threading.Thread):
 
     def summary(self) -> dict:
         return {p: {**stats_ms(v), "failures": self.failures[p]} for p, v in self.latency.items()}
+
+
+def _probe_loop(url, paths, interval, timeout, stop, out) -> None:
+    prober = Prober(url, paths, interval, timeout)
+    prober.stop = stop
+    prober.run()
+    out.put((prober.latency, prober.failures))
+
+
+class ProberProcess:
+    """A Prober in a process of its own: its latencies are the server's, not those of this process's GIL
+    (busy with the load's own HTTP client). Same start / stop.set / join / summary as Prober."""
+
+    def __init__(self, url: str, paths: list[str], interval: float = 0.25, timeout: float = 10.0):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.stop, self._out = ctx.Event(), ctx.Queue()
+        self._proc = ctx.Process(target=_probe_loop, args=(url, paths, interval, timeout, self.stop, self._out),
+                                 daemon=True)
+        self.latency: dict[str, list[float]] = {p: [] for p in paths}
+        self.failures: dict[str, int] = {p: 0 for p in paths}
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def join(self) -> None:
+        self.latency, self.failures = self._out.get(timeout=120)
+        self._proc.join(30)
+
+    summary = Prober.summary
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -219,9 +257,11 @@ def seeded_adapters(data: Path, base: str, k: int) -> list[dict]:
 
 
 def llama_direct(gguf: Path, loras: dict[str, Path | None], requests: list[dict], max_tokens: int,
-                 threads: int) -> tuple[list[dict], float]:
+                 threads: int, sampled: bool = False, warm: list[dict] = ()) -> tuple[list[dict], float]:
     """The ceiling: the requests one at a time through llama-cpp-python's Llama on the same GGUF files the
-    engine serves (one Llama per model: a LoRA is fixed when a Llama is made), greedy, the same token ids."""
+    engine serves (one Llama per model: a LoRA is fixed when a Llama is made), the same token ids; greedy,
+    or sampled as the server samples (temperature 1, nothing else cut, a seed per request). ``warm``: one
+    request per model first, not timed (as the server side got)."""
     import llama_cpp
 
     from honing.data.conversation import Message
@@ -237,14 +277,18 @@ def llama_direct(gguf: Path, loras: dict[str, Path | None], requests: list[dict]
 
     def one(req) -> tuple[int, str]:
         ids = render_prompt(tok, [Message(m["role"], m["content"]) for m in req["messages"]])
-        out = []
-        for t in llms[req["model"]].generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        out, llm = [], llms[req["model"]]
+        how = {"temp": 0.0, "top_k": 1}
+        if sampled:
+            llm.set_seed(req["seed"])
+            how = {"temp": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}
+        for t in llm.generate(ids, repeat_penalty=1.0, reset=True, **how):
             out.append(t)
             if t in stops or len(out) == max_tokens:
                 break
         return len(out), tok.decode([t for t in out if t not in stops], skip_special_tokens=True)
 
-    for r in {r["model"]: r for r in requests}.values():  # warm-up, as the server side got
+    for r in warm:
         one(r)
     results, t0 = [], time.perf_counter()
     for r in requests:
@@ -366,12 +410,17 @@ def _args(argv):
     ap.add_argument("--base", default="smollm2-135m-instruct")
     ap.add_argument("--adapters", type=int, default=3, help="LoRA adapters fine-tuned through the API")
     ap.add_argument("--steps", type=int, default=4, help="optimizer steps per adapter")
-    ap.add_argument("--requests", type=int, default=16, help="chat requests sent at once")
+    ap.add_argument("--requests", default="16", help="chat requests sent at once; a comma list gives a round "
+                    "per count (16,64)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--engines", default="transformers", help="comma-separated `hone serve --engine` values, "
                     "each a side (llama.cpp adds the llama.cpp-direct ceiling)")
     ap.add_argument("--engine-threads", type=int, default=None, help="llama.cpp threads (server and direct)")
-    ap.add_argument("--sampled", action="store_true", help="a second load round, sampled (temperature 1, seeded)")
+    ap.add_argument("--sampled", action="store_true", help="a sampled round after each greedy one (temperature 1, "
+                    "seeded)")
+    ap.add_argument("--repeats", type=int, default=1, help="run the sides this many times in turn")
+    ap.add_argument("--train-while-serving", action="store_true", help="llama.cpp side: a greedy round while a "
+                    "fine-tuning job trains in the same server, /health polled")
     ap.add_argument("--sequential", action="store_true", help="also the requests one at a time through each server")
     ap.add_argument("--plain-peft", action="store_true", help="also plain transformers + PEFT, one at a time")
     ap.add_argument("--seeded-adapters", action="store_true", help="random seeded adapters registered as jobs "
@@ -380,7 +429,9 @@ def _args(argv):
     ap.add_argument("--note", default="", help="recorded with the results (e.g. what else ran on the machine)")
     ap.add_argument("--reuse", default=None, metavar="DATA_DIR",
                     help="serve this earlier run's data dir and its succeeded jobs' adapters (skips step 2)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.counts = [int(x) for x in str(args.requests).split(",") if x.strip()]
+    return args
 
 
 def _train_or_reuse(args, client, url, data: Path, result: dict) -> list[dict]:
@@ -410,7 +461,7 @@ def _train_or_reuse(args, client, url, data: Path, result: dict) -> list[dict]:
 
 
 def _load_round(url: str, requests: list[dict], max_tokens: int, sampled: bool) -> tuple[dict, list[dict]]:
-    probe = Prober(url, ["/health"])
+    probe = ProberProcess(url, ["/health"])
     probe.start()
     out, wall = asyncio.run(served(url, requests, max_tokens, sampled))
     probe.stop.set()
@@ -419,13 +470,59 @@ def _load_round(url: str, requests: list[dict], max_tokens: int, sampled: bool) 
             "health_during_load": probe.summary()["/health"]}, out
 
 
-def _engine_side(args, engine: str, data: Path, result: dict, first: bool) -> tuple[list[dict], list[dict]]:
-    """One server with this engine: (the greedy load round's answers, the requests)."""
+def _rounds(args, models: list[str]) -> list[tuple[str, bool, list[dict]]]:
+    """(round name, sampled, requests) for every load round; each round's prompts are rows of the eval set
+    no other round uses, round-robin over the models."""
+    rows = chats(EXAMPLE / "eval.jsonl", 10_000)
+    out, offset = [], 1  # row 0: the first-use request per model
+    for n in args.counts:
+        for sampled in (False, True) if args.sampled else (False,):
+            if offset + n > len(rows):
+                raise SystemExit(f"the eval set has {len(rows)} rows: not enough for these rounds")
+            reqs = [{"model": models[i % len(models)], "messages": prompt_messages(r), "seed": i, "base": args.base}
+                    for i, r in enumerate(rows[offset: offset + n])]
+            out.append((f"{'sampled' if sampled else 'greedy'}_{n}", sampled, reqs))
+            offset += n
+    return out
+
+
+def _train_while_serving(args, client, url: str, data: Path, models: list[str]) -> dict:
+    """A fine-tuning job in the same server while a greedy round of the first count is served; /health
+    polled from before the job starts until it is cancelled."""
+    train = data.parent / "train.jsonl"
+    shortest = sorted(chats(EXAMPLE / "train.jsonl", 10_000), key=lambda r: len(json.dumps(r)))[:48]
+    train.write_text("".join(json.dumps(r) + "\n" for r in shortest))
+    with train.open("rb") as f:
+        file_id = client.files.create(file=f, purpose="fine-tune").id
+    probe = ProberProcess(url, ["/health"], interval=0.1)
+    probe.start()
+    job = client.fine_tuning.jobs.create(model=args.base, training_file=file_id, seed=7, suffix="load",
+                                         hyperparameters={"n_epochs": 1, "batch_size": 2},
+                                         extra_body={"honing_config": {"max_steps": 200, "eval_fraction": 0}})
+    deadline = time.time() + 600
+    while client.fine_tuning.jobs.retrieve(job.id).status != "running" and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(5)  # past the job's start: its model is loaded and it steps
+    rows = chats(EXAMPLE / "eval.jsonl", 10_000)[-args.counts[0]:]  # rows the load rounds do not use
+    reqs = [{"model": models[i % len(models)], "messages": prompt_messages(r), "seed": i} for i, r in enumerate(rows)]
+    out, wall = asyncio.run(served(url, reqs, args.max_tokens))
+    status = client.fine_tuning.jobs.retrieve(job.id).status
+    client.fine_tuning.jobs.cancel(job.id)
+    probe.stop.set()
+    probe.join()
+    return {"job_status_after_round": status,
+            "round": latency_summary([o["latency"] for o in out], sum(o["tokens"] for o in out), wall),
+            "health": probe.summary()["/health"], "load_average": os.getloadavg()}
+
+
+def _engine_side(args, engine: str, data: Path, result: dict, first: bool, side: dict
+                 ) -> tuple[dict, list[dict], list[dict]]:
+    """One server with this engine, every load round: (round name -> answers, rounds, the first-use requests)."""
     from openai import OpenAI
 
     extra = ["--engine", engine] + (["--engine-threads", str(args.engine_threads)] if args.engine_threads else [])
     proc, url = start_server(data, tuple(extra))
-    side = result.setdefault("engines", {}).setdefault(engine, {})
+    answers = {}
     try:
         client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
         jobs = _train_or_reuse(args, client, url, data, result) if first else result["training"]["jobs"]
@@ -433,29 +530,68 @@ def _engine_side(args, engine: str, data: Path, result: dict, first: bool) -> tu
             print("adapters:", json.dumps(result["training"], indent=1), flush=True)
         models = [args.base] + [j["model"] for j in jobs]
         side["served_by"] = {m.id: m.engine for m in client.models.list().data if m.id in models}
-        # 3. the load: N different prompts round-robin over base + adapters, all at once
-        prompts = [prompt_messages(r) for r in chats(EXAMPLE / "eval.jsonl", args.requests)]
-        requests = [{"model": models[i % len(models)], "messages": m, "seed": i, "base": args.base}
-                    for i, m in enumerate(prompts)]
+        rounds = _rounds(args, models)
+        warm = [{"model": m, "messages": prompt_messages(chats(EXAMPLE / "eval.jsonl", 1)[0]), "seed": 0,
+                 "base": args.base} for m in models]
         cold = {}
-        for m in models:  # first use converts / loads the base and the adapter: timed apart from the load
+        for w in warm:  # first use converts / loads the base and the adapter: timed apart from the load
             t = time.perf_counter()
-            client.chat.completions.create(model=m, messages=prompts[0], max_tokens=4, temperature=0)
-            cold[m] = round(time.perf_counter() - t, 2)
-        side["greedy"], out = _load_round(url, requests, args.max_tokens, sampled=False)
+            client.chat.completions.create(model=w["model"], messages=w["messages"], max_tokens=4, temperature=0)
+            cold[w["model"]] = round(time.perf_counter() - t, 2)
         side["first_request_per_model_s"] = cold
-        print(f"{engine}, {len(requests)} at once, greedy:", json.dumps(side["greedy"]), flush=True)
-        if args.sampled:
-            side["sampled"], _ = _load_round(url, requests, args.max_tokens, sampled=True)
-            print(f"{engine}, {len(requests)} at once, sampled:", json.dumps(side["sampled"]), flush=True)
+        side["load_average_start"] = os.getloadavg()
+        for name, sampled, requests in rounds:
+            side[name], answers[name] = _load_round(url, requests, args.max_tokens, sampled)
+            print(f"{engine}, {name}:", json.dumps(side[name]), f"load {os.getloadavg()[0]:.1f}", flush=True)
+        side["load_average_end"] = os.getloadavg()
         if args.sequential:  # what batching gains vs what serving over HTTP costs
+            requests = rounds[0][2]
             seq, seq_wall = server_sequential(client, requests, args.max_tokens)
             side["one_at_a_time"] = latency_summary([o["latency"] for o in seq], sum(o["tokens"] for o in seq),
                                                     seq_wall)
+        if args.train_while_serving and engine == "llama.cpp":
+            side["while_training"] = _train_while_serving(args, client, url, data, models)
+            print(f"{engine} while a job trains:", json.dumps(side["while_training"]), flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    return out, requests
+    return answers, rounds, warm
+
+
+def _direct_side(args, data: Path, jobs: list[dict], rounds, warm) -> tuple[dict, dict]:
+    """llama.cpp called directly, every load round, on the files the engine converted."""
+    from honing.models.catalog import cache_root
+    from honing.serve.engines.gguf_cache import base_gguf
+    from honing.serve.engines.llamacpp import default_threads
+
+    gguf = base_gguf(cache_root() / "serve-gguf", args.base, "f16")  # the server's file (already converted)
+    loras = {args.base: None, **{j["model"]: data / "engine-cache" / "lora" / f"{j['id']}.gguf" for j in jobs}}
+    side, answers = {"load_average_start": os.getloadavg()}, {}
+    for name, sampled, requests in rounds:
+        out, wall = llama_direct(gguf, loras, requests, args.max_tokens, args.engine_threads or default_threads(),
+                                 sampled=sampled, warm=warm)
+        side[name] = latency_summary([r["latency"] for r in out], sum(r["tokens"] for r in out), wall)
+        answers[name] = out
+        print(f"llama.cpp direct, {name}:", json.dumps(side[name]), f"load {os.getloadavg()[0]:.1f}", flush=True)
+    side["load_average_end"] = os.getloadavg()
+    return side, answers
+
+
+def _ratios(rep: dict, rounds) -> dict:
+    """Per round: hone serve llama.cpp vs llama.cpp direct and vs hone serve transformers."""
+    out = {}
+    for name, _, _ in rounds:
+        r = {}
+        fast = rep.get("llama.cpp", {}).get(name)
+        slow = rep.get("transformers", {}).get(name)
+        direct = rep.get("llama.cpp direct", {}).get(name)
+        if fast and slow:
+            r["llama.cpp_vs_transformers"] = {"tokens_per_s": round(fast["tokens_per_s"] / slow["tokens_per_s"], 2),
+                                              "p95_latency": round(fast["p95_s"] / slow["p95_s"], 3)}
+        if fast and direct:
+            r["llama.cpp_served_vs_direct"] = round(fast["tokens_per_s"] / direct["tokens_per_s"], 2)
+        out[name] = r
+    return out
 
 
 def main(argv=None) -> None:
@@ -475,51 +611,36 @@ def main(argv=None) -> None:
         if args.seeded_adapters:
             args.seeded = seeded_adapters(data, args.base, args.adapters)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    answers = {}
-    for i, engine in enumerate(engines):
-        answers[engine], requests = _engine_side(args, engine, data, result, first=i == 0)
-    jobs = result["training"]["jobs"]
-
-    if "llama.cpp" in engines:  # the ceiling, on the files the engine converted
-        from honing.models.catalog import cache_root
-        from honing.serve.engines.gguf_cache import base_gguf
-        from honing.serve.engines.llamacpp import default_threads
-
-        gguf = base_gguf(cache_root() / "serve-gguf", args.base, "f16")  # the server's file (already converted)
-        loras = {args.base: None, **{j["model"]: data / "engine-cache" / "lora" / f"{j['id']}.gguf" for j in jobs}}
-        direct, wall = llama_direct(gguf, loras, requests, args.max_tokens,
-                                    args.engine_threads or default_threads())
-        result["llama_cpp_direct_one_at_a_time"] = latency_summary(
-            [r["latency"] for r in direct], sum(r["tokens"] for r in direct), wall)
-        answers["llama.cpp direct"] = direct
-        print("llama.cpp direct:", json.dumps(result["llama_cpp_direct_one_at_a_time"]), flush=True)
-
-    if args.plain_peft:  # 4. plain transformers + PEFT, one request at a time (no server: the CPU is its own)
-        adapter_dirs = {j["model"]: data / "runs" / j["id"] / "final" for j in jobs}
-        ref, ref_wall, load_s = plain_peft(Path(resolve_model(args.base).path), adapter_dirs, requests,
-                                           args.max_tokens)
-        result["plain_peft_sequential"] = {
-            **latency_summary([r["latency"] for r in ref], sum(r["tokens"] for r in ref), ref_wall),
-            "service_p50_s": round(pct([r["service"] for r in ref], 0.5), 3), "load_s": round(load_s, 2)}
-        answers["plain PEFT"] = ref
-
-    # 5. ratios, and the fairness check: the sides decode greedily from the same weights
-    names = list(answers)
-    result["same_greedy_answers"] = {f"{a} vs {b}": f"{sum(x['text'] == y['text'] for x, y in zip(answers[a], answers[b], strict=True))}/{len(requests)}"
-                                     for i, a in enumerate(names) for b in names[i + 1:]}
-    ratios = {}
-    if {"llama.cpp", "transformers"} <= set(engines):
-        fast, slow = result["engines"]["llama.cpp"]["greedy"], result["engines"]["transformers"]["greedy"]
-        ratios["llama.cpp_vs_transformers"] = {"tokens_per_s": round(fast["tokens_per_s"] / slow["tokens_per_s"], 2),
-                                               "p95_latency": round(fast["p95_s"] / slow["p95_s"], 3)}
-    if "llama_cpp_direct_one_at_a_time" in result:
-        ceiling = result["llama_cpp_direct_one_at_a_time"]["tokens_per_s"]
-        ratios["llama.cpp_served_vs_direct"] = round(result["engines"]["llama.cpp"]["greedy"]["tokens_per_s"] / ceiling, 2)
-    result["ratios"] = ratios
+    result["repeats"] = []
+    for i in range(args.repeats):
+        rep, answers = {}, {}
+        for j, engine in enumerate(engines):
+            rep[engine] = {}
+            answers[engine], rounds, warm = _engine_side(args, engine, data, result, i == 0 and j == 0, rep[engine])
+        jobs = result["training"]["jobs"]
+        if "llama.cpp" in engines:  # the ceiling, on the files the engine converted
+            rep["llama.cpp direct"], answers["llama.cpp direct"] = _direct_side(args, data, jobs, rounds, warm)
+        rep["ratios"] = _ratios(rep, rounds)
+        # the fairness check: the sides decode greedily from the same weights
+        names = list(answers)
+        rep["same_greedy_answers"] = {
+            f"{name} {a} vs {b}": f"{sum(x['text'] == y['text'] for x, y in zip(answers[a][name], answers[b][name], strict=True))}/{len(reqs)}"
+            for name, sampled, reqs in rounds if not sampled for k, a in enumerate(names) for b in names[k + 1:]}
+        result["repeats"].append(rep)
+        print(json.dumps({"repeat": i, "ratios": rep["ratios"], "same_greedy_answers": rep["same_greedy_answers"]}),
+              flush=True)
+        if args.plain_peft and i == 0:  # 4. plain transformers + PEFT, one at a time (no server: the CPU is its own)
+            requests = rounds[0][2]
+            adapter_dirs = {j["model"]: data / "runs" / j["id"] / "final" for j in jobs}
+            ref, ref_wall, load_s = plain_peft(Path(resolve_model(args.base).path), adapter_dirs, requests,
+                                               args.max_tokens)
+            result["plain_peft_sequential"] = {
+                **latency_summary([r["latency"] for r in ref], sum(r["tokens"] for r in ref), ref_wall),
+                "service_p50_s": round(pct([r["service"] for r in ref], 0.5), 3), "load_s": round(load_s, 2)}
     result["machine"]["load_average_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"ratios": ratios, "same_greedy_answers": result["same_greedy_answers"]}), "->", args.out)
+    print("->", args.out)
 
 
 if __name__ == "__main__":
