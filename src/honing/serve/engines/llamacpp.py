@@ -247,17 +247,23 @@ class LlamaCppEngine:
                 raise APIError(500, f"llama.cpp: {msg[2]}", code="engine_error")
             yield msg
 
-    def _decode(self, t: Target, rid: int, q: queue.Queue, p: Params) -> Iterator[tuple[str, str | None, int]]:
-        """(text delta, finish_reason or None, completion tokens so far) of one submitted sequence."""
+    def _decode(self, t: Target, rid: int, q: queue.Queue, p: Params, whole: bool = False
+                ) -> Iterator[tuple[str, str | None, int]]:
+        """(text delta, finish_reason or None, completion tokens so far) of one submitted sequence. ``whole``
+        (an answer not streamed, without stop strings): the text is decoded once, at the end, not at each
+        token (with many requests at once, the server's threads then do not wake to decode at every step)."""
         tok = self.tokenizer(t.base)
         ids: list[int] = []
         count, sent, hold = 0, 0, max((len(s) for s in p.stop), default=1) - 1
         specials = set(tok.all_special_ids)
+        whole = whole and not p.stop
         try:
             for token, finish in self._tokens(rid, q):
                 count += 1
                 if token not in specials and finish != "stop":  # the stop token itself is not text
                     ids.append(token)
+                if whole and finish is None:
+                    continue
                 text = tok.decode(ids, skip_special_tokens=True)
                 cut = _cut_at_stop(text, p.stop)
                 if cut is not None:
@@ -291,7 +297,7 @@ class LlamaCppEngine:
         runs = 1 if p.temperature <= 0 else p.n
         submitted = self._submit(t, prompt_ids, p, [None if p.seed is None else p.seed + i for i in range(runs)])
         try:
-            choices = [_collect(self._decode(t, rid, q, p)) for rid, q in submitted]
+            choices = [_collect(self._decode(t, rid, q, p, whole=True)) for rid, q in submitted]
         finally:
             for rid, _ in submitted:
                 self._forget(rid)
