@@ -54,7 +54,7 @@ def timed_import(label, do_import):
 
 
 # The environment `hone train` sets before its imports (what they load depends on it).
-try:  # noqa: E402  (honing.startup imports nothing heavy)
+try:  # (honing.startup imports nothing heavy)
     from honing.startup import prepare_imports
 except ImportError:  # an older Honing (PYTHONPATH=<other checkout>/src)
     from honing.startup import skip_compiler_imports as prepare_imports
@@ -128,7 +128,7 @@ def report():
 if os.environ.get("TTFS_FORCE_STORE"):
     import honing.machine
     honing.machine.quiet_enough = lambda: True
-import honing  # noqa: E402
+import honing
 
 print("TTFS honing from", honing.__file__, file=sys.stderr)
 sys.argv = ["hone", "train", *sys.argv[1:]]

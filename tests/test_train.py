@@ -337,14 +337,15 @@ def test_the_eval_before_training_after_the_first_step_is_the_base_models(workdi
     untouched (same losses, same adapter bit for bit). Dropout on: the eval must draw no random numbers."""
     from safetensors.torch import load_file
 
-    import honing.train.loop as loop
+    from honing.train import loop
 
     kw = {"max_steps": 3, "learning_rate": 5e-3, "eval_every": 2, "save_every": 3, "micro_batch_size": 4, "threads": 1,
           "lora": {"r": 4, "dropout": 0.1}}
     msgs: list[str] = []
     after = train(_config(workdir, "base_eval_after", **kw), log=msgs.append)
     monkeypatch.setattr(loop, "_base_eval_can_wait", lambda *a: False)
-    before = train(_config(workdir, "base_eval_before", **kw), log=_quiet)
+    before_msgs: list[str] = []
+    before = train(_config(workdir, "base_eval_before", **kw), log=before_msgs.append)
     rows = [[json.loads(line) for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
             for r in (after, before)]
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [0, 1, 2, 3]
@@ -353,5 +354,8 @@ def test_the_eval_before_training_after_the_first_step_is_the_base_models(workdi
     assert after.train_losses == before.train_losses
     a, b = (load_file(str(r.final_dir / "adapter_model.safetensors")) for r in (after, before))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    first_step = next(i for i, m in enumerate(msgs) if m.startswith("time to first step"))
-    assert msgs[first_step + 1].startswith("eval loss before training")
+    def order(lines):
+        return [m.split(":")[0] for m in lines if m.startswith(("time to first step", "eval loss before training"))]
+
+    assert order(msgs) == ["time to first step", "eval loss before training"]
+    assert order(before_msgs) == ["eval loss before training", "time to first step"]  # the control
