@@ -65,6 +65,7 @@ class LlamaCppEngine:
         self.cfg = {"n_ctx": n_ctx, "n_seq": n_seq, "n_batch": 512, "n_threads": threads or default_threads(),
                     "adapter_cache": max(1, adapter_cache)}
         self._tokenizers: dict = {}
+        self._stop_ids: dict[str, tuple[int, ...]] = {}  # per base: ~0.1 s of Python to find, so found once
         self._proc = self._conn = None
         self._version = None
         self._queues: dict[int, queue.Queue] = {}
@@ -162,6 +163,15 @@ class LlamaCppEngine:
             self._tokenizers[base] = load_tokenizer(base)
         return self._tokenizers[base]
 
+    def stop_ids(self, base: str) -> tuple[int, ...]:
+        """The tokens that end an answer (end of turn, EOS). Looked up once per base: the lookup holds the
+        server's GIL ~0.1 s (SmolLM2), which at every request stalled /health and every other thread."""
+        if base not in self._stop_ids:
+            from honing.evaluate.generation import stop_token_ids
+
+            self._stop_ids[base] = tuple(stop_token_ids(self.tokenizer(base)))
+        return self._stop_ids[base]
+
     def _files(self, t: Target) -> tuple[str, str | None]:
         from honing.errors import HoningError
         from honing.serve.engines.gguf_cache import base_gguf, lora_gguf
@@ -208,14 +218,12 @@ class LlamaCppEngine:
         """One sequence per seed, sent in ONE message: the engine admits them in the same step, so a
         request's choices are batched alike every time (llama.cpp's rounding depends on the batch: with a
         seed, the same request alone gets the same answers)."""
-        from honing.evaluate.generation import stop_token_ids
-
         n_ctx = self.cfg["n_ctx"]
         if len(prompt_ids) >= n_ctx:
             raise APIError(400, f"messages: the prompt is {len(prompt_ids)} tokens; the engine's context holds "
                                 f"{n_ctx} (hone serve --engine-ctx)", param="messages", code="context_length_exceeded")
         base, adapter = self._files(t)
-        stop_ids = tuple(stop_token_ids(self.tokenizer(t.base)))
+        stop_ids = self.stop_ids(t.base)
         out, reqs = [], []
         for seed in seeds:
             rid, q = next(self._rids), queue.Queue()
