@@ -359,3 +359,36 @@ def test_the_eval_before_training_after_the_first_step_is_the_base_models(workdi
 
     assert order(msgs) == ["time to first step", "eval loss before training"]
     assert order(before_msgs) == ["eval loss before training", "time to first step"]  # the control
+
+
+def test_the_base_models_probe_perplexity_is_measured_once_per_machine(workdir, tmp_path, monkeypatch):
+    """The step-0 forgetting probe of a converted base (known by its GGUF's hash) comes from the machine cache
+    on the second run: the same value, one 512-token forward fewer, the same training."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from honing.evaluate.forgetting import TextProbe
+
+    monkeypatch.setenv("HONING_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HONING_PROBE_CACHE", "1")
+    converted = tmp_path / "cache" / "models" / "tinyconv"
+    shutil.copytree(workdir / "tiny", converted)
+    (converted / "honing-conversion.json").write_text(json.dumps(
+        {"source_file": "tiny.gguf", "source_sha256": "0" * 64, "format": "safetensors"}))
+    calls = []
+    original = TextProbe.perplexity
+    monkeypatch.setattr(TextProbe, "perplexity", lambda self, model: calls.append(1) or original(self, model))
+    kw = {"model": "tinyconv", "max_steps": 2, "learning_rate": 5e-3, "eval_every": 2, "save_every": 2,
+          "micro_batch_size": 4, "threads": 1}
+    results, probes = [], []
+    for name in ("probe_first", "probe_cached"):
+        calls.clear()
+        results.append(train(_config(workdir, name, **kw), log=_quiet))
+        probes.append(len(calls))
+    assert probes == [2, 1]  # step 0 and step 2; then step 2 only
+    rows = [[json.loads(line) for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()] for r in results]
+    assert rows[0][0] == rows[1][0] and rows[0][0]["forgetting_ppl_ratio"] == 1.0
+    assert [r.get("forgetting_ppl_ratio") for r in rows[0]] == [r.get("forgetting_ppl_ratio") for r in rows[1]]
+    a, b = (load_file(str(r.final_dir / "adapter_model.safetensors")) for r in results)
+    assert all(torch.equal(a[k], b[k]) for k in a)

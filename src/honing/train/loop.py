@@ -488,10 +488,34 @@ def _forgetting_probe(run: Run) -> dict:
     first probe of a run; carried in the checkpoint so a resumed run keeps the same reference)."""
     if run.probe is None:
         return {}
-    ppl = run.probe.perplexity(run.core)
+    if run.state.probe_base_ppl is None and run.base_eval_after_first_step:
+        ppl = _base_probe_perplexity(run)
+    else:
+        ppl = run.probe.perplexity(run.core)
     if run.state.probe_base_ppl is None:
         run.state.probe_base_ppl = ppl
     return {"forgetting_ppl": round(ppl, 4), "forgetting_ppl_ratio": round(ppl / run.state.probe_base_ppl, 4)}
+
+
+def _base_probe_perplexity(run: Run) -> float:
+    """The base model's probe perplexity (adapter disabled, see ``_base_eval_can_wait``), measured once per
+    machine (honing.machine, whose file is per CPU and torch version): it depends only on the base's weights,
+    the dtype, the thread count, the libraries and the probe's text, not on the run, and it was half of the
+    eval before training (the 512-token forward). Only for weights known by their hash (a model Honing
+    converted from a GGUF): a directory's weights may change under the same path."""
+    import hashlib
+
+    from honing import machine
+
+    base = run.info["base_model"]
+    measure = lambda: run.probe.perplexity(run.core)
+    if not base.get("source_sha256"):
+        return measure()
+    key = {"model": base, "dtype": run.runtime.dtype_name, "threads": run.runtime.threads,
+           "device": str(run.runtime.device), "versions": run.info["versions"],
+           "probe": hashlib.sha256(repr(run.probe.windows).encode()).hexdigest()[:16]}
+    ppl, _cached = machine.measured_once("base_probe_perplexity", key, measure)
+    return float(ppl)
 
 
 def _optimizer_step(run: Run) -> dict:
