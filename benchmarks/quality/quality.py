@@ -45,9 +45,20 @@ CELLS = {
     "hand-b8-lr5e-4": ["batch_size=8", "micro_batch_size=auto", "learning_rate=5e-4", "epochs=1", "max_steps=null"],
     "hand-b8-lr1e-3": ["batch_size=8", "micro_batch_size=auto", "learning_rate=1e-3", "epochs=1", "max_steps=null"],
     # `auto` as it was before issue 23 part 2, pinned so it stays measurable after the rule changed: at least
-    # 500 steps (batch 1 on the 300-example subsets), 3 epochs, lr 1e-4, replay 20% on every step.
+    # 500 steps (batch 1 on the 300-example subsets), 3 epochs, lr 1e-4, replay 20% on every step. Both pin
+    # 1 thread: `threads: auto` measures the cores' load at the start and would give the two different counts,
+    # and on a shared machine two threads wait at every operator for a descheduled partner (runs with many
+    # small operators, batch 1, would pay that more: the comparison would flatter fewer, larger forwards).
     "auto-before": AUTO_KEYS + ["batch_size=1", "learning_rate=1e-4", "epochs=3", "replay.fraction=0.2",
-                                "replay.every=1"],
+                                "replay.every=1", "threads=1"],
+    # auto-before's step cost alone, for a run stopped after a few dozen steps (its eval shrunk to one example;
+    # the eval before training costs what the paired after-run's does, which reads the same eval set).
+    "auto-before-steps": AUTO_KEYS + ["batch_size=1", "learning_rate=1e-4", "epochs=3", "replay.fraction=0.2",
+                                      "replay.every=1", "threads=1", "eval_max_examples=1"],
+    # What `auto` picks on those subsets since issue 23 part 2, pinned the same way: one pass (300 steps of
+    # one example), the learning rate x3 for the two passes cut, replay 20% on every 4th step.
+    "auto-after": AUTO_KEYS + ["batch_size=1", "learning_rate=3e-4", "epochs=1", "replay.fraction=0.2",
+                               "replay.every=4", "threads=1"],
 }
 
 
