@@ -104,16 +104,6 @@ def test_replay_every_k_steps_walks_the_same_order_at_k_times_the_weight():
     assert "every 3 steps, weighted x3" in third.describe()
 
 
-def test_replay_every_auto_is_four_steps_unless_the_replay_would_outweigh_the_task():
-    from honing.train.replay import resolve_every
-
-    assert resolve_every("auto", 0.2) == 4  # a replay step: task 0.8, replay 4 x 0.2 = 0.8
-    assert resolve_every("auto", 0.1) == 4
-    assert resolve_every("auto", 0.3) == 2  # 3 x 0.3 would outweigh the task's 0.7
-    assert resolve_every("auto", 0.5) == 1
-    assert resolve_every(3, 0.5) == 3  # the user's k stands
-
-
 def test_replay_every_two_steps_in_a_run(workdir, half):
     general = {"replay.fraction": 0.5, "replay.data": workdir / "general.jsonl"}
     _, every, msgs = _run(workdir, "replay-every2", set={**general, "replay.every": 2})

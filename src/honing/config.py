@@ -183,11 +183,10 @@ class ReplayConfig(_Strict):
         "model with the shipped set, or any model with replay.data), else 0.",
     )
     examples_per_step: int = Field(1, ge=1, description="Replay examples per process per replay step.")
-    every: Annotated[int, Field(ge=1)] | Auto = Field(
-        "auto", description="Replay on every k-th optimizer step only, at k times the weight, so that over k steps "
+    every: int = Field(
+        1, ge=1, description="Replay on every k-th optimizer step only, at k times the weight, so that over k steps "
         "the mix is still (1 - fraction) x task + fraction x replay. The replay example goes through the model "
-        "alone and costs a whole forward: ~40% of a step of four ~40-token chats (docs/performance.md). auto: "
-        "every 4th step, or more often where k x fraction would outweigh the task's 1 - fraction on a replay step.")
+        "alone and costs a whole forward: ~40% of a step of four ~40-token chats (docs/performance.md).")
     data: str | None = Field(
         None, description="Chat examples to replay (JSONL, ...); null: the general set shipped with Honing.")
 
@@ -224,9 +223,7 @@ class TrainConfig(_Strict):
     orpo: ORPOConfig = Field(default_factory=ORPOConfig, description="ORPO settings (objective orpo).")
 
     # --- how long and how hard
-    epochs: int | Auto = Field(
-        "auto", description="Passes over the training data; auto: OpenAI's rule by dataset size (3 for most), cut for "
-        "supervised training to the fewest passes that give at least 300 optimizer steps.")
+    epochs: int | Auto = Field("auto", description="Passes over the training data; auto: from dataset size.")
     batch_size: int | Auto = Field(
         "auto", description="Examples per optimizer step, across all processes and accumulation; auto: from dataset size."
     )
@@ -235,8 +232,7 @@ class TrainConfig(_Strict):
         description="Examples per forward pass per process; gradient accumulation = "
         "batch_size / (micro_batch_size x processes). auto: min(batch_size per process, 8).",
     )
-    learning_rate: float | Auto = Field(
-        "auto", description="Peak learning rate; auto: by method and batch size, x the passes auto epochs cut.")
+    learning_rate: float | Auto = Field("auto", description="Peak learning rate; auto: by method and batch size.")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
     warmup_ratio: float = Field(0.03, ge=0, le=0.5, description="Fraction of steps spent warming the LR up from 0.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")

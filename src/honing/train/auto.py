@@ -3,19 +3,17 @@ reason (``Hyperparameters.explain``).
 
 Epochs follow OpenAI's published default rule (cookbook "Chat_finetuning_data_prep", the constants the
 service documents): 3 epochs, but more for small datasets so the model sees at least ~100 examples in
-total, and fewer for large ones so it sees at most ~25,000, always within [1, 25]. For supervised training
-Honing then stops at the fewest passes that still give ``MIN_STEPS`` optimizer steps, and raises the
-learning rate by the passes it cut (benchmarks/quality/, issue 23).
-Early stopping on eval loss and the forgetting budget end a run sooner when more passes stop paying.
+total, and fewer for large ones so it sees at most ~25,000, always within [1, 25]. Early stopping on eval
+loss and the forgetting budget end a run sooner when more passes stop paying.
 
 Batch size starts from the service's documented behaviour (about 0.2% of the training examples, at most
 256, a power of two) and departs from it where examples are short: a step then carries ~2,048 tokens
-(per-step overheads dominate tiny steps), keeping at least ``MIN_STEPS`` optimizer steps in one pass
-(fewer, larger steps learned less: benchmarks/quality/).
+(per-step overheads dominate tiny steps), keeping at least 500 optimizer steps per run (fewer, larger steps
+learned less: benchmarks/quality/).
 
 Learning rate: the service exposes a multiplier, not a value; we pick the usual peak for each method
 (LoRA 2e-4, full 1e-5 at batch 4) and scale it with the square root of the batch size, the rule that
-keeps Adam's update noise roughly constant, clamped to a safe band; then by the passes cut, as above.
+keeps Adam's update noise roughly constant, clamped to a safe band.
 
 Micro-batch: on CPU, a token budget per forward measured on the machine (a short probe of forward rates,
 cached per process); on a GPU a 16k-token packed row. Eval cadence: up to 8 evals, fewer when an eval is
@@ -75,42 +73,33 @@ def openai_batch_size(n_examples: int) -> int:
 # OpenAI's 0.2% gives batch 2 for 1,200 examples: 1,620 steps of two ~60-token chats took ~30 min on 2 CPU
 # cores, where batch 16-32 does the same epochs in a fraction of the steps. So: the largest power of two
 # with at most TARGET_STEP_TOKENS tokens per step, never below OpenAI's value, and never so large that
-# the run has fewer than MIN_STEPS updates in one pass. The floor was 48 at first. benchmarks/quality/ then
-# measured three tasks on 300-example subsets (~100-130-token examples, 3 epochs), batch 16 / 4 / 1 (57 / 225
-# / 900 steps): unicode_category 0.400 / 0.560 / 0.560, signature_json 0.580 / 0.610 / 0.690, code_summary
-# ROUGE-L 0.368 / 0.383 / 0.381 (38 steps of 8 at lr 5e-4 or 1e-3 did no better): steps count, and a step's
-# cost is its tokens (batch 1 took ~13% more wall time than batch 4 for the same tokens), so fewer larger
-# steps buy little time and lose points. Issue 23 then cut the *passes*: what takes time is tokens seen, so
-# one pass of 300 steps at 3x the learning rate (cell auto-after) against three passes of 900 at 1x (cell
-# auto-before); benchmarks/quality/README.md has the scores and times per task. So: at least MIN_STEPS
-# steps, from one pass where the data allows (the batch), else from the fewest passes that reach it (the
-# epochs). 300 = one pass at batch 1 on those subsets; 225 steps of 4 had scored within a point of 900 of 1.
+# the run has fewer than MIN_STEPS updates. The floor was 48 at first. benchmarks/quality/ then measured three
+# tasks on 300-example subsets (~100-130-token examples, 3 epochs), batch 16 / 4 / 1 (57 / 225 / 900 steps):
+# unicode_category 0.400 / 0.560 / 0.560, signature_json 0.580 / 0.610 / 0.690, code_summary ROUGE-L
+# 0.368 / 0.383 / 0.381, with batch 1 taking ~13% more wall time than batch 4. Once the per-step costs were
+# gone (page-fault churn, the head's per-row copy), steps are cheap, and few large ones learn less. 500 puts
+# those sets at batch 1; between 225 and 900 steps nothing was measured. Issue 23 tried cutting the passes
+# instead (one pass of 300 steps at 3x the rate, replay every 4th step): x0.36 the time, but 12 points
+# lower on unicode_category (0.450 against 0.570, paired CI -0.20 to -0.05): the three passes stay.
 TARGET_STEP_TOKENS = 2048
-MIN_STEPS = 300
+MIN_STEPS = 500
 
 
-def auto_batch_size(n_examples: int, mean_tokens: float | None = None) -> int:
+def auto_batch_size(n_examples: int, mean_tokens: float | None = None, epochs: int = TARGET_EPOCHS) -> int:
     """Examples per optimizer step: OpenAI's rule, raised to ~``TARGET_STEP_TOKENS`` tokens per step for short
-    examples while one pass keeps at least ``MIN_STEPS`` steps (``mean_tokens``: mean example length)."""
+    examples while keeping at least ``MIN_STEPS`` steps (``mean_tokens``: mean example length)."""
     base = openai_batch_size(n_examples)
     if not mean_tokens:
         return base
     by_tokens = 2 ** max(0, math.floor(math.log2(max(1.0, TARGET_STEP_TOKENS / mean_tokens))))
-    by_steps = 2 ** max(0, math.floor(math.log2(max(1.0, n_examples / MIN_STEPS))))
+    by_steps = 2 ** max(0, math.floor(math.log2(max(1.0, n_examples * epochs / MIN_STEPS))))
     return int(min(MAX_BATCH, max(base, min(by_tokens, by_steps))))
 
 
-def passes_for_steps(n_examples: int, batch_size: int, epochs: int) -> int:
-    """The fewest passes, at most ``epochs``, that give ``MIN_STEPS`` optimizer steps at ``batch_size``."""
-    steps_per_epoch = math.ceil(max(1, n_examples) / batch_size)
-    return max(1, min(epochs, math.ceil(MIN_STEPS / steps_per_epoch)))
-
-
-def auto_learning_rate(method: str, batch_size: int, passes_cut: float = 1.0) -> float:
-    """Method's base LR at batch 4, scaled by sqrt(batch/4) and by ``passes_cut`` (OpenAI's epochs over the
-    epochs run: the same total step size over a shorter run), clamped to the method's band."""
+def auto_learning_rate(method: str, batch_size: int) -> float:
+    """Method's base LR at batch 4, scaled by sqrt(batch/4), clamped to the method's band."""
     lo, hi = LR_BAND[method]
-    lr = BASE_LR[method] * math.sqrt(batch_size / LR_REFERENCE_BATCH) * passes_cut
+    lr = BASE_LR[method] * math.sqrt(batch_size / LR_REFERENCE_BATCH)
     return float(min(hi, max(lo, lr)))
 
 
@@ -307,25 +296,12 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_toke
     elif batch == "auto":
         base = openai_batch_size(n_train)
         # Every process needs at least one example per step.
-        batch = max(auto_batch_size(n_train, mean_tokens), world_size)
+        batch = max(auto_batch_size(n_train, mean_tokens, int(epochs)), world_size)
         why = f"OpenAI's 0.2% rule gives {base}"
         if batch > base and mean_tokens:
             why += (f"; raised to ~{TARGET_STEP_TOKENS} tokens per step ({mean_tokens:.0f}-token examples), "
-                    f"keeping at least {MIN_STEPS} steps per pass (fewer, larger steps learned less)")
+                    f"keeping at least {MIN_STEPS} steps (fewer, larger steps learned less)")
         reasons.append(("batch_size", why))
-    # Supervised runs stop at the fewest passes that reach MIN_STEPS steps (a step's cost is its tokens, and
-    # more passes at a lower rate bought no accuracy: benchmarks/quality/); the learning rate, when auto, then
-    # grows by the passes cut. Preference, raw-text and reinforcement objectives keep their epochs: unmeasured.
-    passes_cut = 1.0
-    if config.epochs == "auto" and getattr(config, "objective", "sft") == "sft" and not config.max_steps:
-        fewer = passes_for_steps(n_train, int(batch), int(epochs))
-        if fewer < epochs:
-            passes_cut = epochs / fewer
-            reasons[[k for k, _ in reasons].index("epochs")] = ("epochs", (
-                f"{fewer}: the fewest passes that give at least {MIN_STEPS} steps of {batch} (OpenAI's rule for "
-                f"{n_train} examples gives {epochs}; more passes at a lower rate learned no more, and a step "
-                "costs its tokens); early stopping and the best checkpoint guard against too many"))
-            epochs = fewer
     micro = config.micro_batch_size
     if micro == "auto":
         if recorded and recorded.get("batch_size") == batch and recorded.get("micro_batch_size"):
@@ -349,11 +325,9 @@ def resolve_hyperparameters(config, n_train: int, world_size: int = 1, mean_toke
     accumulation = batch // (micro * world_size)
     lr = config.learning_rate
     if lr == "auto":
-        lr = auto_learning_rate(config.method, batch, passes_cut)
+        lr = auto_learning_rate(config.method, batch)
         why = (f"{config.method} base {BASE_LR.get(config.method, 0):.0e} at batch {LR_REFERENCE_BATCH}, x "
-               f"sqrt(batch/{LR_REFERENCE_BATCH})"
-               + (f", x{passes_cut:g} for the passes cut" if passes_cut != 1 else "")
-               + f", within [{LR_BAND[config.method][0]:.0e}, {LR_BAND[config.method][1]:.0e}]")
+               f"sqrt(batch/{LR_REFERENCE_BATCH}), within [{LR_BAND[config.method][0]:.0e}, {LR_BAND[config.method][1]:.0e}]")
         if getattr(config, "objective", "sft") in ("dpo", "simpo", "kto"):
             lr *= PREFERENCE_LR_FACTOR
             why += f", x{PREFERENCE_LR_FACTOR} for preference tuning"

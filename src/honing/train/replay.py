@@ -20,7 +20,6 @@ replay forward (which a short-example step pays in full: it runs alone).
 
 from __future__ import annotations
 
-import math
 import random
 from importlib import resources
 from pathlib import Path
@@ -80,20 +79,6 @@ class ReplaySet:
 
 
 AUTO_FRACTION = 0.2  # measured: keeps the demo and unicode_category unflagged (benchmarks/quality/)
-# replay.every auto: the replay example is forwarded alone, so replaying on every step nearly doubled a batch-1
-# run (unicode_category: 692 s against 393 s without replay). Every 4th step at 4x the weight kept the demo's
-# accuracy (0.775) with less forgetting (+9% against +14% perplexity) in x0.83 the time (benchmarks/quality/).
-# Never so rarely that a replay step weighs the replay above the task (k x fraction <= 1 - fraction).
-AUTO_EVERY = 4
-
-
-def resolve_every(every, fraction: float) -> int:
-    """``replay.every`` as a number of steps: the user's, or ``AUTO_EVERY`` within the task's weight."""
-    if every != "auto":
-        return int(every)
-    if fraction <= 0:
-        return 1
-    return max(1, min(AUTO_EVERY, math.floor((1 - fraction) / fraction + 1e-9)))
 
 
 def resolve_fraction(config, objective_name: str) -> tuple[float, str | None]:
@@ -133,6 +118,5 @@ def build_replay(config, objective, tokenizer) -> tuple[ReplaySet | None, str | 
     if not items:
         raise ConfigError(f"replay.data: {path} has no example with a trained (assistant) token")
     replay = ReplaySet(items, fraction, rc.examples_per_step, config.seed,
-                       "the shipped general set" if not rc.data else str(path),
-                       every=resolve_every(rc.every, fraction))
+                       "the shipped general set" if not rc.data else str(path), every=rc.every)
     return replay, replay.describe() + (" (replay.fraction auto)" if why else "")
