@@ -168,6 +168,21 @@ def _tiktoken_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
+def _tiktoken_backend(path: Path, pattern: str, specials: list[str]):
+    """The tokenizers backend transformers' TikTokenConverter makes of a tiktoken file, with ``pattern`` as
+    its split regex and ``specials`` added after the ranks (read here, so the tests need no tiktoken)."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = _tiktoken_ranks(path)
+
+    class Converter(TikTokenConverter):
+        @staticmethod
+        def load_tiktoken_bpe(_url):
+            return ranks
+
+    return Converter(str(path), pattern=pattern, extra_special_tokens=specials).converted()
+
+
 def llama3_real_tokenizer(path: Path):
     """Llama 3's tokenizer as Hugging Face ships it (tokenizer.json), converted from Meta's tiktoken file by
     transformers' own TikTokenConverter: the byte-level BPE with Llama 3's split regex, the 256 special
@@ -175,27 +190,19 @@ def llama3_real_tokenizer(path: Path):
     template (the matrix's)."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    ranks = _tiktoken_ranks(path)
     specials = list(LLAMA3_SPECIALS) + [f"<|reserved_special_token_{2 + i}|>"
                                         for i in range(LLAMA3_N_SPECIAL - len(LLAMA3_SPECIALS))]
-
-    class Converter(TikTokenConverter):
-        @staticmethod
-        def load_tiktoken_bpe(_url):
-            return ranks
-
     # The converter's default pattern is Llama 3's (llama-models' Tokenizer.pat_str); passed explicitly so a
     # change of transformers' default cannot change the tokenizer silently.
     pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-    backend = Converter(str(path), pattern=pattern, extra_special_tokens=specials).converted()
+    backend = _tiktoken_backend(path, pattern, specials)
     bos = "<|begin_of_text|>"
     backend.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
         processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                      special_tokens=[(bos, len(ranks))]),
+                                      special_tokens=[(bos, backend.token_to_id(bos))]),
     ])
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token="<|eot_id|>")
     tok.chat_template = (TEMPLATES / FAMILIES["llama3"].template).read_text()
@@ -233,19 +240,11 @@ def qwen25_real_tokenizer(path: Path):
     Qwen2.5 chat template."""
     from tokenizers import normalizers
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    ranks = _tiktoken_ranks(path)
-
-    class Converter(TikTokenConverter):
-        @staticmethod
-        def load_tiktoken_bpe(_url):
-            return ranks
 
     # dashscope's QwenTokenizer.PAT_STR (= Qwen2's tokenizer.json Split regex), passed explicitly.
     pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-    backend = Converter(str(path), pattern=pattern, extra_special_tokens=list(QWEN25_SPECIALS)).converted()
+    backend = _tiktoken_backend(path, pattern, list(QWEN25_SPECIALS))
     backend.normalizer = normalizers.NFC()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_tokens(list(QWEN25_ADDED), special_tokens=False)

@@ -788,6 +788,24 @@ LLAMA3_PROBES = ("Hello world", "I'm sure they'll say 1234567 + 89 = 1234656.", 
                  "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>", "x=[1,2,3];;  ...!!!\n\n\n")
 
 
+def _render_masked_and_export(model, tok, model_dir, chat, end, path, caplog):
+    """A real tokenizer's chat: the replies (through ``end``, the turn's end token) alone trained and the
+    prompt a masked prefix of the rendering; then the f32 GGUF written to ``path`` with no library warning.
+    Returns (the prompt's ids, the tokenizer metadata)."""
+    from honing.export.gguf_writer import write_model_gguf
+    from honing.export.tokenizer_meta import tokenizer_meta
+
+    r = render_conversation(tok, Conversation(chat))
+    assert [run.strip() for run in _trained_runs(tok, r)] == [f"2 plus 3 is 5.{end}", f"8.{end}"]
+    prompt = render_prompt(tok, chat[:2])
+    assert r.input_ids[: len(prompt)] == prompt and not any(r.loss_mask[: len(prompt)])
+    with caplog.at_level(logging.WARNING):
+        meta = tokenizer_meta(tok, model_dir, model.config.vocab_size)
+        write_model_gguf(path, model, meta, "f32", name="tiny")  # the meta once: 3 s for 128k tokens
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    return prompt, meta
+
+
 @pytest.fixture(scope="module")
 def llama3_real(tmp_path_factory):
     """(tokenizer, model directory) of a tiny Llama 3.x model (llama3 RoPE scaling, tied embeddings) with
@@ -812,25 +830,14 @@ def test_llama3_real_tokenizer_renders_exports_and_decodes_in_llama_cpp(llama3_r
     alone trained; the GGUF export names llama.cpp's llama-bpe pre-tokenizer; llama.cpp tokenizes mixed
     text to the same ids as transformers and detokenizes them back; its logits and greedy tokens equal
     transformers'."""
-    from honing.export.gguf_writer import write_model_gguf
-    from honing.export.tokenizer_meta import tokenizer_meta
-
     tok, model_dir = llama3_real
     model, tok = _load(model_dir)  # as Honing loads a user's Llama 3 directory
     assert len(tok) == model.config.vocab_size == 128256
     assert tok("Hello world")["input_ids"] == [tok.bos_token_id, 9906, 1917]  # as Meta's tiktoken encodes it
-    r = render_conversation(tok, Conversation(CHAT))
-    assert [run.strip() for run in _trained_runs(tok, r)] == ["2 plus 3 is 5.<|eot_id|>", "8.<|eot_id|>"]
-    prompt = render_prompt(tok, CHAT[:2])
-    assert r.input_ids[: len(prompt)] == prompt and not any(r.loss_mask[: len(prompt)])
-
-    with caplog.at_level(logging.WARNING):
-        meta = tokenizer_meta(tok, model_dir, model.config.vocab_size)
-        path = tmp_path / "llama3.gguf"
-        write_model_gguf(path, model, meta, "f32", name="tiny")  # the meta once: 3 s for 128k tokens
+    path = tmp_path / "llama3.gguf"
+    # (no library warning reaches the user: gguf's reader warned about the BOS in Llama 3's pair template)
+    prompt, meta = _render_masked_and_export(model, tok, model_dir, CHAT, "<|eot_id|>", path, caplog)
     assert (meta.model, meta.pre, meta.add_bos, meta.add_eos) == ("gpt2", "llama-bpe", True, False)
-    # No library warning reaches the user (gguf's reader warned about the BOS in Llama 3's pair template).
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     if llama_cpp is None:
         pytest.skip("llama-cpp-python is not installed; build it from its sdist with `make llama-cpp`")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, seed=0, verbose=False, logits_all=True,
@@ -877,25 +884,13 @@ def test_qwen25_real_tokenizer_renders_exports_and_decodes_in_llama_cpp(qwen25_r
     <|im_end|>) alone trained; the GGUF export names llama.cpp's qwen2 pre-tokenizer and pads the vocabulary
     to the embedding's rows; llama.cpp tokenizes mixed text (code, CJK, digits one by one, the tool-call
     tags) to transformers' ids and back; its logits and greedy tokens equal transformers'."""
-    from honing.export.gguf_writer import write_model_gguf
-    from honing.export.tokenizer_meta import tokenizer_meta
-
     _, model_dir = qwen25_real
     model, tok = _load(model_dir)  # as Honing loads a user's Qwen2.5 directory
     assert (len(tok), model.config.vocab_size) == (151665, 151936)
     assert tok("Hello world")["input_ids"] == [9707, 1879]  # Qwen2.5's ids, no BOS
-    chat = chat_for("qwen2")
-    r = render_conversation(tok, Conversation(chat))
-    assert [run.strip() for run in _trained_runs(tok, r)] == ["2 plus 3 is 5.<|im_end|>", "8.<|im_end|>"]
-    prompt = render_prompt(tok, chat[:2])
-    assert r.input_ids[: len(prompt)] == prompt and not any(r.loss_mask[: len(prompt)])
-
-    with caplog.at_level(logging.WARNING):
-        meta = tokenizer_meta(tok, model_dir, model.config.vocab_size)
-        path = tmp_path / "qwen25.gguf"
-        write_model_gguf(path, model, meta, "f32", name="tiny")
+    path = tmp_path / "qwen25.gguf"
+    prompt, meta = _render_masked_and_export(model, tok, model_dir, chat_for("qwen2"), "<|im_end|>", path, caplog)
     assert (meta.model, meta.pre, meta.add_bos) == ("gpt2", "qwen2", False)
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     if llama_cpp is None:
         pytest.skip("llama-cpp-python is not installed; build it from its sdist with `make llama-cpp`")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, seed=0, verbose=False, logits_all=True,
