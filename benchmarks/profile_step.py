@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/profile_step.py [--case short|demo|both] [--steps 8]
         [--warmup 3] [--out benchmarks/results/profile_step.json]
+        [--undo compare [--compare replay-fold] [--rounds 2]]   # as shipped vs fixes undone, interleaved
 
 Cases (both on the embedded SmolLM2-135M-Instruct, ``dtype: auto``):
 
@@ -11,8 +12,9 @@ Cases (both on the embedded SmolLM2-135M-Instruct, ``dtype: auto``):
   top 8 layers, one replay example per step).
 
 Each case trains ``warmup`` steps unprofiled, then ``steps`` steps under the profiler, and reports for those:
-the wall time per step; its split by phase (the task's forward and backward, the replay example's
-forward+backward, clipping + optimizer, the rest of the loop); and by operator (matmuls, attention,
+the wall and process CPU time per step; its split by phase (the task's forward and backward, the replay
+example's forward+backward where it runs alone (folded into a task forward, it is part of that forward and
+backward), clipping + optimizer, the rest of the loop); and by operator (matmuls, attention,
 element-wise and other ops, and the time no operator ran: Python, dispatch, the loop's bookkeeping). The
 matmul FLOPs the profiler counts, divided by the wall time, give the step's achieved rate, set against this
 machine's bf16 matmul rate at the step's own MLP shape (measured in the same process, best of 10).
@@ -66,6 +68,7 @@ class StepProfiler:
     def __init__(self, warmup: int, steps: int, shapes: bool = False):
         self.shapes = shapes
         self.warmup, self.steps, self.n, self.walls, self.prof, self.tokens = warmup, steps, 0, [], None, []
+        self.cpus = []  # process CPU seconds per profiled step (both threads): steadier than wall under load
 
     def install(self):
         import torch
@@ -91,10 +94,11 @@ class StepProfiler:
             if not getattr(run.objective, "_profiled", False):  # the forward, once per objective
                 run.objective.loss = ranged("forward", run.objective.loss)
                 run.objective._profiled = True
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             row = step(run)
             if me.prof is not None:
                 me.walls.append(time.perf_counter() - t)
+                me.cpus.append(time.process_time() - c)
                 me.tokens.append(row["input_tokens_per_s"] * row["step_seconds"])
             me.n += 1
             if me.n == me.warmup + me.steps:
@@ -166,17 +170,26 @@ def by_shape(prof, op: str, top: int = 10) -> list:
             for e in rows[:top]]
 
 
+LEVERS = ("head-bmm", "fp32-lora-math", "replay-fold")
+
+
 def apply_levers(levers: list[str]) -> None:
     """Undo one of this issue's fixes, to measure before and after in one invocation:
     ``head-bmm``: the head's 3-D input as before (torch's matmul copies the head weight for a one-row slice);
-    ``fp32-lora-math``: fp32 adapter math on a bf16 base (every projection's output converted and back)."""
+    ``fp32-lora-math``: fp32 adapter math on a bf16 base (every projection's output converted and back);
+    ``replay-fold``: the replay items in a forward of their own again (not as extra rows of a task forward)."""
     from honing.models import loading
-    from honing.train import fused_lora
+    from honing.train import fused_lora, loop
 
+    unknown = sorted(set(levers) - set(LEVERS))
+    if unknown:
+        raise SystemExit(f"--undo: unknown fix {', '.join(unknown)} (known: {', '.join(LEVERS)})")
     if "head-bmm" in levers:
         loading.flat_head_input = lambda model: None
     if "fp32-lora-math" in levers:
         fused_lora.LORA_MATH_IN_BASE_DTYPE = False
+    if "replay-fold" in levers:
+        loop.FOLD_REPLAY = False
 
 
 def profile_case(case: str, warmup: int, steps: int, shapes: bool = False, levers: tuple = ()) -> dict:
@@ -194,6 +207,8 @@ def profile_case(case: str, warmup: int, steps: int, shapes: bool = False, lever
     tokens_per_step = sum(prof.tokens) / len(prof.tokens)
     result = {"case": case, "undone": list(levers), "step_seconds": [round(w, 4) for w in prof.walls],
               "median_step_seconds": sorted(prof.walls)[len(prof.walls) // 2],
+              "step_cpu_seconds": [round(c, 4) for c in prof.cpus],
+              "median_step_cpu_seconds": sorted(prof.cpus)[len(prof.cpus) // 2],
               "input_tokens_per_step": round(tokens_per_step, 1), "run_seconds": round(total, 1),
               **split(prof.prof, prof.walls)}
     if shapes:
@@ -211,13 +226,20 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default=None, help="Write the results here as JSON.")
     ap.add_argument("--shapes", action="store_true", help="Also the costliest input shapes of copy_, mm, addmm_.")
-    ap.add_argument("--undo", default="", help="Comma-separated fixes to undo (head-bmm, fp32-lora-math); "
-                    "'compare' runs each case as it is and with both undone, interleaved, one process each.")
+    ap.add_argument("--undo", default="", help=f"Comma-separated fixes to undo ({', '.join(LEVERS)}); "
+                    "'compare' runs each case as it is and with the --compare fixes undone, interleaved, one process "
+                    "each.")
+    ap.add_argument("--compare", default="head-bmm,fp32-lora-math",
+                    help="The fixes --undo compare undoes (default: the first round's two).")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="--undo compare: alternate the two variants this many times per case (load drifts).")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cases = ("short", "demo") if args.case == "both" else (args.case,)
-    variants = [(), ("head-bmm", "fp32-lora-math")] if args.undo == "compare" else [tuple(filter(None, args.undo.split(",")))]
-    runs = [(c, v) for c in cases for v in variants]
+    compared = tuple(filter(None, args.compare.split(",")))
+    variants = [(), compared] if args.undo == "compare" else [tuple(filter(None, args.undo.split(",")))]
+    rounds = args.rounds if args.undo == "compare" else 1
+    runs = [(c, v) for c in cases for _ in range(rounds) for v in variants]
     results = []
     for case, undo in runs:
         # one process per run: the patched loop and one run's caches stay out of the next
@@ -235,9 +257,10 @@ def _in_subprocess(case: str, warmup: int, steps: int, undo: tuple) -> dict:
     import subprocess
 
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        load = os.getloadavg()[0]
         subprocess.run([sys.executable, __file__, "--case", case, "--warmup", str(warmup), "--steps", str(steps),
                         "--undo", ",".join(undo), "--out", f.name], check=True, stdout=subprocess.DEVNULL)
-        return json.loads(Path(f.name).read_text())["results"][0]
+        return {**json.loads(Path(f.name).read_text())["results"][0], "load_average_before": round(load, 2)}
 
 
 def _cpu_model() -> str:

@@ -541,13 +541,15 @@ def _optimizer_step(run: Run) -> dict:
         [local_norm, local_tokens, local_trained, local_replay_norm])
     # DDP averages gradients over processes; scaling by world_size turns that into a sum, so the
     # gradient is (sum over all normalizer units) / global_norm. With replay, the task's share of the loss
-    # is 1 - fraction and the replay batch (first, never the syncing micro-batch) carries the rest (replay.every
-    # = k: the task keeps 1 - fraction on every step, the replay steps carry k x fraction).
+    # is 1 - fraction and the replay items carry the rest (replay.every = k: the task keeps 1 - fraction on
+    # every step, the replay steps carry k x fraction): as extra rows of a task micro-batch's forward, each
+    # row set weighted apart, or in a forward of their own before the task's (never the syncing one).
     task_share = run.replay.task_share if run.replay is not None else 1.0
     scale = task_share * dist.world_size / max(global_norm, 1)
     loss_total = torch.zeros((), dtype=torch.float64, device=run.runtime.device)
     stats: dict = {}
-    replay_loss = _replay_backward(run, replay, replay_norm) if replay else None
+    fold_into = _replay_fold_target(run, batches, replay)
+    replay_loss = _replay_backward(run, replay, replay_norm) if replay and fold_into is None else None
     for j, mb in enumerate(batches):
         if not mb and not dist.enabled:
             continue
@@ -557,8 +559,15 @@ def _optimizer_step(run: Run) -> dict:
         sync = (j == len(mine) - 1) or not dist.enabled
         with gradient_sync(run.model, sync):
             with run.runtime.autocast():
-                out = objective.loss(run.model, run.runtime.to_device(objective.collate(batch_items, run.pad_id)))
-            (out.loss_sum * weight).backward()
+                batch = (objective.collate_with_replay(batch_items, replay, run.pad_id) if j == fold_into
+                         else objective.collate(batch_items, run.pad_id))
+                out = objective.loss(run.model, run.runtime.to_device(batch))
+            loss = out.loss_sum * weight
+            if j == fold_into:  # the replay rows at the weight _replay_backward gives them
+                loss = loss + out.replay_sum * _replay_weight(run, replay_norm)
+            loss.backward()
+        if j == fold_into:
+            replay_loss = _replay_loss(run, out.replay_sum, replay_norm)
         keep = 1.0 if mb else 0.0
         loss_total = loss_total + out.loss_sum.detach() * keep
         for k, v in out.stats.items():
@@ -621,18 +630,68 @@ def _step_statistics(dist, sums: dict) -> dict:
             for i, k in enumerate(keys)}
 
 
+# Replay items share a task micro-batch's forward where that is valid (``_replay_fold_target``); False: always
+# a forward of their own (benchmarks/profile_step.py --undo replay-fold measures the difference).
+FOLD_REPLAY = True
+
+
+def _replay_fold_target(run: Run, batches: list[list], replay: list) -> int | None:
+    """The micro-batch whose forward also carries this step's replay items (as extra rows, or the packed
+    row's tail), or None: they run in a forward of their own (``_replay_backward``). A 90-token replay chat
+    forwarded alone pays a whole forward's fixed cost (per-op dispatch over every layer): it was 42% of a
+    short-example step on CPU (docs/performance.md).
+
+    Not folded: an objective whose loss does not split by rows (``Objective.folds_replay``); torchrun (the
+    replay's gradient timing against the gradient sync and FSDP's collective forwards are verified for the
+    separate forward only); and a joint forward that would compute more than it saves: more tokens than the
+    per-forward budget (auto's, ``honing.train.auto``) *and* more padding than the replay's own tokens (a
+    long replay row padding every task row, or short replay rows padded to long task rows; the separate
+    forward's fixed cost, measured, is about its tokens' cost or more)."""
+    if not (FOLD_REPLAY and replay and run.objective.folds_replay) or run.runtime.dist.enabled:
+        return None
+    from honing.train.auto import CPU_TOKENS_PER_FORWARD, GPU_TOKENS_PER_FORWARD
+
+    budget = GPU_TOKENS_PER_FORWARD if run.runtime.is_cuda else CPU_TOKENS_PER_FORWARD
+    replay_tokens = _forward_tokens(run, replay)
+    for j, mb in enumerate(batches):
+        if not mb:
+            continue
+        joint, apart = _forward_tokens(run, mb + replay), _forward_tokens(run, mb) + replay_tokens
+        if joint <= budget or joint <= apart + replay_tokens:
+            return j
+    return None
+
+
+def _forward_tokens(run: Run, items: list) -> int:
+    """Tokens one forward of ``items`` computes: their sum in a packed row, rows x the longest when padded."""
+    objective = run.objective
+    lengths = [objective.tokens(it) for it in items]
+    packed = run.config.packing and objective.packing_supported
+    return sum(lengths) if packed else len(lengths) * max(lengths, default=0)
+
+
+def _replay_weight(run: Run, replay_norm: float) -> float:
+    """The replay loss sum's weight: ``replay_weight`` of the step's loss as a mean over the replay's trained
+    tokens of all processes (x world_size: DDP averages gradients)."""
+    return run.replay.replay_weight * run.runtime.dist.world_size / max(replay_norm, 1)
+
+
+def _replay_loss(run: Run, replay_sum, replay_norm: float) -> float:
+    """The logged replay loss: the mean over the replay's trained tokens of all processes."""
+    (total,) = run.runtime.dist.all_reduce_sum([replay_sum.detach()])
+    return float(total) / max(replay_norm, 1)
+
+
 def _replay_backward(run: Run, replay: list, replay_norm: float) -> float:
-    """Forward and backward of this process's replay items, weighted so that they carry ``fraction`` of the
-    step's loss; gradients accumulate locally (the task's last micro-batch syncs). Returns the replay loss
+    """Forward and backward of this process's replay items alone, weighted so that they carry ``fraction`` of
+    the step's loss; gradients accumulate locally (the task's last micro-batch syncs). Returns the replay loss
     (mean over the replay's trained tokens of all processes)."""
     dist, objective = run.runtime.dist, run.objective
-    weight = run.replay.replay_weight * dist.world_size / max(replay_norm, 1)
     with gradient_sync(run.model, not dist.enabled):
         with run.runtime.autocast():
             out = objective.loss(run.model, run.runtime.to_device(objective.collate(replay, run.pad_id)))
-        (out.loss_sum * weight).backward()
-    (total,) = dist.all_reduce_sum([out.loss_sum.detach()])
-    return float(total) / max(replay_norm, 1)
+        (out.loss_sum * _replay_weight(run, replay_norm)).backward()
+    return _replay_loss(run, out.loss_sum, replay_norm)
 
 
 def _clip_and_update(run: Run, train_loss: float) -> float:

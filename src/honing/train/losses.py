@@ -170,20 +170,33 @@ def causal_lm_loss_sum(model, inputs: dict, labels, chunk_tokens: int = 512, che
     -100 = not trained. The caller divides by the step's trained tokens.
     Falls back to full logits (trained positions only) when the head cannot be chunked.
     """
+    return causal_lm_loss_sums(model, inputs, [labels], chunk_tokens, checkpoint_chunks)[0]
+
+
+def causal_lm_loss_sums(model, inputs: dict, label_sets: list, chunk_tokens: int = 512,
+                        checkpoint_chunks: bool | None = None) -> list:
+    """``causal_lm_loss_sum`` for several label tensors over one forward: [(loss_sum, n_trained)] in the
+    order of ``label_sets``. Each is a [B, T] tensor marking its own trained positions (-100 elsewhere), so
+    one forward gives separate sums (e.g. the task's rows and the replay rows of a step, weighted apart by
+    the caller); the decoder runs once, the head once per set, over that set's trained positions only."""
     import torch.nn.functional as F
 
     core = _unwrap(model)
     found = _plain_head(core)
     if found is None:
         logits = model(**inputs, use_cache=False).logits[:, :-1].float()
-        shift = labels[:, 1:]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), shift.reshape(-1), ignore_index=IGNORE_INDEX,
-                               reduction="sum")
-        return loss, int((shift != IGNORE_INDEX).sum())
+        logits = logits.reshape(-1, logits.size(-1))
+        out = []
+        for labels in label_sets:
+            shift = labels[:, 1:]
+            loss = F.cross_entropy(logits, shift.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+            out.append((loss, int((shift != IGNORE_INDEX).sum())))
+        return out
     hidden = decoder_hidden_states(model, inputs, found[1])
     softcap = getattr(core.config, "final_logit_softcapping", None)
     head = found[0]
-    return chunked_cross_entropy_sum(hidden, head.weight, labels, chunk_tokens, head.bias, softcap, checkpoint_chunks)
+    return [chunked_cross_entropy_sum(hidden, head.weight, labels, chunk_tokens, head.bias, softcap, checkpoint_chunks)
+            for labels in label_sets]
 
 
 def decoder_hidden_states(model, inputs: dict, decoder):

@@ -20,17 +20,20 @@ from dataclasses import dataclass, field
 from honing.data.render import IGNORE_INDEX
 from honing.train.batching import make_collate
 from honing.train.dataset import read_examples, render_set
-from honing.train.losses import causal_lm_loss_sum
+from honing.train.losses import causal_lm_loss_sum, causal_lm_loss_sums
 
 
 @dataclass
 class LossOutput:
     """One micro-batch's loss. ``loss_sum``: 0-dim tensor with grad, summed over the micro-batch's
     normalizer units. ``stats``: detached sums over the same units (e.g. ``rewards/chosen``); the loop sums
-    them over the step and processes and divides by the step's normalizer before logging."""
+    them over the step and processes and divides by the step's normalizer before logging. ``replay_sum``: the
+    replay rows' loss sum (with grad) when the batch came from ``collate_with_replay``; ``loss_sum`` is then
+    the task rows' alone."""
 
     loss_sum: object
     stats: dict = field(default_factory=dict)
+    replay_sum: object = None
 
 
 @dataclass
@@ -56,6 +59,10 @@ class Objective:
     eval_higher_is_better = False  # a loss: lower is better (a reward: higher)
     progress_metric, progress_label = "train_loss", "loss"  # what the progress bar shows of each step
     packing_supported = True  # may items of a micro-batch share one packed row
+    # May a step's replay items share a task micro-batch's forward (``collate_with_replay``)? Only where the
+    # loss is a sum over rows that the two label sets split exactly (token cross-entropy): a preference or
+    # reinforcement loss couples rows (pairs, groups) and takes no replay chats anyway.
+    folds_replay = False
 
     def __init__(self, config):
         self.config = config
@@ -70,6 +77,11 @@ class Objective:
 
     def collate(self, items: list, pad_id: int) -> dict:
         return make_collate(self.config.packing and self.packing_supported, pad_id)(items)
+
+    def collate_with_replay(self, items: list, replay: list, pad_id: int) -> dict:
+        """One batch of ``items`` and then ``replay`` whose ``loss`` returns the two loss sums apart (only where
+        ``folds_replay``)."""
+        raise NotImplementedError(f"objective {self.name} trains replay items in a forward of their own")
 
     def normalizer(self, item) -> int:
         """Units ``item`` adds to the step's normalizer (known before the forward)."""
@@ -119,6 +131,7 @@ class SFTObjective(Objective):
     """Supervised fine-tuning: cross-entropy on the assistant tokens (the render's loss mask)."""
 
     name = "sft"
+    folds_replay = True
 
     def render_set(self, tokenizer, examples, path, sha256):
         return render_set(tokenizer, examples, self.config.max_length, path, sha256, self.name)
@@ -126,7 +139,29 @@ class SFTObjective(Objective):
     def normalizer(self, item) -> int:
         return sum(item.loss_mask[1:])
 
+    def collate_with_replay(self, items: list, replay: list, pad_id: int) -> dict:
+        """``items`` and ``replay`` collated as one micro-batch (padded rows or one packed row, as the run's
+        ``collate``), with the trained positions split in two: ``labels`` keeps the task's, ``replay_labels``
+        the replay's (-100 elsewhere in each). Replay items come last: padded, their rows; packed, the row's
+        tail (whose first token is never a target: ``honing.train.packing``)."""
+        import torch
+
+        batch = self.collate(list(items) + list(replay), pad_id)
+        labels = batch["labels"]
+        is_replay = torch.zeros(labels.shape, dtype=torch.bool)
+        if "attention_mask" in batch:  # padded: one row per item
+            is_replay[len(items):] = True
+        else:  # packed: [1, T], the items' tokens in order
+            is_replay[:, sum(len(it) for it in items):] = True
+        batch["labels"] = labels.masked_fill(is_replay, IGNORE_INDEX)
+        batch["replay_labels"] = labels.masked_fill(~is_replay, IGNORE_INDEX)
+        return batch
+
     def loss(self, model, batch):
+        if "replay_labels" in batch:
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", "replay_labels")}
+            (task, _), (replay, _) = causal_lm_loss_sums(model, inputs, [batch["labels"], batch["replay_labels"]])
+            return LossOutput(task, replay_sum=replay)
         loss_sum, _n = token_cross_entropy_sum(model, batch)
         return LossOutput(loss_sum)
 
