@@ -55,5 +55,20 @@ def skip_compiler_imports(method: str, environ=None) -> bool:
 
 def prepare_imports(method: str) -> None:
     """What ``hone train`` sets before its heavy imports, for a faster start (see ``skip_compiler_imports``);
-    benchmarks/time_to_first_step.py calls it too, so that its timed imports load what a real run loads."""
+    benchmarks/time_to_first_step.py calls it too, so that its timed imports load what a real run loads.
+    Also defers the heavy modules a run of one process never uses (honing.deferred_imports)."""
     skip_compiler_imports(method)
+    defer_unused_imports(method)
+
+
+def defer_unused_imports(method: str, environ=None) -> bool:
+    """Install honing.deferred_imports for a run that needs none of its modules; True when this call did.
+    Only before torch's import: later there is little to save, and a process that imported them already (a
+    test runner, a notebook, a second ``hone train`` command in one process) is left as it is."""
+    import sys
+
+    from honing import deferred_imports
+
+    if "torch" in sys.modules:
+        return False
+    return deferred_imports.wanted(method, environ) and deferred_imports.install()
