@@ -12,14 +12,23 @@ Reported per side:
 * first and final loss (step 1 is log 2 on both sides: a fresh adapter is the reference).
 
 Sides: ``honing`` (each pair's prompt once: one row per pair, a mask keeping each reply off the other),
-``trl``, and ``honing-two-seq``: Honing with chosen and rejected each carrying the whole prompt (the layout
-before the shared prompt, still Honing's fallback), for before/after in one interleaved run.
+``trl``, ``honing-two-seq``: Honing with chosen and rejected each carrying the whole prompt (the layout
+before the shared prompt, still Honing's fallback), and ``honing-head-checkpoint``: Honing with the frozen
+output head recomputed in the backward (before its gradient was taken in the forward), for before/after in
+one interleaved run.
 
 Data: synthetic chats from benchmarks/bench.py (lengths spread over [64, max_length / 2] tokens); the
 chosen reply is the chat's own, the rejected one another chat's reply.
 
+TRL lives outside Honing's venv (the project does not depend on it): a venv of its own that sees .venv's
+packages through a .pth line and adds TRL and datasets, whose python runs the trl side (``--trl-python``):
+    .venv/bin/python -m venv --without-pip /tmp/venv-trl
+    echo "import site; site.addsitedir('$PWD/.venv/lib/python3.11/site-packages')" \
+        > /tmp/venv-trl/lib/python3.11/site-packages/honing_venv.pth
+    /tmp/venv-trl/bin/python -m pip install "trl==1.16.*" datasets   # only what .venv lacks lands there
+
 Usage (CPU; ~10-20 min on 2 cores):
-    HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/bench_dpo.py
+    HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/bench_dpo.py --trl-python /tmp/venv-trl/bin/python
 """
 
 from __future__ import annotations
@@ -73,6 +82,10 @@ def run_honing(job: dict, side: str = "honing") -> dict:
         from honing.train.preference import _PairObjective
 
         _PairObjective.shared_prompt = False  # the two-sequence layout (prompt + chosen, prompt + rejected)
+    if side == "honing-head-checkpoint":
+        from honing.train import preference
+
+        preference.FROZEN_HEAD_JACOBIAN = False  # the frozen head recomputed in the backward (before)
 
     out = Path(job["workdir"]) / f"{side}-run-{job['round']}"  # a fresh run directory per side and round
     config = build_config(values=dict(
@@ -172,7 +185,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per side (default: each side's own "
                     "choice); 1 keeps a loaded machine from stalling two-thread parallel regions")
     ap.add_argument("--sides", default="honing,trl", help="comma-separated, run in this order each round: "
-                    "honing, trl, honing-two-seq (Honing without the shared prompt)")
+                    "honing, trl, honing-two-seq (Honing without the shared prompt), honing-head-checkpoint (without the "
+                    "head Jacobian)")
+    ap.add_argument("--trl-python", default=sys.executable, help="the interpreter of the trl side (one with TRL "
+                    "installed; the module docstring shows a venv for it); the honing sides run this one")
     ap.add_argument("--json", default=str(HERE / "results" / "dpo_latest.json"))
     ap.add_argument("--child", nargs=2, metavar=("SIDE", "JOB"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -188,22 +204,25 @@ def main() -> None:
            "examples": a.examples, "batch_size": a.batch_size, "micro_batch_size": micro, "steps": a.steps,
            "max_length": a.max_length, "lr": 5e-5, "seed": 0, "threads": a.threads}
     sides = a.sides.split(",")
-    if "trl" not in sides or not set(sides) <= {"honing", "trl", "honing-two-seq"}:
-        sys.exit(f"--sides: trl and any of honing, honing-two-seq (got {a.sides})")
+    if "trl" not in sides or not set(sides) <= {"honing", "trl", "honing-two-seq", "honing-head-checkpoint"}:
+        sys.exit(f"--sides: trl and any of honing, honing-two-seq, honing-head-checkpoint (got {a.sides})")
     results: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(a.repeats):
         for side in sides:
             path = work / f"job-{r}.json"
             path.write_text(json.dumps(dict(job, round=r)))
             env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-            done = subprocess.run([sys.executable, __file__, "--child", side, str(path)], env=env, check=False,
+            python = a.trl_python if side == "trl" else sys.executable
+            load_before = os.getloadavg()
+            done = subprocess.run([python, __file__, "--child", side, str(path)], env=env, check=False,
                                   capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"{side} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
             results[side].append(json.loads((work / f"{side}-{r}.json").read_text()))
             print(side, r, json.dumps({k: results[side][-1][k] for k in ("tokens_per_s", "peak_rss_gb", "first_loss",
-                                                                         "final_loss")}), f"load {os.getloadavg()}",
-                  flush=True)
+                                                                         "final_loss")}),
+                  f"load {[round(x, 1) for x in os.getloadavg()]}", flush=True)
+            results[side][-1].update(load_before=load_before, load_after=os.getloadavg())
     med = {s: {k: statistics.median(x[k] for x in rs) for k in ("tokens_per_s", "peak_rss_gb")}
            for s, rs in results.items()}
     ratios = {s: {"speed": med[s]["tokens_per_s"] / med["trl"]["tokens_per_s"],

@@ -23,7 +23,8 @@ The normalizer is one unit per pair: ``loss_sum`` is the sum of the micro-batch'
 loop divides by the pairs of the whole optimizer step, as it divides SFT's sum by trained tokens.
 
 The reference (DPO): with a fresh LoRA/QLoRA adapter it is the same model with the adapter disabled, run
-under ``no_grad`` in every step (no second copy of the weights). Otherwise (full fine-tuning, or a run
+under ``no_grad`` (no second copy of the weights) the first time a pair is trained, in ``prepare_step``, and
+kept on the pair (two floats) for later epochs: the base model does not change while the adapter trains. Otherwise (full fine-tuning, or a run
 that starts from an earlier run with ``init_from``, where disabling the adapter would give the wrong
 model) the reference log-probs of every train and eval pair are computed once before the first step and
 stored in ``<run>/reference_logps.safetensors``; a resumed run reads them back (recomputing them from the
@@ -48,6 +49,9 @@ REFERENCE_FILE = REFERENCE_LOGPS  # the name tests and older callers import from
 # Keys of a collated batch the model's forward takes; the rest is the objective's bookkeeping.
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 CHUNK_TOKENS = 512
+# A frozen output head's gradient computed in the forward (_frozen_head_token_logps); False: the checkpointed
+# recompute, kept for tests and benchmarks/dpo_layouts_ab.py to compare against.
+FROZEN_HEAD_JACOBIAN = True
 
 
 @dataclass
@@ -273,6 +277,48 @@ def _chunk_token_logps(h, weight, bias, targets, softcap):
     return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=1)
 
 
+def _frozen_head_token_logps(h, weight, bias, targets, softcap):
+    """:func:`_chunk_token_logps` for a head whose weights take no gradient, with the backward's work done in
+    the forward: log p(t | h) has the gradient (onehot(t) - softmax) x d(logits)/dh with respect to ``h``, and
+    the loss reaches each token's log-prob through one scalar, so that [chunk, hidden] Jacobian is computed
+    while the logits exist and the backward only scales it. The checkpointed path instead runs the head again
+    in the backward (one [chunk, vocab] matmul more per trained token) and keeps nothing bigger."""
+    import torch
+
+    class FrozenHeadLogps(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, h):
+            logps, jacobian = _logps_and_jacobian(h, weight, bias, targets, softcap)
+            ctx.save_for_backward(jacobian)
+            return logps
+
+        @staticmethod
+        def backward(ctx, grad):
+            (jacobian,) = ctx.saved_tensors
+            return grad.unsqueeze(1).to(jacobian.dtype) * jacobian
+
+    return FrozenHeadLogps.apply(h)
+
+
+def _logps_and_jacobian(h, weight, bias, targets, softcap):
+    """(log p(target) [n] fp32, d log p(target) / d h [n, hidden] in h's dtype) for a linear head."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        raw = F.linear(h, weight, bias).float()
+        capped = torch.tanh(raw / softcap) if softcap else None
+        logits = capped * softcap if softcap else raw
+        lse = logits.logsumexp(dim=1, keepdim=True)
+        logps = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - lse.squeeze(1)
+        grad_logits = logits.sub_(lse).exp_().neg_()  # -softmax, in the logits' memory
+        grad_logits.scatter_add_(1, targets.unsqueeze(1), torch.ones_like(logps).unsqueeze(1))
+        if softcap:
+            grad_logits.mul_(1 - capped.square_())  # d(softcap x tanh(raw / softcap)) / d raw
+        jacobian = grad_logits.to(h.dtype) @ weight.to(h.dtype)
+    return logps, jacobian
+
+
 def _final_hidden(model, inputs: dict):
     """(final hidden states [B, T, H], lm_head module, softcap) via a hook on the decoder, the head not run
     (``logits_to_keep=1``); or (full logits, None, None) when the head cannot be chunked."""
@@ -290,7 +336,9 @@ def token_logps(model, batch: dict, chunk_tokens: int = CHUNK_TOKENS):
     """(log-prob of every trained token: fp32 [N], the sequence each belongs to: long [N]), in batch order.
 
     Only the positions whose next token is trained go through the output head, ``chunk_tokens`` at a time;
-    with gradients on, each chunk is recomputed in the backward instead of keeping its [chunk, vocab] logits.
+    with gradients on, a frozen head's chunk leaves only its [chunk, hidden] Jacobian for the backward
+    (:func:`_frozen_head_token_logps`), a trained head's chunk is recomputed in the backward instead of keeping
+    its [chunk, vocab] logits.
     """
     import torch
     from torch.utils.checkpoint import checkpoint
@@ -307,11 +355,16 @@ def token_logps(model, batch: dict, chunk_tokens: int = CHUNK_TOKENS):
         return logits.gather(1, t.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=1), who
     h = out[:, :-1].reshape(-1, out.shape[-1]).index_select(0, keep)
     parts = []
-    grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
+    head_trains = head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad)
+    grad = torch.is_grad_enabled() and (h.requires_grad or head_trains)
     for s in range(0, h.shape[0], chunk_tokens):
         args = (h[s : s + chunk_tokens], head.weight, head.bias, t[s : s + chunk_tokens], softcap)
-        parts.append(checkpoint(_chunk_token_logps, *args, use_reentrant=False) if grad
-                     else _chunk_token_logps(*args))
+        if grad and not head_trains and FROZEN_HEAD_JACOBIAN:  # LoRA/QLoRA: the head is frozen, only h takes a gradient
+            parts.append(_frozen_head_token_logps(*args))
+        elif grad:
+            parts.append(checkpoint(_chunk_token_logps, *args, use_reentrant=False))
+        else:
+            parts.append(_chunk_token_logps(*args))
     return (torch.cat(parts) if parts else h.sum(-1) * 0.0), who
 
 
@@ -428,6 +481,7 @@ class DPOObjective(_PairObjective):
     def __init__(self, config):
         super().__init__(config)
         self.reference = None  # "adapter_disabled" | "precomputed", decided in setup()
+        self._setup = None  # the SetupContext (model, runtime) the adapter-disabled reference runs with
 
     def setup(self, ctx) -> None:
         super().setup(ctx)  # the layout first: the precomputed reference collates with it
@@ -435,7 +489,35 @@ class DPOObjective(_PairObjective):
         if self.reference == "precomputed":
             prepare_reference(ctx, self)
         else:
-            ctx.log("DPO reference: the base model (the adapter disabled under no_grad in each step)")
+            self._setup = ctx
+            ctx.log("DPO reference: the base model (the adapter disabled under no_grad), computed the first time "
+                    "a pair is trained and kept for later epochs")
+
+    def prepare_step(self, step: int, batches: list[list]) -> tuple[list[list], dict]:
+        """The adapter-disabled reference of each micro-batch's pairs not seen before, kept on the items
+        (``item.ref``, two floats a pair): the base model does not change while the adapter trains, so later
+        epochs reuse them and skip a quarter of the step's work. Each micro-batch is collated as its loss
+        will collate it, so the values are those the in-step reference gives. A resumed run computes them
+        again from the same base model: the same values for micro-batches of one pair, equal up to float
+        rounding where a pair shared its forward with other pairs."""
+        if self.reference == "adapter_disabled" and self._setup is not None:
+            for mb in batches:
+                todo = [it for it in mb if it.ref is None]
+                if todo:
+                    self._keep_reference(todo)
+        return batches, {}
+
+    def _keep_reference(self, items: list[PairItem]) -> None:
+        import torch
+
+        ctx = self._setup
+        batch = ctx.runtime.to_device(self.collate(items, 0))  # padding is masked: any id works
+        core = getattr(ctx.model, "module", ctx.model)
+        with torch.no_grad(), core.disable_adapter(), _autocast(ctx.runtime):
+            logps, _ = sequence_logps(core, batch, 2 * len(items))
+        logps = logps.double().cpu().tolist()  # fp32 -> fp64 -> fp32 in the loss: the same values
+        for i, it in enumerate(items):
+            it.ref = (logps[i], logps[len(items) + i])
 
     def reference_logps(self, model, batch):
         """[2B] reference log-probs: the stored ones, or the model with its adapter disabled."""
