@@ -109,3 +109,17 @@ def test_transformers_model_index_cache_gives_transformers_own_answer(tmp_path, 
     assert transformers_index.cached(lambda _p: fake[1], str(tree), "test") == fake[0]  # unchanged: cached
     (tree / "a" / "x.py").write_text("__all__ = ['X', 'Y']\n")
     assert transformers_index.cached(lambda _p: fake[1], str(tree), "test") == fake[1]
+
+
+def test_a_qlora_run_gets_the_index_cache_but_defers_nothing():
+    import scipy
+    import transformers.utils
+
+    from honing import deferred_imports
+
+    finder = deferred_imports._Finder()  # as install(defer=False) leaves it
+    assert finder.find_spec("scipy.optimize", scipy.__path__) is None
+    spec = finder.find_spec("transformers.utils.import_utils", transformers.utils.__path__)
+    assert spec is not None and isinstance(spec.loader, deferred_imports._ThenPatch)
+    finder.defer = True  # as install(defer=True) leaves it
+    assert isinstance(finder.find_spec("scipy.optimize", scipy.__path__).loader, deferred_imports._Loader)

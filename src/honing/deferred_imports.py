@@ -36,8 +36,9 @@ them too. bitsandbytes is hidden (``HIDDEN``), not deferred: PEFT would load it 
 
 Installed by ``hone train`` (``honing.startup.prepare_imports``, before torch's import) for runs that need none
 of these: not QLoRA (bitsandbytes), not under torchrun (``WORLD_SIZE`` > 1: DTensor, FSDP), not with
-``HONING_DEFER_IMPORTS=0``. ``HONING_DEFER_IMPORTS=trace`` prints what loads a deferred module. The same finder
-reads transformers' index of its model folders from a cache (``AFTER_IMPORT``, honing.transformers_index).
+``HONING_DEFER_IMPORTS=0``. ``HONING_DEFER_IMPORTS=trace`` prints what loads a deferred module. The same finder,
+installed for every ``hone train`` run (QLoRA and torchrun included, where it defers nothing), reads
+transformers' index of its model folders from a cache (``AFTER_IMPORT``, honing.transformers_index).
 Measured: with these, a LoRA run on the embedded model loads none of the deferred modules up to its exit (sympy
 still loads during the model's construction on the meta device, through torch._refs).
 """
@@ -301,8 +302,15 @@ class _ThenPatch(importlib.abc.Loader):
 
 
 class _Finder(importlib.abc.MetaPathFinder):
+    def __init__(self):
+        self.defer = False  # DEFERRED applies (install(defer=True)); AFTER_IMPORT always does
+
     def find_spec(self, fullname, path, target=None):
-        if fullname not in DEFERRED and fullname not in AFTER_IMPORT:
+        if fullname in AFTER_IMPORT:
+            pass
+        elif not self.defer:
+            return None
+        elif fullname not in DEFERRED:
             return self._after_deferred_parent(fullname)
         real = self._real_spec(fullname, path, target)
         if real is None or real.loader is None or not hasattr(real.loader, "exec_module"):
@@ -315,7 +323,6 @@ class _Finder(importlib.abc.MetaPathFinder):
         spec.submodule_search_locations = real.submodule_search_locations
         spec.has_location = real.has_location
         return spec
-
 
     def _real_spec(self, fullname, path, target):
         for finder in sys.meta_path:
@@ -377,14 +384,17 @@ def wanted(method: str, environ=None) -> bool:
 HIDDEN = ("bitsandbytes",)
 
 
-def install() -> bool:
-    """Defer the listed modules not imported yet, hide HIDDEN; True when the finder is (now) installed."""
-    for name in HIDDEN:
-        if name not in sys.modules:
-            sys.modules[name] = None
+def install(defer: bool = True) -> bool:
+    """Install the finder: AFTER_IMPORT always; with ``defer``, also defer the listed modules not imported yet
+    and hide HIDDEN. Returns ``defer``."""
+    if defer:
+        for name in HIDDEN:
+            if name not in sys.modules:
+                sys.modules[name] = None
+        _FINDER.defer = True
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
-    return True
+    return defer
 
 
 def uninstall() -> None:

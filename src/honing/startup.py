@@ -62,13 +62,14 @@ def prepare_imports(method: str) -> None:
 
 
 def defer_unused_imports(method: str, environ=None) -> bool:
-    """Install honing.deferred_imports for a run that needs none of its modules; True when this call did.
-    Only before torch's import: later there is little to save, and a process that imported them already (a
-    test runner, a notebook, a second ``hone train`` command in one process) is left as it is."""
+    """Install honing.deferred_imports: the deferral for a run that needs none of its modules (True when this
+    call deferred them), the cached index of transformers' model folders for every run. Only before torch's
+    import: later there is little to save, and a process that imported them already (a test runner, a
+    notebook, a second ``hone train`` command in one process) is left as it is."""
     import sys
 
     from honing import deferred_imports
 
     if "torch" in sys.modules:
         return False
-    return deferred_imports.wanted(method, environ) and deferred_imports.install()
+    return deferred_imports.install(defer=deferred_imports.wanted(method, environ))
