@@ -59,6 +59,7 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
     """Load (model, tokenizer, resolved) from any model reference. ``dtype`` defaults to float32."""
     from transformers import AutoModelForCausalLM
 
+    from honing.models.fast_ops import speed_up_norms
     from honing.quiet import quiet_libraries
 
     quiet_libraries()
@@ -79,6 +80,7 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
     if device:
         m.to(device)
     flat_head_input(m)
+    speed_up_norms(m)
     return m, load_tokenizer(resolved), resolved
 
 

@@ -36,6 +36,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from honing.models.fast_ops import rms_norm_with_rstd, short_row_attention, use_short_row_path
+
 # Decoder layers whose forward is exactly: x + attn(norm1(x)); h + mlp(norm2(h)), with RMSNorm
 # (weight * x_hat), rotary q/k, SDPA and a SiLU-gated MLP. Qwen2 adds q/k/v biases (handled).
 SUPPORTED_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
@@ -123,9 +125,9 @@ def _in_param_dtype(lora_grads: list, projs: list[_Proj]) -> list:
 # ---------------------------------------------------------------- shared pieces of forward / backward
 
 def _rms_norm(x, weight, eps: float):
-    """(normalized x times weight, rstd [N, 1] fp32) exactly as transformers' LlamaRMSNorm computes it."""
-    rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
-    return _normalized(x, weight, rstd), rstd
+    """(normalized x times weight, rstd [N, 1] fp32) exactly as transformers' LlamaRMSNorm computes it (one
+    fused kernel where torch has one: honing.models.fast_ops)."""
+    return rms_norm_with_rstd(x, weight, eps)
 
 
 def _normalized(x, weight, rstd):
@@ -358,8 +360,11 @@ def _fused_layer_body(layer, projs, hidden_states, attention_mask, position_embe
     # The mask logic of transformers' sdpa_attention_forward: causal flag when there is no mask.
     mask = attention_mask[:, :, :, :seq] if attention_mask is not None else None
     grouped = q.shape[1] != k.shape[1]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and seq > 1,
-                                         scale=attn.scaling, enable_gqa=grouped)
+    if use_short_row_path(q, k):
+        out = short_row_attention(q, k, v, mask, attn.scaling)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and seq > 1,
+                                             scale=attn.scaling, enable_gqa=grouped)
     h = x + _AttnOutProjection.apply(out, o_p.scaling, *_flat([o_p]))
     h = h + _NormSwiGLU.apply(h, ln2.weight, ln2.variance_epsilon, (gate_p.scaling, up_p.scaling, down_p.scaling),
                               getattr(layer, "_honing_recompute_mlp", False), *_flat([gate_p, up_p, down_p]))

@@ -75,9 +75,11 @@ def load_quantized(reference, runtime):
             device_map={"": runtime.device})
     except (ValueError, OSError) as e:
         raise ModelError(f"cannot load {resolved.path} in 4-bit: {e}") from e
+    from honing.models.fast_ops import speed_up_norms
     from honing.models.loading import flat_head_input
 
     flat_head_input(model)
+    speed_up_norms(model)
     keep_trainable_layout(model)
     return model, load_tokenizer(resolved), resolved
 
