@@ -5,18 +5,22 @@ Prints wall and process CPU seconds of each and their ratios. Variants (COMPARE)
 
 * ``layouts`` (default): the shared-prompt row vs two sequences per pair (the shared-prompt change);
 * ``head``: the frozen output head's gradient computed in the forward (``FROZEN_HEAD_JACOBIAN``) vs the head
-  recomputed under checkpoint in the backward (before), both with the shared-prompt row.
+  recomputed under checkpoint in the backward (before), both with the shared-prompt row;
+* ``reference``: a later epoch's step, the pair's reference log-probs kept from its first step (``prepare_step``),
+  vs the reference forward in every step (before), both with the shared-prompt row.
 
 Usage: HF_HUB_OFFLINE=1 HONING_CACHE_DIR=.cache .venv/bin/python benchmarks/dpo_layouts_ab.py [PAIRS [COMPARE]]
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -38,7 +42,8 @@ def main() -> None:
     torch.set_num_threads(1)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 8
     compare = sys.argv[2] if len(sys.argv) > 2 else "layouts"
-    names = {"layouts": ("shared prompt", "two sequences"), "head": ("head Jacobian", "head checkpoint")}[compare]
+    names = {"layouts": ("shared prompt", "two sequences"), "head": ("head Jacobian", "head checkpoint"),
+             "reference": ("reference kept", "reference each step")}[compare]
     path = Path(tempfile.mkdtemp()) / "pairs.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(n, seed=0, max_length=512)))
     obj = DPOObjective(build_config(values={"data": str(path), "objective": "dpo", "max_length": 512}))
@@ -49,6 +54,10 @@ def main() -> None:
     model = get_peft_model(model, lora)
     enable_fused_lora(model)
     model.train()
+    if compare == "reference":  # the first epoch's work, done before the timing
+        obj._setup = SimpleNamespace(model=model, runtime=SimpleNamespace(to_device=lambda b: b,
+                                                                          autocast=contextlib.nullcontext))
+        obj.prepare_step(0, [[item] for item in items])
     seconds = {True: [0.0, 0.0], False: [0.0, 0.0]}  # the new variant? -> [wall, process CPU]
     losses = {True: [], False: []}
     for repeat in range(2):
@@ -56,9 +65,11 @@ def main() -> None:
             for new in (True, False) if repeat % 2 == 0 else (False, True):
                 if compare == "layouts":
                     obj.shared_prompt = new
-                else:
+                elif compare == "head":
                     preference.FROZEN_HEAD_JACOBIAN = new
                 batch = obj.collate([item], 0)
+                if compare == "reference" and not new:
+                    del batch["ref_logps"]  # the in-step reference forward runs
                 wall, cpu = time.perf_counter(), time.process_time()
                 loss = obj.loss(model, batch).loss_sum
                 loss.backward()
