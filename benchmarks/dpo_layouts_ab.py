@@ -35,8 +35,8 @@ def main() -> None:
     from honing.config import build_config
     from honing.models.catalog import resolve_model
     from honing.models.loading import load_tokenizer
-    from honing.train.fused_lora import enable_fused_lora
     from honing.train import preference
+    from honing.train.fused_lora import enable_fused_lora
     from honing.train.preference import DPOObjective
 
     torch.set_num_threads(1)
