@@ -58,7 +58,12 @@ def case_config(case: str, work: Path) -> dict:
         raw = {"model": "smollm2-135m-instruct", "data": str(data), "method": "lora", "batch_size": 4,
                "epochs": "auto", "learning_rate": "auto", "dtype": "auto", "seed": 42}
     raw.update(out=str(work / f"run-{case}"), eval_data=None, eval_fraction=0.0, max_steps=10_000)
+    if THREADS:
+        raw["threads"] = THREADS  # one thread: no OpenMP barrier spinning when other jobs share the cores
     return raw
+
+
+THREADS: int | None = None  # --threads: torch threads for every case (default: the case's auto)
 
 
 class StepProfiler:
@@ -219,6 +224,45 @@ def profile_case(case: str, warmup: int, steps: int, shapes: bool = False, lever
     return result
 
 
+def paired_steps(case: str, warmup: int, pairs: int, lever: str = "replay-fold") -> dict:
+    """Unprofiled: each of ``pairs`` optimizer steps run twice back to back on the same data (the step index
+    rewound), once as shipped and once with ``lever`` undone, in alternating order, in one process: the
+    load's drift falls on both alike. Wall and process CPU seconds per step, and their ratios (undone / shipped)."""
+    from honing.config import TrainConfig
+    from honing.train import loop
+
+    flags = {"replay-fold": "FOLD_REPLAY"}
+    if lever not in flags:
+        raise SystemExit(f"--paired: lever {lever} has no switch here (known: {', '.join(flags)})")
+    flag = flags[lever]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = loop._setup(TrainConfig(**case_config(case, Path(tmp))), resume=False, progress=False,
+                          log=lambda m: None)
+        run.model.train()
+        for _ in range(warmup):
+            loop._optimizer_step(run)
+        rows = []
+        for i in range(pairs):
+            step, times = run.state.step, {}
+            for shipped in ((True, False) if i % 2 == 0 else (False, True)):
+                setattr(loop, flag, shipped)
+                run.state.step = step
+                t, c = time.perf_counter(), time.process_time()
+                loop._optimizer_step(run)
+                times["shipped" if shipped else "undone"] = (time.perf_counter() - t, time.process_time() - c)
+            rows.append({"step": step, "load": round(os.getloadavg()[0], 2),
+                         **{f"{k}_wall_cpu": [round(x, 3) for x in v] for k, v in times.items()},
+                         "wall_ratio": round(times["undone"][0] / times["shipped"][0], 3),
+                         "cpu_ratio": round(times["undone"][1] / times["shipped"][1], 3)})
+        run.runtime.close()
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    return {"case": case, "lever": lever, "threads": THREADS or "auto", "pairs": rows,
+            "median_wall_ratio": med([r["wall_ratio"] for r in rows]),
+            "median_cpu_ratio": med([r["cpu_ratio"] for r in rows]),
+            "median_shipped_wall_cpu": [med([r["shipped_wall_cpu"][k] for r in rows]) for k in (0, 1)],
+            "median_undone_wall_cpu": [med([r["undone_wall_cpu"][k] for r in rows]) for k in (0, 1)]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", choices=("short", "demo", "both"), default="both")
@@ -233,8 +277,22 @@ def main(argv=None) -> int:
                     help="The fixes --undo compare undoes (default: the first round's two).")
     ap.add_argument("--rounds", type=int, default=1,
                     help="--undo compare: alternate the two variants this many times per case (load drifts).")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for every case (default: auto).")
+    ap.add_argument("--paired", type=int, default=0, metavar="PAIRS",
+                    help="Instead: unprofiled, PAIRS steps each run as shipped and with --compare's one fix undone "
+                    "(replay-fold), back to back on the same data, in one process per case.")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    global THREADS
+    THREADS = args.threads
+    if args.paired:
+        cases = ("short", "demo") if args.case == "both" else (args.case,)
+        out = {"cpu": _cpu_model(), "results": [paired_steps(c, args.warmup, args.paired, args.compare) for c in cases],
+               "load_average": os.getloadavg()}
+        print(json.dumps(out, indent=1))
+        if args.out:
+            Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        return 0
     cases = ("short", "demo") if args.case == "both" else (args.case,)
     compared = tuple(filter(None, args.compare.split(",")))
     variants = [(), compared] if args.undo == "compare" else [tuple(filter(None, args.undo.split(",")))]
@@ -259,7 +317,8 @@ def _in_subprocess(case: str, warmup: int, steps: int, undo: tuple) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         load = os.getloadavg()[0]
         subprocess.run([sys.executable, __file__, "--case", case, "--warmup", str(warmup), "--steps", str(steps),
-                        "--undo", ",".join(undo), "--out", f.name], check=True, stdout=subprocess.DEVNULL)
+                        "--undo", ",".join(undo), "--out", f.name, *(["--threads", str(THREADS)] if THREADS else [])],
+                       check=True, stdout=subprocess.DEVNULL)
         return {**json.loads(Path(f.name).read_text())["results"][0], "load_average_before": round(load, 2)}
 
 
