@@ -48,8 +48,10 @@ def _config(data: Path, out: Path, **values):
 
 
 def _steps(config, fold: bool, monkeypatch) -> tuple[list[dict], list[list[torch.Tensor]], int]:
-    """(metrics rows, each step's gradient, forwards the replay ran alone) of 3 steps through the loop."""
+    """(metrics rows, each step's gradient, forwards the replay ran alone) of 3 steps through the loop; folded
+    into the first micro-batch on every step (where the loop folds: test_replay_is_folded_only_where_it_saves)."""
     monkeypatch.setattr(loop, "FOLD_REPLAY", fold)
+    monkeypatch.setattr(loop, "_replay_fold_target", lambda run, batches, replay: 0 if replay and fold else None)
     apart = []
     real = loop._replay_backward
     monkeypatch.setattr(loop, "_replay_backward", lambda *a: apart.append(1) or real(*a))
@@ -124,10 +126,13 @@ def _fake_run(packing: bool, distributed: bool = False):
 
 def test_replay_is_folded_only_where_it_saves():
     short, long_ = [_item(40, 5)] * 4, [_item(300, 50)]
-    assert loop._replay_fold_target(_fake_run(True), [short], [_item(90, 40)]) == 0
-    assert loop._replay_fold_target(_fake_run(False), [short], [_item(90, 40)]) == 0  # 5 x 90 within 512
-    # padded: one 300-token replay row would pad four 40-token rows to 300 (1,500 tokens for 460)
+    assert loop._replay_fold_target(_fake_run(True), [short], [_item(90, 40)]) == 0  # packed: no padding
+    assert loop._replay_fold_target(_fake_run(True), [short], long_) == 0
+    # padded: one 90-token replay row pads four 40-token rows to 90 (450 tokens for 250): apart
+    assert loop._replay_fold_target(_fake_run(False), [short], [_item(90, 40)]) is None
     assert loop._replay_fold_target(_fake_run(False), [short], long_) is None
-    assert loop._replay_fold_target(_fake_run(True), [short], long_) == 0  # packed: no padding
+    # ...but 8 rows of 100 take an 80-token replay row (20 tokens of padding), not a 40-token one (60)
+    assert loop._replay_fold_target(_fake_run(False), [[_item(100, 5)] * 8], [_item(80, 40)]) == 0
+    assert loop._replay_fold_target(_fake_run(False), [[_item(100, 5)] * 8], [_item(40, 20)]) is None
     assert loop._replay_fold_target(_fake_run(True, distributed=True), [short], [_item(90, 40)]) is None
     assert loop._replay_fold_target(_fake_run(True), [[], short], [_item(90, 40)]) == 1  # not an empty shard
