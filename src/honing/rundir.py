@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from honing.errors import ModelError
+from honing.errors import ConfigError, ModelError
 from honing.fileio import write_json_atomic
 
 # The run directory's contract with the processes that share it (the loop, the service's worker, a user):
@@ -186,3 +187,34 @@ class RunDir:
         record.update(fields)
         self.write_record(record)
         return record
+
+
+@contextmanager
+def sole_writer(run_dir: str | os.PathLike):
+    """Hold an exclusive lock on ``run_dir`` (created if missing) while a training process writes it.
+
+    Two `hone train` processes started with the same ``out`` would otherwise both pass the "already holds a
+    run" check (``run.json`` is written later) and interleave their metrics and checkpoints, and a run could
+    restore the other's best checkpoint. The lock is an ``flock`` on the directory itself (no file added);
+    the kernel releases it when the process dies, so a killed run never leaves a stale lock. Under torchrun
+    only rank 0 takes it (every rank writes the same directory). Where ``fcntl`` is missing: no lock."""
+    path = Path(run_dir)
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"out: {path} is being written by another training run right now; wait for it to "
+                              "end, or choose another out directory") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -29,7 +29,7 @@ from pathlib import Path
 from honing.config import RESUME_NEUTRAL_KEYS, TrainConfig
 from honing.errors import ConfigError
 from honing.fileio import write_json_atomic
-from honing.rundir import CHECKPOINTS, FINAL, PAUSE_FILE, RUN_RECORD, RunDir
+from honing.rundir import CHECKPOINTS, FINAL, PAUSE_FILE, RUN_RECORD, RunDir, sole_writer
 from honing.train.auto import Hyperparameters, resolve_hyperparameters
 from honing.train.batching import micro_batches, step_indices
 from honing.train.checkpoint import (
@@ -150,25 +150,26 @@ def train(
     only; default print). Works alone or under ``torchrun`` (one process per rank).
     """
     startup = _startup_clock()
-    run = _setup(config, resume=resume, progress=progress, log=log, startup=startup)
-    try:
-        if not run.base_eval_after_first_step:
-            _evaluate_base(run)
-            startup.lap("eval before training")
-        run.model.train()
-        while run.status == "running" and run.state.step < run.hp.total_steps:
-            row = _optimizer_step(run)
-            if startup.total is None:
-                startup.first_step_done()
-                run.info["startup"] = startup.record()
-                run.say(startup.sentence())
-            if run.base_eval_after_first_step and run.state.step == 1:
-                _evaluate_base(run)  # the base's metrics, logged as step 0 before step 1's row
-            _after_step(run, row)
-    except BaseException as e:
-        _fail(run, e)
-        raise
-    return _finish(run)
+    with sole_writer(config.out):  # one training process per run directory at a time
+        run = _setup(config, resume=resume, progress=progress, log=log, startup=startup)
+        try:
+            if not run.base_eval_after_first_step:
+                _evaluate_base(run)
+                startup.lap("eval before training")
+            run.model.train()
+            while run.status == "running" and run.state.step < run.hp.total_steps:
+                row = _optimizer_step(run)
+                if startup.total is None:
+                    startup.first_step_done()
+                    run.info["startup"] = startup.record()
+                    run.say(startup.sentence())
+                if run.base_eval_after_first_step and run.state.step == 1:
+                    _evaluate_base(run)  # the base's metrics, logged as step 0 before step 1's row
+                _after_step(run, row)
+        except BaseException as e:
+            _fail(run, e)
+            raise
+        return _finish(run)
 
 
 # ----------------------------------------------------------------------------------------------- setup
