@@ -131,7 +131,7 @@ def run_cell(task: str, name: str, overrides: list[str], n: int | None, max_trai
 
     t = TASKS[task]
     base = baselines(task, n)
-    out = Path("/tmp/quality-runs") / f"{task}-{name}-{int(time.time())}"
+    out = Path("/tmp/quality-runs") / f"{task}-{name}-{int(time.time())}-{os.getpid()}"  # two cells may start in one second
     train_path = subset(task, max_train)  # a seeded subset: a smaller task
     if max_train:
         name = f"{name}-n{max_train}"
@@ -195,7 +195,7 @@ def run_trl(task: str, n: int | None, max_train: int | None, budget_s: float | N
     t = TASKS[task]
     base = baselines(task, n)
     train_path = subset(task, max_train)
-    out = Path("/tmp/quality-runs") / f"{task}-trl-{int(time.time())}"
+    out = Path("/tmp/quality-runs") / f"{task}-trl-{int(time.time())}-{os.getpid()}"
     path = str(resolve_model(t.get("model", "smollm2-135m-instruct")).path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(path)
