@@ -5,8 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from honing.models.fast_ops import (SHORT_ROW_TOKENS, rms_norm_with_rstd, short_row_attention, speed_up_norms,
-                                    use_short_row_path)
+from honing.models.fast_ops import (
+    SHORT_ROW_TOKENS,
+    rms_norm_with_rstd,
+    short_row_attention,
+    speed_up_norms,
+    use_short_row_path,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
