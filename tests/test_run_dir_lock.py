@@ -30,7 +30,10 @@ def _hold(path):
 
 
 def test_a_second_writer_of_a_run_directory_is_refused_and_a_killed_one_releases_it(tmp_path, monkeypatch):
+    from honing import rundir
+
     monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(rundir, "LOCK_WAIT_S", 0.5)  # a live holder: refused after the grace period
     out = tmp_path / "run"
     data = tmp_path / "train.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')

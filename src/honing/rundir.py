@@ -210,11 +210,28 @@ def sole_writer(run_dir: str | os.PathLike):
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"out: {path} is being written by another training run right now; wait for it to "
-                              "end, or choose another out directory") from None
+        _lock_or_refuse(fcntl, fd, path)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+# A killed writer's lock goes only when the kernel closes its files, after its memory is unmapped: a run
+# resumed the moment the old one was killed (the FSDP kill -9 test: torchrun's workers exit after the
+# launcher is reaped) may find it still held for a moment. A live writer holds it for the whole run.
+LOCK_WAIT_S = 15.0
+
+
+def _lock_or_refuse(fcntl, fd: int, path: Path) -> None:
+    import time
+
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"out: {path} is being written by another training run right now; wait for it "
+                                  "to end, or choose another out directory") from None
+            time.sleep(0.1)
