@@ -19,10 +19,20 @@ def _params(model) -> dict:
 def test_a_converted_model_is_loaded_in_bf16_from_a_copy_with_the_same_values(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    read_from = []
-    original = AutoModelForCausalLM.from_pretrained
+    from honing.models import direct_load
+
+    read_from = []  # each folder a model was read from, by either path
+    original, original_direct = AutoModelForCausalLM.from_pretrained, direct_load.load_converted
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
                         lambda path, **kw: read_from.append(path) or original(path, **kw))
+
+    def spied_direct(folder, dtype):
+        model = original_direct(folder, dtype)
+        if model is not None:
+            read_from.append(str(folder))
+        return model
+
+    monkeypatch.setattr(direct_load, "load_converted", spied_direct)
     model_dir = build_tiny_model_dir(tmp_path / "converted")
     resolved = ResolvedModel("tiny", model_dir, "cache", "tiny")
     assert bf16_copy(resolved) is None

@@ -59,6 +59,7 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
     """Load (model, tokenizer, resolved) from any model reference. ``dtype`` defaults to float32."""
     from transformers import AutoModelForCausalLM
 
+    from honing.models.direct_load import load_converted
     from honing.models.fast_ops import speed_up_norms
     from honing.quiet import quiet_libraries
 
@@ -68,7 +69,8 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
     torch_dtype = _dtype(dtype)
     copy = bf16_copy(resolved) if _keeps_bf16_copy(resolved, torch_dtype) else None
     try:
-        m = AutoModelForCausalLM.from_pretrained(str(copy or resolved.path), dtype=torch_dtype)
+        m = load_converted(copy or resolved.path, torch_dtype) if resolved.source in CONVERTED_SOURCES else None
+        m = m or AutoModelForCausalLM.from_pretrained(str(copy or resolved.path), dtype=torch_dtype)
     except ValueError as e:
         raise ModelError(f"cannot load {resolved.path}: unsupported architecture ({e})") from e
     except OSError as e:
@@ -90,6 +92,7 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
 # CPU s from the fp32 file and 0.47-0.58 from the copy (load ~7, 2-core EPYC), for 270 MB more on disk.
 # Same values: torch rounds fp32 to bf16 the same way every time.
 BF16_COPY = "bf16"
+CONVERTED_SOURCES = ("embedded", "gguf", "cache")  # models Honing converted into its own cache
 BF16_MARKER = "honing-bf16.json"  # written last; names the fp32 file the copy was made from (size, mtime)
 
 
@@ -97,7 +100,7 @@ def _keeps_bf16_copy(resolved: ResolvedModel, torch_dtype) -> bool:
     """Only models Honing converted into its own cache (never a user's directory), single-file, for bf16."""
     import torch
 
-    return (torch_dtype is torch.bfloat16 and resolved.source in ("embedded", "gguf", "cache")
+    return (torch_dtype is torch.bfloat16 and resolved.source in CONVERTED_SOURCES
             and (Path(resolved.path) / "model.safetensors").is_file())
 
 
