@@ -175,15 +175,16 @@ def by_shape(prof, op: str, top: int = 10) -> list:
             for e in rows[:top]]
 
 
-LEVERS = ("head-bmm", "fp32-lora-math", "replay-fold")
+LEVERS = ("head-bmm", "fp32-lora-math", "replay-fold", "packed-by-example")
 
 
 def apply_levers(levers: list[str]) -> None:
     """Undo one of this issue's fixes, to measure before and after in one invocation:
     ``head-bmm``: the head's 3-D input as before (torch's matmul copies the head weight for a one-row slice);
     ``fp32-lora-math``: fp32 adapter math on a bf16 base (every projection's output converted and back);
-    ``replay-fold``: the replay items in a forward of their own again (not as extra rows of a task forward)."""
-    from honing.models import loading
+    ``replay-fold``: the replay items in a forward of their own again (not as extra rows of a task forward);
+    ``packed-by-example``: a packed row's attention over the whole row under its block-diagonal mask again."""
+    from honing.models import fast_ops, loading
     from honing.train import fused_lora, loop
 
     unknown = sorted(set(levers) - set(LEVERS))
@@ -195,6 +196,8 @@ def apply_levers(levers: list[str]) -> None:
         fused_lora.LORA_MATH_IN_BASE_DTYPE = False
     if "replay-fold" in levers:
         loop.FOLD_REPLAY = False
+    if "packed-by-example" in levers:
+        fast_ops.PACKED_BY_EXAMPLE = False
 
 
 def profile_case(case: str, warmup: int, steps: int, shapes: bool = False, levers: tuple = ()) -> dict:
@@ -229,12 +232,13 @@ def paired_steps(case: str, warmup: int, pairs: int, lever: str = "replay-fold")
     rewound), once as shipped and once with ``lever`` undone, in alternating order, in one process: the
     load's drift falls on both alike. Wall and process CPU seconds per step, and their ratios (undone / shipped)."""
     from honing.config import TrainConfig
+    from honing.models import fast_ops
     from honing.train import loop
 
-    flags = {"replay-fold": "FOLD_REPLAY"}
+    flags = {"replay-fold": (loop, "FOLD_REPLAY"), "packed-by-example": (fast_ops, "PACKED_BY_EXAMPLE")}
     if lever not in flags:
         raise SystemExit(f"--paired: lever {lever} has no switch here (known: {', '.join(flags)})")
-    flag = flags[lever]
+    module, flag = flags[lever]
     with tempfile.TemporaryDirectory() as tmp:
         run = loop._setup(TrainConfig(**case_config(case, Path(tmp))), resume=False, progress=False,
                           log=lambda m: None)
@@ -245,7 +249,7 @@ def paired_steps(case: str, warmup: int, pairs: int, lever: str = "replay-fold")
         for i in range(pairs):
             step, times = run.state.step, {}
             for shipped in ((True, False) if i % 2 == 0 else (False, True)):
-                setattr(loop, flag, shipped)
+                setattr(module, flag, shipped)
                 run.state.step = step
                 t, c = time.perf_counter(), time.process_time()
                 loop._optimizer_step(run)

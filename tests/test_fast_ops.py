@@ -1,12 +1,16 @@
-"""honing.models.fast_ops: the fused RMSNorm gives transformers' bits, and the short-row attention gives
-SDPA's values and gradients (padding, causal, GQA, additive masks)."""
+"""honing.models.fast_ops: the fused RMSNorm gives transformers' bits, the short-row attention gives
+SDPA's values and gradients (padding, causal, GQA, additive masks), and a packed row's attention taken one
+example at a time gives what the row's block-diagonal mask gives."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from honing.models import fast_ops
 from honing.models.fast_ops import (
     SHORT_ROW_TOKENS,
+    packed_attention,
+    packed_example_lengths,
     rms_norm_with_rstd,
     short_row_attention,
     speed_up_norms,
@@ -112,3 +116,56 @@ def test_short_row_path_only_for_short_bf16_rows_on_cpu():
     assert not use_short_row_path(*qk(90, torch.float32))  # SDPA's kernel is the faster one in fp32
     assert not use_short_row_path(*qk(1))  # one query (generation): SDPA
     assert not use_short_row_path(*qk(160, rows=64))  # too many scores to keep for the backward
+
+
+def _packed_mask(lengths):
+    """What transformers builds for packed position ids: causal within each example, nothing across."""
+    t = sum(lengths)
+    example = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    same = example[:, None] == example[None, :]
+    return (same & torch.ones(t, t, dtype=torch.bool).tril())[None, None]
+
+
+def _positions(lengths):
+    return torch.cat([torch.arange(n) for n in lengths])[None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_attention_matches_the_block_diagonal_mask(dtype):
+    torch.manual_seed(0)
+    lengths = [40, 1, 37, 90, 200]  # one token alone; 200 takes SDPA in bf16, the others the short-row path
+    t, heads, kv_heads, d = sum(lengths), 6, 2, 16
+    q0, k0, v0 = torch.randn(1, heads, t, d), torch.randn(1, kv_heads, t, d), torch.randn(1, kv_heads, t, d)
+    grad_out = torch.randn(1, heads, t, d)
+    mask = _packed_mask(lengths)
+    assert packed_example_lengths(_positions(lengths), mask) == lengths
+    results = []
+    for fn in (lambda q, k, v: _sdpa(q, k, v, mask, 0.25), lambda q, k, v: packed_attention(q, k, v, lengths, 0.25)):
+        q, k, v = (x.to(dtype).requires_grad_(True) for x in (q0, k0, v0))
+        out = fn(q, k, v)
+        (out.float() * grad_out).sum().backward()
+        results.append([x.float() for x in (out, q.grad, k.grad, v.grad)])
+    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype is torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, **tol)
+
+
+def test_packed_lengths_only_for_a_packed_rows_own_mask():
+    lengths = [5, 3, 4]
+    pos, mask = _positions(lengths), _packed_mask(lengths)
+    assert packed_example_lengths(pos, mask) == lengths
+    causal = torch.ones(1, 1, 12, 12, dtype=torch.bool).tril()
+    assert packed_example_lengths(pos, causal) is None  # the examples may see each other: keep the mask
+    padded = _packed_mask(lengths).clone()
+    padded[..., :, 11] = False  # a masked key inside an example
+    assert packed_example_lengths(pos, padded) is None
+    assert packed_example_lengths(torch.arange(12)[None], causal) is None  # one example: nothing to split
+    assert packed_example_lengths(torch.tensor([[0, 1, 2, 4, 0, 1, 2, 3, 4, 0, 1, 2]]), mask) is None
+    assert packed_example_lengths(pos.expand(2, -1), mask) is None  # rows of a batch: not a packed row
+    assert packed_example_lengths(pos, mask.float()) is None  # additive masks: not derived by transformers
+    assert packed_example_lengths(pos, None) is None
+
+
+def test_packed_lengths_lever(monkeypatch):
+    monkeypatch.setattr(fast_ops, "PACKED_BY_EXAMPLE", False)
+    assert packed_example_lengths(_positions([3, 4]), _packed_mask([3, 4])) is None

@@ -96,6 +96,40 @@ def test_packed_rows_match_peft_and_keep_examples_apart():
     torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_rows_take_attention_one_example_at_a_time(monkeypatch, dtype):
+    """Three examples in one row: the fused layers attend within each example (fast_ops.packed_attention),
+    with the loss and gradients of the whole row under its block-diagonal mask (the lever off)."""
+    from honing.models import fast_ops
+
+    calls = []
+    original = fast_ops.packed_attention
+    monkeypatch.setattr("honing.train.fused_lora.packed_attention",
+                        lambda q, k, v, lengths, scale: calls.append(lengths) or original(q, k, v, lengths, scale))
+    model = _tiny().to(dtype)
+    by_example = _peft(model)
+    whole_row = copy.deepcopy(by_example)
+    enable_fused_lora(by_example)
+    enable_fused_lora(whole_row)
+    lengths = [15, 11, 20]
+    ids = torch.cat([_batch(b=1, t=n, seed=i) for i, n in enumerate(lengths)], dim=1)
+    pos = torch.cat([torch.arange(n) for n in lengths])[None].to(TEST_DEVICE)
+    labels = ids.clone()
+    labels[0, [15, 26]] = -100
+    loss_a, grads_a = _loss_and_grads(by_example, input_ids=ids, position_ids=pos, labels=labels)
+    assert calls and all(c == lengths for c in calls)
+    monkeypatch.setattr(fast_ops, "PACKED_BY_EXAMPLE", False)
+    calls.clear()
+    loss_b, grads_b = _loss_and_grads(whole_row, input_ids=ids, position_ids=pos, labels=labels)
+    assert not calls
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype is torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(loss_a, loss_b, **tol)
+    for name in grads_b:
+        scale = float(grads_b[name].abs().max())
+        assert scale > 0, name
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=tol["rtol"], atol=tol["atol"] * scale, msg=name)
+
+
 def test_qwen2_with_qkv_bias_matches_peft():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

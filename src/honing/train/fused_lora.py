@@ -36,7 +36,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from honing.models.fast_ops import rms_norm_with_rstd, short_row_attention, use_short_row_path
+from honing.models.fast_ops import (packed_attention, packed_example_lengths, rms_norm_with_rstd, short_row_attention,
+                                    use_short_row_path)
 
 # Decoder layers whose forward is exactly: x + attn(norm1(x)); h + mlp(norm2(h)), with RMSNorm
 # (weight * x_hat), rotary q/k, SDPA and a SiLU-gated MLP. Qwen2 adds q/k/v biases (handled).
@@ -334,7 +335,7 @@ def _fused_layer_forward(layer, original, hidden_states, attention_mask=None, po
         return original(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
                         use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
     body = partial(_fused_layer_body, layer, projs, attention_mask=attention_mask,
-                   position_embeddings=position_embeddings)
+                   position_embeddings=position_embeddings, position_ids=position_ids)
     if getattr(layer, "gradient_checkpointing", False):
         # transformers 5 checkpoints inside the class's forward, which this path replaces: do it here,
         # with the function the model was configured with (model.gradient_checkpointing_enable).
@@ -342,7 +343,7 @@ def _fused_layer_forward(layer, original, hidden_states, attention_mask=None, po
     return body(hidden_states)
 
 
-def _fused_layer_body(layer, projs, hidden_states, attention_mask, position_embeddings):
+def _fused_layer_body(layer, projs, hidden_states, attention_mask, position_embeddings, position_ids=None):
     q_p, k_p, v_p, o_p, gate_p, up_p, down_p = projs
     attn = layer.self_attn
     bsz, seq, hidden = hidden_states.shape
@@ -360,7 +361,10 @@ def _fused_layer_body(layer, projs, hidden_states, attention_mask, position_embe
     # The mask logic of transformers' sdpa_attention_forward: causal flag when there is no mask.
     mask = attention_mask[:, :, :, :seq] if attention_mask is not None else None
     grouped = q.shape[1] != k.shape[1]
-    if use_short_row_path(q, k):
+    packed = packed_example_lengths(position_ids, attention_mask) if bsz == 1 else None
+    if packed is not None:
+        out = packed_attention(q, k, v, packed, attn.scaling)
+    elif use_short_row_path(q, k):
         out = short_row_attention(q, k, v, mask, attn.scaling)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and seq > 1,
