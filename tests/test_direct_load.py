@@ -124,3 +124,46 @@ def test_training_the_loaded_weights_leaves_the_file_alone(tmp_path):
     after = load_file(str(tmp_path / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not torch.equal(model.get_input_embeddings().weight, before["model.embed_tokens.weight"])
+
+
+def _tokenizer_facts(tok) -> dict:
+    texts = ["<|im_start|>user\nHello <|im_end|>\n", "plain text, no specials", "<|endoftext|>x<|im_start|>"]
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    return {"added": {i: repr(t) for i, t in tok.added_tokens_decoder.items()}, "vocab": tok.get_vocab(),
+            "specials": tok.all_special_tokens, "ids": [tok.encode(t) for t in texts], "len": len(tok),
+            "named": {k: str(getattr(tok, k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
+            "chat": tok.apply_chat_template(chat, tokenize=True, add_generation_prompt=True)}
+
+
+def test_the_added_tokens_in_the_config_load_the_same_tokenizer(tmp_path):
+    """A converted folder's tokenizer_config.json gets tokenizer.json's added tokens (transformers then skips
+    parsing tokenizer.json in Python): the loaded tokenizer is the same in every respect checked here."""
+    import shutil
+
+    from honing.models.catalog import ResolvedModel, resolve_model
+    from honing.models.direct_load import record_added_tokens
+    from honing.models.loading import load_tokenizer
+
+    embedded = resolve_model("smollm2-135m-instruct")
+    folders = {}
+    for name in ("without", "with"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"):
+            if (embedded.path / f).is_file():
+                shutil.copy(embedded.path / f, folders[name] / f)
+        config = json.loads((folders[name] / "tokenizer_config.json").read_text())
+        config.pop("added_tokens_decoder", None)  # as transformers saved it
+        (folders[name] / "tokenizer_config.json").write_text(json.dumps(config))
+    record_added_tokens(folders["with"])
+    written = json.loads((folders["with"] / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert written["0"]["content"] == "<|endoftext|>" and len(written) >= 3
+    mode = (folders["with"] / "tokenizer_config.json").stat().st_mode
+    record_added_tokens(folders["with"])  # once: a second call changes nothing
+    assert (folders["with"] / "tokenizer_config.json").stat().st_mode == mode
+    assert sorted(p.name for p in folders["with"].iterdir()) == sorted(p.name for p in folders["without"].iterdir())
+
+    users = load_tokenizer(ResolvedModel("mine", folders["without"], "hf-dir", "mine"))  # a user's folder
+    assert "added_tokens_decoder" not in json.loads((folders["without"] / "tokenizer_config.json").read_text())
+    ours = load_tokenizer(ResolvedModel("ours", folders["with"], "cache", "ours"))
+    assert _tokenizer_facts(ours) == _tokenizer_facts(users)

@@ -28,7 +28,11 @@ def _dtype(dtype):
 def load_tokenizer(model: str | os.PathLike | ResolvedModel):
     from transformers import AutoTokenizer
 
+    from honing.models.direct_load import record_added_tokens
+
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
+    if resolved.source in CONVERTED_SOURCES:
+        record_added_tokens(resolved.path)  # once: later loads skip a Python parse of tokenizer.json
     tok = AutoTokenizer.from_pretrained(str(resolved.path))
     prefix_every_text_run(tok)
     if tok.chat_template is None:
