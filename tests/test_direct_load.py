@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from family_models import FAMILIES, family_model
 
 
@@ -85,8 +84,8 @@ def test_other_families_load_the_same(tmp_path, family):
 
 def test_what_it_does_not_cover_goes_to_from_pretrained(tmp_path):
     import torch
-
     from conftest import make_tiny_llama
+
     from honing.models.direct_load import load_converted
 
     make_tiny_llama(vocab_size=256).save_pretrained(tmp_path)
@@ -110,9 +109,9 @@ def test_training_the_loaded_weights_leaves_the_file_alone(tmp_path):
     """The assigned tensors share pages with the file (safetensors maps it copy-on-write): full fine-tuning
     writes into them in place, which must never reach the cache's file."""
     import torch
+    from conftest import make_tiny_llama
     from safetensors.torch import load_file
 
-    from conftest import make_tiny_llama
     from honing.models.direct_load import load_converted
 
     make_tiny_llama(vocab_size=256).save_pretrained(tmp_path)

@@ -36,8 +36,13 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from honing.models.fast_ops import (packed_attention, packed_example_lengths, rms_norm_with_rstd, short_row_attention,
-                                    use_short_row_path)
+from honing.models.fast_ops import (
+    packed_attention,
+    packed_example_lengths,
+    rms_norm_with_rstd,
+    short_row_attention,
+    use_short_row_path,
+)
 
 # Decoder layers whose forward is exactly: x + attn(norm1(x)); h + mlp(norm2(h)), with RMSNorm
 # (weight * x_hat), rotary q/k, SDPA and a SiLU-gated MLP. Qwen2 adds q/k/v biases (handled).
