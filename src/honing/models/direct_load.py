@@ -66,24 +66,14 @@ def _build_uninitialized(config, torch_dtype):
 def _assign(model, state: dict) -> bool:
     """Put the file's tensors in place; False (model unusable) when names do not match one to one, but for an
     output head tied to the embedding, which the file leaves out as from_pretrained does."""
-    tied = set(_tied_keys(model))
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    head = model.get_output_embeddings()
+    may_miss = {f"{name}.weight" for name, m in model.named_modules() if m is head} if tied else set()
     result = model.load_state_dict(state, strict=False, assign=True)
-    if result.unexpected_keys or set(result.missing_keys) - tied:
+    if result.unexpected_keys or set(result.missing_keys) - may_miss:
         return False
     model.tie_weights()
-    return all(_same_storage(model, key) for key in tied)
-
-
-def _tied_keys(model) -> list[str]:
-    if not getattr(model.config, "tie_word_embeddings", False):
-        return []
-    head = model.get_output_embeddings()
-    return [name for name, p in model.named_parameters(remove_duplicate=False) if p is head.weight
-            and not name.startswith(model.base_model_prefix)]
-
-
-def _same_storage(model, key: str) -> bool:
-    return model.get_parameter(key) is model.get_input_embeddings().weight
+    return not tied or model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
 def _finish_like_from_pretrained(model, config, folder: Path) -> None:
@@ -104,11 +94,11 @@ def record_added_tokens(folder: str | Path) -> None:
     without it parses the whole tokenizer.json again in Python (json, 3.5 MB for the embedded model: 0.1-0.2
     s of every load) only to read those few entries. With them in the config, the same tokens come from
     there: each entry is tokenizer.json's own (content, single_word, lstrip, rstrip, normalized, special),
-    as transformers would turn it into an ``AddedToken``. Only for folders Honing converted; written to a
-    temporary file and renamed; a failure (read-only cache) leaves the folder as it was."""
+    as transformers would turn it into an ``AddedToken``. Only for folders Honing converted; written
+    atomically (honing.fileio); a failure (read-only cache) leaves the folder as it was."""
     import json
-    import os
-    import tempfile
+
+    from honing.fileio import write_json_atomic
 
     folder = Path(folder)
     config_path, tokenizer_path = folder / "tokenizer_config.json", folder / "tokenizer.json"
@@ -118,14 +108,6 @@ def record_added_tokens(folder: str | Path) -> None:
             return
         added = json.loads(tokenizer_path.read_text(encoding="utf-8")).get("added_tokens") or []
         config["added_tokens_decoder"] = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
-        fd, tmp = tempfile.mkstemp(prefix=".tokenizer_config.", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(config, f, indent=2, ensure_ascii=False)
-            os.chmod(tmp, config_path.stat().st_mode & 0o777)
-            os.replace(tmp, config_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_json_atomic(config_path, config)
     except (OSError, ValueError, KeyError, TypeError):
         pass

@@ -8,6 +8,8 @@ from pathlib import Path
 from honing.errors import ModelError
 from honing.models.catalog import ResolvedModel, resolve_model
 
+CONVERTED_SOURCES = ("embedded", "gguf", "cache")  # models Honing converted into its own cache
+
 # Used when a base model ships no chat template (rare for instruct models): ChatML, which the
 # embedded default also uses.
 CHATML_TEMPLATE = (
@@ -96,7 +98,6 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
 # CPU s from the fp32 file and 0.47-0.58 from the copy (load ~7, 2-core EPYC), for 270 MB more on disk.
 # Same values: torch rounds fp32 to bf16 the same way every time.
 BF16_COPY = "bf16"
-CONVERTED_SOURCES = ("embedded", "gguf", "cache")  # models Honing converted into its own cache
 BF16_MARKER = "honing-bf16.json"  # written last; names the fp32 file the copy was made from (size, mtime)
 
 
