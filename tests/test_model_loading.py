@@ -63,3 +63,16 @@ def test_a_users_model_directory_gets_no_copy(tmp_path):
     load_model(ResolvedModel("mine", model_dir, "hf-dir", "mine"), dtype="bf16")
     assert not (model_dir / BF16_COPY).exists()
     assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_truncated_weights_are_a_model_error_naming_the_folder(tmp_path):
+    import pytest
+
+    from honing.errors import ModelError
+
+    for source in ("hf-dir", "cache"):  # from_pretrained and the direct path
+        model_dir = build_tiny_model_dir(tmp_path / source)
+        weights = model_dir / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        with pytest.raises(ModelError, match=f"cannot load {model_dir}: missing or corrupt weights"):
+            load_model(ResolvedModel("tiny", model_dir, source, "tiny"), dtype="fp32")

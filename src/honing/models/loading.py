@@ -63,6 +63,7 @@ def prefix_every_text_run(tok) -> None:
 
 def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str | None = None):
     """Load (model, tokenizer, resolved) from any model reference. ``dtype`` defaults to float32."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     from honing.models.direct_load import load_converted
@@ -79,7 +80,7 @@ def load_model(model: str | os.PathLike | ResolvedModel, dtype=None, device: str
         m = m or AutoModelForCausalLM.from_pretrained(str(copy or resolved.path), dtype=torch_dtype)
     except ValueError as e:
         raise ModelError(f"cannot load {resolved.path}: unsupported architecture ({e})") from e
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # a truncated .safetensors raises the latter
         raise ModelError(f"cannot load {resolved.path}: missing or corrupt weights ({e})") from e
     if copy is not None:  # the model is still the converted one (PEFT records this as the adapter's base)
         m.name_or_path = m.config._name_or_path = str(resolved.path)
